@@ -1,0 +1,1 @@
+"""Shared library of every service: settings, Celery app factory, task catalogue, models."""

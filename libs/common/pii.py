@@ -1,0 +1,62 @@
+"""Masking of personal data (emails, names) before it reaches logs or Sentry."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# Keys whose values identify a person; masked wherever they appear in structured data.
+PII_KEYS = frozenset(
+    {
+        "email",
+        "recipient",
+        "recipients",
+        "to",
+        "name",
+        "first_name",
+        "last_name",
+        "full_name",
+        "patient_name",
+        "doctor_name",
+        "phone",
+        "address",
+    }
+)
+MASK = "[redacted]"
+
+
+def mask_text(text: str) -> str:
+    return EMAIL_RE.sub("[email]", text)
+
+
+def mask(value: Any, _depth: int = 0) -> Any:
+    """Recursively mask PII in JSON-like data (dicts by key, strings by pattern)."""
+    if _depth > 8:
+        return MASK
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {k: (MASK if str(k).lower() in PII_KEYS else mask(v, _depth + 1)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask(v, _depth + 1) for v in value)
+    return value
+
+
+class MaskPIIFilter(logging.Filter):
+    """Masks emails in every log record's message and structured extras."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            try:
+                record.msg = record.getMessage()
+                record.args = None
+            except Exception:  # noqa: BLE001 - a broken format must not drop the record
+                pass
+        if isinstance(record.msg, str):
+            record.msg = mask_text(record.msg)
+        for key in ("args_", "task_args", "task_kwargs", "exception"):
+            if hasattr(record, key):
+                setattr(record, key, mask(getattr(record, key)))
+        return True

@@ -1,0 +1,54 @@
+"""The chapter's periodic jobs, seeded into django-celery-beat's tables.
+
+Seeded once (migration 0002, or `manage.py seed_schedules`) and never overwritten,
+so an operator's change in the admin (a new time, a disabled job) survives restarts.
+That is why they are not in `beat_schedule`, which DatabaseScheduler rewrites on start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from common.catalogue import CATALOGUE
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    task: str
+    crontab: dict[str, str] | None = None
+    every_seconds: int | None = None
+
+
+CHAPTER_SCHEDULES = (
+    Schedule("daily-appointment-reminders", "emails.send_daily_reminders", crontab={"hour": "8", "minute": "0"}),
+    Schedule("hourly-sync", "sync.sync_all_doctors", crontab={"minute": "0"}),
+    Schedule(
+        "weekly-report",
+        "reports.generate_weekly_report",
+        crontab={"hour": "9", "minute": "0", "day_of_week": "1"},
+    ),
+    Schedule("health-check", "sync.health_check", every_seconds=300),
+)
+
+
+def seed(periodic_task: Any, crontab_schedule: Any, interval_schedule: Any) -> list[str]:
+    """Create the missing chapter schedules; return the names created. Idempotent."""
+    created = []
+    for sched in CHAPTER_SCHEDULES:
+        contract = CATALOGUE.get(sched.task)
+        if periodic_task.objects.filter(name=sched.name).exists():
+            continue
+        fields: dict[str, Any] = {"task": contract.name, "queue": contract.queue}
+        if sched.crontab is not None:
+            cron = {"minute": "*", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}
+            cron.update(sched.crontab)
+            fields["crontab"], _ = crontab_schedule.objects.get_or_create(**cron, timezone="UTC")
+        else:
+            fields["interval"], _ = interval_schedule.objects.get_or_create(
+                every=sched.every_seconds, period="seconds"
+            )
+        periodic_task.objects.create(name=sched.name, **fields)
+        created.append(sched.name)
+    return created

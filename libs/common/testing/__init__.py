@@ -1,0 +1,1 @@
+"""Test support: a real, isolated platform per test session (Redis, database, workers)."""

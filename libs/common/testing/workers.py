@@ -1,0 +1,50 @@
+"""Real worker processes of the services under test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from common.celery_app import current_app
+from common.processes import ServiceProcess, wait_for_workers
+
+
+class Workers:
+    """Starts `python -m <service>.worker` for each service and waits until each answers ping."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, ServiceProcess] = {}
+        self.names: dict[str, str] = {}
+
+    def start(self, services: Iterable[str], env: Mapping[str, Mapping[str, str]] | None = None,
+              timeout: float = 90) -> dict[str, str]:
+        services = list(services)
+        env = env or {}
+        for service in services:
+            proc = ServiceProcess(
+                service,
+                f"{service}.worker",
+                ["--without-mingle", "--without-gossip"],
+                env={"DJANGO_SETTINGS_MODULE": "common.django_settings", **env.get(service, {})},
+                log=self.log_dir / f"{service}-worker.log",
+            )
+            self.procs[service] = proc.start()
+        try:
+            self.names.update(wait_for_workers(current_app(), services, timeout=timeout))
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.logs()}") from None
+        return self.names
+
+    def logs(self) -> str:
+        out = []
+        for service in self.procs:
+            path = self.log_dir / f"{service}-worker.log"
+            if path.exists():
+                out.append(f"--- {service} worker log (tail) ---\n" + "\n".join(path.read_text().splitlines()[-30:]))
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+        self.procs.clear()

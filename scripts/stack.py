@@ -1,0 +1,223 @@
+"""Run the whole platform locally and drive a short workload through every service.
+
+Uses what the environment configures, and embedded defaults for the rest: SQLite
+under ./var, a redis-server it starts itself when REDIS_URL is unset, and loopback
+sandboxes for SMTP, the CRM and the payment gateway. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from decimal import Decimal
+from pathlib import Path
+
+SERVICES = ("emails", "payments", "reports", "sync")
+
+
+def log(msg: str) -> None:
+    print(f"[stack] {msg}", flush=True)
+
+
+def start_peers(stack: ExitStack) -> dict[str, str]:
+    """Start a local stand-in for every peer the environment does not name."""
+    from common.local_redis import LocalRedis
+    from common.sandboxes.crm import CRMSandbox
+    from common.sandboxes.gateway import GatewaySandbox
+    from common.sandboxes.smtp import SMTPSink
+
+    env: dict[str, str] = {}
+    peers: dict[str, object] = {}
+    if "REDIS_URL" not in os.environ:
+        redis = stack.enter_context(LocalRedis())
+        env["REDIS_URL"] = redis.url
+        log(f"started redis-server at {redis.url}")
+    if "EMAIL_PORT" not in os.environ and "EMAIL_HOST" not in os.environ:
+        smtp = stack.enter_context(SMTPSink())
+        env.update(EMAIL_HOST=smtp.host, EMAIL_PORT=str(smtp.port))
+        peers["smtp"] = smtp
+        log(f"SMTP sink on {smtp.host}:{smtp.port}")
+    if "CRM_URL" not in os.environ:
+        crm = stack.enter_context(CRMSandbox())
+        env["CRM_URL"] = crm.url
+        peers["crm"] = crm
+        log(f"CRM sandbox at {crm.url}")
+    if "PAYMENT_GATEWAY_URL" not in os.environ:
+        gateway = stack.enter_context(GatewaySandbox())
+        env["PAYMENT_GATEWAY_URL"] = gateway.url
+        peers["gateway"] = gateway
+        log(f"payment gateway sandbox at {gateway.url}")
+    if "FLOWER_PASSWORD" not in os.environ:
+        env["FLOWER_PASSWORD"] = secrets.token_urlsafe(12)
+    os.environ.update(env)
+    start_peers.peers = peers  # type: ignore[attr-defined]
+    return env
+
+
+def prepare_database() -> str:
+    """Migrate and make sure an admin login exists; return how to log in."""
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    user_model = get_user_model()
+    username = os.environ.get("ADMIN_USERNAME", "admin")
+    if user_model.objects.filter(username=username).exists():
+        return f"{username} / (your existing password)"
+    password = os.environ.get("ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+    user_model.objects.create_superuser(username, "admin@example.com", password)
+    return f"{username} / {password}"
+
+
+def run_workload(peers: dict[str, object]) -> None:
+    from celery import chord
+    from django.utils import timezone
+
+    from common import catalogue
+    from common.models import Appointment, Doctor, Patient, Report, ReportItem
+
+    stamp = int(time.time())
+    doctors = [
+        Doctor.objects.create(first_name=f, last_name=last, email=f"{f.lower()}.{stamp}@clinic.example",
+                              specialty=sp)
+        for f, last, sp in (("Ada", "Lovelace", "cardiology"), ("Grace", "Hopper", "neurology"),
+                            ("Alan", "Turing", "paediatrics"))
+    ]
+    log(f"created doctors {[d.pk for d in doctors]}")
+
+    log("onboarding each doctor: sync.validate_doctor -> sync.create_account -> emails.send_onboarding_email")
+    onboarded = [
+        (catalogue.validate_doctor.s(d.pk) | catalogue.create_account.s() | catalogue.send_onboarding_email.s())
+        .apply_async()
+        for d in doctors
+    ]
+    for result in onboarded:
+        out = result.get(timeout=60)
+        log(f"  doctor {out['doctor_id']}: CRM id {out.get('external_id')}, welcome email sent={out['email_sent']}")
+
+    batch = chord((catalogue.validate_doctor.s(d.pk) for d in doctors), catalogue.notify_admin.s())
+    out = batch.apply_async().get(timeout=60)
+    log(f"chord validate x{len(doctors)} -> emails.notify_admin: {out}")
+
+    patient = Patient.objects.create(name="Pat Example", email=f"pat.{stamp}@mail.example",
+                                     gateway_customer_id="cus_demo")
+    appt = Appointment.objects.create(doctor=doctors[0], patient=patient, amount=Decimal("80.00"),
+                                      scheduled_at=timezone.now() + timezone.timedelta(hours=3))
+    out = catalogue.process_payment.delay(appt.pk).get(timeout=60)
+    log(f"payments.process_payment({appt.pk}): {out}")
+    catalogue.process_payment.delay(appt.pk)  # a duplicate: the worker ignores it
+    time.sleep(1)
+    charges = getattr(peers.get("gateway"), "charges", [])
+    log(f"  sent again for the same appointment: gateway holds {len(charges)} charge(s) (ignored, not re-charged)")
+
+    report = Report.objects.create(name=f"Demo revenue report {stamp}")
+    ReportItem.objects.bulk_create(
+        ReportItem(report=report, label=f"line {i}", value=Decimal(i % 97)) for i in range(100_000)
+    )
+    result = catalogue.generate_large_report.delay(report.pk)
+    seen = -1
+    while not result.ready():
+        if result.state == "PROGRESS" and result.info and result.info["current"] != seen:
+            seen, total = result.info["current"], result.info["total"]
+            bar = "#" * (30 * seen // max(total, 1))
+            log(f"report {report.pk} [{bar:<30}] {seen}/{total}")
+        time.sleep(0.1)
+    log(f"reports.generate_large_report({report.pk}): {result.get(timeout=5)}")
+
+    out = catalogue.sync_all_doctors.delay().get(timeout=60)
+    log(f"sync.sync_all_doctors: {out}")
+
+    smtp = peers.get("smtp")
+    if smtp is not None:
+        time.sleep(1)
+        log(f"SMTP sink received {len(smtp.messages)} message(s): "  # type: ignore[attr-defined]
+            f"{sorted({m['Subject'] for m in smtp.messages})}")  # type: ignore[attr-defined]
+    gateway = peers.get("gateway")
+    if gateway is not None:
+        log(f"gateway recorded {len(gateway.charges)} charge(s)")  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--exit-after-demo", action="store_true", help="stop once the workload is done")
+    parser.add_argument("--no-demo", action="store_true", help="start everything, run no workload")
+    args = parser.parse_args(argv)
+
+    root = Path(__file__).resolve().parents[1]
+    os.environ.setdefault("DATA_DIR", str(root / "var"))
+    logs = Path(os.environ["DATA_DIR"]) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd chatter
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    with ExitStack() as stack:
+        try:
+            start_peers(stack)
+            import django
+
+            django.setup()
+            login = prepare_database()
+
+            from common.celery_app import current_app
+            from common.ports import free_port
+            from common.processes import ServiceProcess, wait_for_workers
+            from common.settings import get_settings
+
+            web_port = os.environ.get("WEB_PORT") or str(free_port())
+            flower_port = os.environ.get("FLOWER_PORT") or str(free_port())
+            procs = [
+                *(ServiceProcess(s, f"{s}.worker", env={"DJANGO_SETTINGS_MODULE": "common.django_settings"},
+                                 log=logs / f"{s}.log") for s in SERVICES),
+                ServiceProcess("beat", "scheduler.beat", log=logs / "beat.log"),
+                ServiceProcess("flower", "monitor.flower", env={"FLOWER_PORT": flower_port},
+                               log=logs / "flower.log"),
+                ServiceProcess("web", "web.manage", ["serve", "--bind", f"127.0.0.1:{web_port}"],
+                               log=logs / "web.log"),
+            ]
+            for p in procs:
+                stack.callback(p.stop)
+                p.start()
+            log(f"started {', '.join(p.name for p in procs)}; logs in {logs}")
+            app = current_app()
+            workers = wait_for_workers(app, SERVICES, timeout=90)
+            log(f"workers up: {', '.join(sorted(workers.values()))}")
+
+            if not args.no_demo:
+                run_workload(start_peers.peers)  # type: ignore[attr-defined]
+            s = get_settings()
+            log(f"admin:  http://127.0.0.1:{web_port}/admin/  (login {login})")
+            log(f"flower: http://127.0.0.1:{flower_port}/  (login {s.flower_user} / "
+                f"{os.environ['FLOWER_PASSWORD']})")
+            if args.exit_after_demo:
+                log("demo done; stopping")
+                return 0
+            log("running; Ctrl-C stops everything")
+            while True:
+                for p in procs:
+                    if not p.running:
+                        log(f"{p.name} exited with {p.proc.returncode}; see {logs / (p.name + '.log')}")  # type: ignore[union-attr]
+                        return 1
+                time.sleep(1)
+        except KeyboardInterrupt:
+            log("stopping (waiting for running tasks to finish)...")
+            return 0
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The emails worker service: consumes the `emails` queue."""

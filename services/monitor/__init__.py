@@ -1,0 +1,1 @@
+"""Flower over the broker, behind basic auth (pex `monitor`)."""

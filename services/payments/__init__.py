@@ -1,0 +1,1 @@
+"""The payments worker service: consumes the `payments` queue."""

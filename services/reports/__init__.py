@@ -1,0 +1,1 @@
+"""The reports worker service: consumes the `reports` queue."""

@@ -1,0 +1,1 @@
+"""Celery beat with the database scheduler (pex `scheduler`); run exactly one."""

@@ -1,0 +1,1 @@
+"""The CRM sync worker service: consumes the `sync` queue."""

@@ -1,0 +1,36 @@
+"""HTTP client of the external CRM: timeouts always, credentials from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from common.settings import get_settings
+
+
+class CRMRejectedError(Exception):
+    """The CRM refused the record (4xx other than 408/429): retrying cannot help."""
+
+
+_session = requests.Session()
+
+
+def upsert_doctor(*, doctor_id: int, name: str, email: str) -> str:
+    """Create or update the doctor in the CRM; return the CRM's id for it."""
+    s = get_settings()
+    headers: dict[str, str] = {"Idempotency-Key": f"doctor-{doctor_id}"}
+    token = s.crm_api_token.get_secret_value()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    response = _session.post(
+        f"{str(s.crm_url).rstrip('/')}/api/doctors",
+        json={"reference": str(doctor_id), "name": name, "email": email},
+        headers=headers,
+        timeout=s.crm_timeout,
+    )
+    if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+        raise CRMRejectedError(f"CRM refused doctor {doctor_id}: HTTP {response.status_code}")
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return str(body["id"])

@@ -1,0 +1,89 @@
+"""The sync service's tasks, as declared in `common.catalogue`."""
+
+from __future__ import annotations
+
+import logging
+
+import requests
+from django.db import connection
+from django.utils import timezone
+
+from common import catalogue
+from common.celery_app import implements
+from common.locks import redis_client, task_lock
+from common.models import Doctor
+from sync import crm
+from sync.app import app
+
+logger = logging.getLogger(__name__)
+
+
+@implements(
+    app,
+    catalogue.sync_doctor_to_external_system,
+    autoretry_for=(requests.RequestException,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=3,
+)
+def sync_doctor_to_external_system(doctor_id: int) -> dict:
+    try:
+        doctor = Doctor.objects.get(pk=doctor_id)
+    except Doctor.DoesNotExist:
+        return {"status": "skipped", "reason": "doctor not found"}
+    external_id = crm.upsert_doctor(doctor_id=doctor.pk, name=doctor.name, email=doctor.email)
+    Doctor.objects.filter(pk=doctor.pk).update(external_id=external_id, synced_at=timezone.now())
+    return {"status": "synced", "external_id": external_id}
+
+
+@implements(app, catalogue.sync_all_doctors, bind=True)
+def sync_all_doctors(self) -> dict:  # type: ignore[no-untyped-def]
+    with task_lock(f"task-lock-{self.name}", timeout=300) as acquired:
+        if not acquired:
+            return {"status": "skipped", "reason": "already running"}
+        queued = 0
+        for doctor_id in Doctor.objects.values_list("pk", flat=True).iterator():
+            catalogue.sync_doctor_to_external_system.delay(doctor_id)
+            queued += 1
+        return {"status": "success", "queued": queued}
+
+
+@implements(app, catalogue.validate_doctor)
+def validate_doctor(doctor_id: int) -> dict:
+    doctor = Doctor.objects.filter(pk=doctor_id).first()
+    problems = []
+    if doctor is None:
+        problems.append("doctor not found")
+    else:
+        if not doctor.email:
+            problems.append("missing email")
+        if not doctor.last_name:
+            problems.append("missing last name")
+    return {"doctor_id": doctor_id, "valid": not problems, "problems": problems}
+
+
+@implements(
+    app,
+    catalogue.create_account,
+    autoretry_for=(requests.RequestException,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=3,
+)
+def create_account(data: dict) -> dict:
+    if not data.get("valid", False):
+        return {**data, "account_created": False}
+    doctor = Doctor.objects.get(pk=data["doctor_id"])
+    external_id = crm.upsert_doctor(doctor_id=doctor.pk, name=doctor.name, email=doctor.email)
+    Doctor.objects.filter(pk=doctor.pk).update(external_id=external_id, synced_at=timezone.now())
+    return {**data, "account_created": True, "external_id": external_id}
+
+
+@implements(app, catalogue.health_check)
+def health_check() -> dict:
+    redis_client().ping()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return {"status": "ok", "broker": "ok", "database": "ok"}

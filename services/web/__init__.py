@@ -1,0 +1,1 @@
+"""The web side: Django admin over the platform's data and schedules (pex `web`)."""
