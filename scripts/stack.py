@@ -84,37 +84,49 @@ def run_workload(peers: dict[str, object]) -> None:
 
     stamp = int(time.time())
     doctors = [
-        Doctor.objects.create(first_name=f, last_name=last, email=f"{f.lower()}.{stamp}@clinic.example",
-                              specialty=sp)
-        for f, last, sp in (("Ada", "Lovelace", "cardiology"), ("Grace", "Hopper", "neurology"),
-                            ("Alan", "Turing", "paediatrics"))
+        Doctor.objects.create(
+            first_name=f, last_name=last, email=f"{f.lower()}.{stamp}@clinic.example", specialty=sp
+        )
+        for f, last, sp in (
+            ("Ada", "Lovelace", "cardiology"),
+            ("Grace", "Hopper", "neurology"),
+            ("Alan", "Turing", "paediatrics"),
+        )
     ]
     log(f"created doctors {[d.pk for d in doctors]}")
 
     log("onboarding each doctor: sync.validate_doctor -> sync.create_account -> emails.send_onboarding_email")
     onboarded = [
-        (catalogue.validate_doctor.s(d.pk) | catalogue.create_account.s() | catalogue.send_onboarding_email.s())
-        .apply_async()
+        (
+            catalogue.validate_doctor.s(d.pk)
+            | catalogue.create_account.s()
+            | catalogue.send_onboarding_email.s()
+        ).apply_async()
         for d in doctors
     ]
     for result in onboarded:
         out = result.get(timeout=60)
-        log(f"  doctor {out['doctor_id']}: CRM id {out.get('external_id')}, welcome email sent={out['email_sent']}")
+        log(f"  doctor {out['doctor_id']}: CRM id {out.get('external_id')}, emailed={out['email_sent']}")
 
     batch = chord((catalogue.validate_doctor.s(d.pk) for d in doctors), catalogue.notify_admin.s())
     out = batch.apply_async().get(timeout=60)
     log(f"chord validate x{len(doctors)} -> emails.notify_admin: {out}")
 
-    patient = Patient.objects.create(name="Pat Example", email=f"pat.{stamp}@mail.example",
-                                     gateway_customer_id="cus_demo")
-    appt = Appointment.objects.create(doctor=doctors[0], patient=patient, amount=Decimal("80.00"),
-                                      scheduled_at=timezone.now() + timezone.timedelta(hours=3))
+    patient = Patient.objects.create(
+        name="Pat Example", email=f"pat.{stamp}@mail.example", gateway_customer_id="cus_demo"
+    )
+    appt = Appointment.objects.create(
+        doctor=doctors[0],
+        patient=patient,
+        amount=Decimal("80.00"),
+        scheduled_at=timezone.now() + timezone.timedelta(hours=3),
+    )
     out = catalogue.process_payment.delay(appt.pk).get(timeout=60)
     log(f"payments.process_payment({appt.pk}): {out}")
     catalogue.process_payment.delay(appt.pk)  # a duplicate: the worker ignores it
     time.sleep(1)
     charges = getattr(peers.get("gateway"), "charges", [])
-    log(f"  sent again for the same appointment: gateway holds {len(charges)} charge(s) (ignored, not re-charged)")
+    log(f"  sent again for the same appointment: the gateway holds {len(charges)} charge(s), not 2")
 
     report = Report.objects.create(name=f"Demo revenue report {stamp}")
     ReportItem.objects.bulk_create(
@@ -136,8 +148,10 @@ def run_workload(peers: dict[str, object]) -> None:
     smtp = peers.get("smtp")
     if smtp is not None:
         time.sleep(1)
-        log(f"SMTP sink received {len(smtp.messages)} message(s): "  # type: ignore[attr-defined]
-            f"{sorted({m['Subject'] for m in smtp.messages})}")  # type: ignore[attr-defined]
+        log(
+            f"SMTP sink received {len(smtp.messages)} message(s): "  # type: ignore[attr-defined]
+            f"{sorted({m['Subject'] for m in smtp.messages})}"
+        )  # type: ignore[attr-defined]
     gateway = peers.get("gateway")
     if gateway is not None:
         log(f"gateway recorded {len(gateway.charges)} charge(s)")  # type: ignore[attr-defined]
@@ -180,13 +194,22 @@ def main(argv: list[str] | None = None) -> int:
             web_port = os.environ.get("WEB_PORT") or str(free_port())
             flower_port = os.environ.get("FLOWER_PORT") or str(free_port())
             procs = [
-                *(ServiceProcess(s, f"{s}.worker", env={"DJANGO_SETTINGS_MODULE": "common.django_settings"},
-                                 log=logs / f"{s}.log") for s in SERVICES),
+                *(
+                    ServiceProcess(
+                        s,
+                        f"{s}.worker",
+                        env={"DJANGO_SETTINGS_MODULE": "common.django_settings"},
+                        log=logs / f"{s}.log",
+                    )
+                    for s in SERVICES
+                ),
                 ServiceProcess("beat", "scheduler.beat", log=logs / "beat.log"),
-                ServiceProcess("flower", "monitor.flower", env={"FLOWER_PORT": flower_port},
-                               log=logs / "flower.log"),
-                ServiceProcess("web", "web.manage", ["serve", "--bind", f"127.0.0.1:{web_port}"],
-                               log=logs / "web.log"),
+                ServiceProcess(
+                    "flower", "monitor.flower", env={"FLOWER_PORT": flower_port}, log=logs / "flower.log"
+                ),
+                ServiceProcess(
+                    "web", "web.manage", ["serve", "--bind", f"127.0.0.1:{web_port}"], log=logs / "web.log"
+                ),
             ]
             for p in procs:
                 stack.callback(p.stop)
@@ -200,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                 run_workload(start_peers.peers)  # type: ignore[attr-defined]
             s = get_settings()
             log(f"admin:  http://127.0.0.1:{web_port}/admin/  (login {login})")
-            log(f"flower: http://127.0.0.1:{flower_port}/  (login {s.flower_user} / "
-                f"{os.environ['FLOWER_PASSWORD']})")
+            log(
+                f"flower: http://127.0.0.1:{flower_port}/  (login {s.flower_user} / "
+                f"{os.environ['FLOWER_PASSWORD']})"
+            )
             if args.exit_after_demo:
                 log("demo done; stopping")
                 return 0

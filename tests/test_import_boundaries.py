@@ -42,5 +42,7 @@ def test_no_service_imports_another_service() -> None:
 
 def test_the_check_catches_a_cross_service_import(tmp_path: Path) -> None:
     bad = tmp_path / "tasks.py"
-    bad.write_text("from payments.gateway import charge\nimport importlib\nimportlib.import_module('sync.crm')\n")
+    bad.write_text(
+        "from payments.gateway import charge\nimport importlib\nimportlib.import_module('sync.crm')\n"
+    )
     assert {"payments", "sync"} <= imported_top_levels(bad)

@@ -89,7 +89,12 @@ def test_chain_across_services_passes_results_between_queues(workers: Workers) -
     doctor = Doctor.objects.create(first_name="Grace", last_name="Hopper", email="grace.e2e@clinic.example")
     flow = catalogue.validate_doctor.s(doctor.pk) | catalogue.send_onboarding_email.s()
     result = flow.apply_async()
-    assert result.get(timeout=30) == {"doctor_id": doctor.pk, "valid": True, "problems": [], "email_sent": True}
+    assert result.get(timeout=30) == {
+        "doctor_id": doctor.pk,
+        "valid": True,
+        "problems": [],
+        "email_sent": True,
+    }
     assert ran_on(result) == workers.names["emails"]
     assert ran_on(result.parent) == workers.names["sync"]
 

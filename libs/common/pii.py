@@ -39,7 +39,7 @@ def mask(value: Any, _depth: int = 0) -> Any:
         return mask_text(value)
     if isinstance(value, dict):
         return {k: (MASK if str(k).lower() in PII_KEYS else mask(v, _depth + 1)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         return type(value)(mask(v, _depth + 1) for v in value)
     return value
 

@@ -22,7 +22,9 @@ class Schedule:
 
 
 CHAPTER_SCHEDULES = (
-    Schedule("daily-appointment-reminders", "emails.send_daily_reminders", crontab={"hour": "8", "minute": "0"}),
+    Schedule(
+        "daily-appointment-reminders", "emails.send_daily_reminders", crontab={"hour": "8", "minute": "0"}
+    ),
     Schedule("hourly-sync", "sync.sync_all_doctors", crontab={"minute": "0"}),
     Schedule(
         "weekly-report",

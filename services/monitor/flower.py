@@ -13,7 +13,11 @@ def main() -> None:
     s = get_settings()
     if s.flower_password is None or not s.flower_password.get_secret_value():
         raise SystemExit(
-            str(SettingsError("Invalid configuration (environment variables):\n  FLOWER_PASSWORD: must be set"))
+            str(
+                SettingsError(
+                    "Invalid configuration (environment variables):\n  FLOWER_PASSWORD: must be set"
+                )
+            )
         )
     # Through the environment, not argv, so the password never shows in `ps`.
     os.environ["FLOWER_BASIC_AUTH"] = f"{s.flower_user}:{s.flower_password.get_secret_value()}"

@@ -39,7 +39,8 @@ class ReportAdmin(admin.ModelAdmin):
     def progress(self, obj: Report) -> str:
         if not obj.progress_total:
             return "-"
-        return f"{obj.progress_current}/{obj.progress_total} ({100 * obj.progress_current // obj.progress_total}%)"
+        percent = 100 * obj.progress_current // obj.progress_total
+        return f"{obj.progress_current}/{obj.progress_total} ({percent}%)"
 
     @admin.display(description="Task state")
     def task_state(self, obj: Report) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -17,8 +18,9 @@ class Workers:
         self.procs: dict[str, ServiceProcess] = {}
         self.names: dict[str, str] = {}
 
-    def start(self, services: Iterable[str], env: Mapping[str, Mapping[str, str]] | None = None,
-              timeout: float = 90) -> dict[str, str]:
+    def start(
+        self, services: Iterable[str], env: Mapping[str, Mapping[str, str]] | None = None, timeout: float = 90
+    ) -> dict[str, str]:
         services = list(services)
         env = env or {}
         for service in services:
@@ -30,18 +32,26 @@ class Workers:
                 log=self.log_dir / f"{service}-worker.log",
             )
             self.procs[service] = proc.start()
-        try:
-            self.names.update(wait_for_workers(current_app(), services, timeout=timeout))
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{self.logs()}") from None
-        return self.names
+        deadline = time.monotonic() + timeout
+        while True:
+            dead = [s for s in services if not self.procs[s].running]
+            if dead:
+                raise RuntimeError(f"worker(s) exited during start-up: {', '.join(dead)}\n{self.logs()}")
+            try:
+                self.names.update(wait_for_workers(current_app(), services, timeout=1))
+                return self.names
+            except TimeoutError as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{exc}\n{self.logs()}") from None
 
     def logs(self) -> str:
         out = []
         for service in self.procs:
             path = self.log_dir / f"{service}-worker.log"
             if path.exists():
-                out.append(f"--- {service} worker log (tail) ---\n" + "\n".join(path.read_text().splitlines()[-30:]))
+                out.append(
+                    f"--- {service} worker log (tail) ---\n" + "\n".join(path.read_text().splitlines()[-30:])
+                )
         return "\n".join(out)
 
     def stop(self) -> None:

@@ -12,8 +12,11 @@ from common.celery_app import current_app
 
 def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
     """Messages waiting on any service queue (all priority lists included)."""
-    return sum(redis_client.llen(key) for key in redis_client.keys("*") if key.decode().split("\x06\x16")[0]
-               in SERVICES and redis_client.type(key) == b"list")
+    return sum(
+        redis_client.llen(key)
+        for key in redis_client.keys("*")
+        if key.decode().split("\x06\x16")[0] in SERVICES and redis_client.type(key) == b"list"
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,16 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=2)
 
     def handle(self, *args: Any, bind: str, workers: int, **options: Any) -> None:
-        argv = ["gunicorn", "--bind", bind, "--workers", str(workers), "--access-logfile", "-",
-                "web.wsgi:application"]
+        argv = [
+            "gunicorn",
+            "--bind",
+            bind,
+            "--workers",
+            str(workers),
+            "--access-logfile",
+            "-",
+            "web.wsgi:application",
+        ]
         import sys
 
         sys.argv = argv
