@@ -49,13 +49,13 @@ def test_producer_imports_no_service_code() -> None:
 
 
 def test_each_worker_consumes_only_its_own_queue(workers: Workers) -> None:
-    active = current_app().control.inspect(timeout=2).active_queues()
+    active = current_app().control.inspect(timeout=10).active_queues()
     for service, worker in workers.names.items():
         assert [q["name"] for q in active[worker]] == [service]
 
 
 def test_pool_defaults_per_service_and_config_override(workers: Workers) -> None:
-    stats = current_app().control.inspect(timeout=2).stats()
+    stats = current_app().control.inspect(timeout=10).stats()
     concurrency = {s: stats[w]["pool"]["max-concurrency"] for s, w in workers.names.items()}
     assert concurrency["emails"] == 8
     assert concurrency["payments"] == 8

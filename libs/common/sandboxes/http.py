@@ -55,7 +55,9 @@ class JSONServer:
                     self._reply(400, {"error": "malformed JSON"})
                     return
                 status, delay = outer.faults.take()
-                outer.requests.append({"method": self.command, "path": self.path, "body": body})
+                outer.requests.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                )
                 if delay or outer.latency:
                     time.sleep(delay or outer.latency)
                 if status is not None:

@@ -1,7 +1,9 @@
-"""pytest plugin: every test session gets its own redis-server, SQLite file and data dir.
+"""pytest plugin: every test session gets its own redis-server, database and data dir.
 
 Set up before Django so the settings every process reads (this one and the worker
-processes it starts) point at the same throwaway Redis and database.
+processes it starts) point at the same throwaway Redis and database. The database is
+a SQLite file, or, where a test target sets TEST_DATABASE=postgres (row locks), a fresh
+PostgreSQL database on TEST_POSTGRES_URL, dropped at the end.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from pathlib import Path
 import pytest
 
 from common.local_redis import LocalRedis
+from common.sandboxes.crm import CRMSandbox
+from common.sandboxes.gateway import GatewaySandbox
 from common.sandboxes.smtp import SMTPSink
 
 _redis: LocalRedis | None = None
 _data_dir: Path | None = None
+_pg_database: str | None = None
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,6 +39,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     os.environ.pop("DATABASE_URL", None)
     os.environ.pop("SENTRY_DSN", None)
+    if os.environ.get("TEST_DATABASE") == "postgres":
+        os.environ["DATABASE_URL"] = _create_pg_database()
     import django
     from django.core.management import call_command
 
@@ -40,7 +48,30 @@ def pytest_configure(config: pytest.Config) -> None:
     call_command("migrate", verbosity=0, interactive=False)
 
 
+def _create_pg_database() -> str:
+    global _pg_database
+    import secrets
+
+    import psycopg
+
+    _pg_database = f"jobs_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{_pg_database}"')
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{_pg_database}"
+
+
+def _drop_pg_database() -> None:
+    import psycopg
+    from django.db import connections
+
+    connections.close_all()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{_pg_database}" WITH (FORCE)')
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if _pg_database is not None:
+        _drop_pg_database()
     if _redis is not None:
         _redis.stop()
     if _data_dir is not None:
@@ -78,3 +109,37 @@ def data_dir() -> Path:
 def smtp_sink() -> Iterator[SMTPSink]:
     with SMTPSink() as sink:
         yield sink
+
+
+@pytest.fixture(scope="session")
+def crm_sandbox() -> Iterator[CRMSandbox]:
+    with CRMSandbox() as crm:
+        yield crm
+
+
+@pytest.fixture(scope="session")
+def gateway_sandbox() -> Iterator[GatewaySandbox]:
+    with GatewaySandbox() as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="session")
+def peers_env(
+    smtp_sink: SMTPSink, crm_sandbox: CRMSandbox, gateway_sandbox: GatewaySandbox
+) -> dict[str, str]:
+    """Environment pointing worker processes at this session's peers."""
+    return {
+        "EMAIL_HOST": smtp_sink.host,
+        "EMAIL_PORT": str(smtp_sink.port),
+        "CRM_URL": crm_sandbox.url,
+        "PAYMENT_GATEWAY_URL": gateway_sandbox.url,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _reset_peer_faults(request: pytest.FixtureRequest) -> None:
+    for name in ("crm_sandbox", "gateway_sandbox"):
+        if name in request.fixturenames:
+            server = request.getfixturevalue(name)
+            server.faults.__init__()
+            server.latency = 0.0
