@@ -44,6 +44,24 @@ def mask(value: Any, _depth: int = 0) -> Any:
     return value
 
 
+class MaskingFormatter(logging.Formatter):
+    """Masks emails in the final text, tracebacks included, whatever formatter it wraps."""
+
+    def __init__(self, inner: logging.Formatter | None = None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(self.inner.format(record))
+
+
+def mask_handlers(logger: logging.Logger) -> None:
+    """Make every handler of `logger` mask PII (Celery installs its own in workers)."""
+    for handler in logger.handlers:
+        if not isinstance(handler.formatter, MaskingFormatter):
+            handler.setFormatter(MaskingFormatter(handler.formatter))
+
+
 class MaskPIIFilter(logging.Filter):
     """Masks emails in every log record's message and structured extras."""
 

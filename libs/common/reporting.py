@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import task_failure
+from celery.signals import after_setup_logger, after_setup_task_logger, task_failure
 
-from common.pii import mask, mask_text
+from common.pii import mask, mask_handlers, mask_text
 
 logger = logging.getLogger("common.task_failure")
 _installed: set[str] = set()
@@ -29,10 +29,12 @@ def handle_task_failure(
     """The chapter's failure handler: one masked, structured record per failure."""
     name = getattr(sender, "name", str(sender))
     logger.error(
-        "Task %s[%s] failed: %s",
+        "Task %s[%s] failed: %s args=%s kwargs=%s",
         name,
         task_id,
         mask_text(f"{type(exception).__name__}: {exception}"),
+        mask(list(args or ())),
+        mask(dict(kwargs or {})),
         extra={
             "task_name": name,
             "task_id": task_id,
@@ -44,11 +46,19 @@ def handle_task_failure(
     )
 
 
+def _mask_celery_logging(logger: logging.Logger, **_: Any) -> None:
+    mask_handlers(logger)
+    mask_handlers(logging.getLogger())
+
+
 def install_error_reporting(service: str) -> None:
     if service in _installed:
         return
     _installed.add(service)
     task_failure.connect(handle_task_failure, weak=False, dispatch_uid="common.task_failure")
+    for signal in (after_setup_logger, after_setup_task_logger):
+        signal.connect(_mask_celery_logging, weak=False, dispatch_uid=f"common.mask.{signal.name}")
+    mask_handlers(logging.getLogger())
     from common.sentry import init_sentry
 
     init_sentry(service)

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     task_time_limit: PositiveInt = 600
     result_expires: PositiveInt = 3600
     worker_prefetch_multiplier: PositiveInt = 1
+    report_progress_interval: PositiveFloat = Field(
+        0.5, description="Seconds between PROGRESS updates: a poller sees movement, a big report pays ~0."
+    )
     worker_pool: Pool | None = None
     worker_concurrency: PositiveInt | None = None
 

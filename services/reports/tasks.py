@@ -14,6 +14,7 @@ from django.utils import timezone
 from common import catalogue
 from common.celery_app import implements
 from common.models import Appointment, Report, ReportItem
+from common.settings import get_settings
 from reports.app import app
 from reports.progress import Progress
 
@@ -49,7 +50,7 @@ def generate_large_report(self, report_id: int) -> dict:  # type: ignore[no-unty
     def remember(current: int, total: int) -> None:
         Report.objects.filter(pk=report_id).update(progress_current=current)
 
-    progress = Progress(self, total, on_publish=remember)
+    progress = Progress(self, total, every=get_settings().report_progress_interval, on_publish=remember)
     progress.publish(0)
     try:
         path, processed = _write_csv(report, progress)
