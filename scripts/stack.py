@@ -157,6 +157,27 @@ def run_workload(peers: dict[str, object]) -> None:
         log(f"gateway recorded {len(gateway.charges)} charge(s)")  # type: ignore[attr-defined]
 
 
+def wait_http(url: str, status: int, timeout: float = 60) -> None:
+    """Wait until `url` answers with `status` (a process is up, not merely started)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                got = response.status
+        except urllib.error.HTTPError as exc:
+            got = exc.code
+        except OSError:
+            got = None
+        if got == status:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} answered {got}, expected {status}")
+        time.sleep(0.3)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--exit-after-demo", action="store_true", help="stop once the workload is done")
@@ -193,19 +214,15 @@ def main(argv: list[str] | None = None) -> int:
 
             web_port = os.environ.get("WEB_PORT") or str(free_port())
             flower_port = os.environ.get("FLOWER_PORT") or str(free_port())
+            backend = {"DJANGO_SETTINGS_MODULE": "common.django_settings"}  # all but web: no admin
             procs = [
-                *(
-                    ServiceProcess(
-                        s,
-                        f"{s}.worker",
-                        env={"DJANGO_SETTINGS_MODULE": "common.django_settings"},
-                        log=logs / f"{s}.log",
-                    )
-                    for s in SERVICES
-                ),
-                ServiceProcess("beat", "scheduler.beat", log=logs / "beat.log"),
+                *(ServiceProcess(s, f"{s}.worker", env=backend, log=logs / f"{s}.log") for s in SERVICES),
+                ServiceProcess("beat", "scheduler.beat", env=backend, log=logs / "beat.log"),
                 ServiceProcess(
-                    "flower", "monitor.flower", env={"FLOWER_PORT": flower_port}, log=logs / "flower.log"
+                    "flower",
+                    "monitor.flower",
+                    env={**backend, "FLOWER_PORT": flower_port},
+                    log=logs / "flower.log",
                 ),
                 ServiceProcess(
                     "web", "web.manage", ["serve", "--bind", f"127.0.0.1:{web_port}"], log=logs / "web.log"
@@ -219,8 +236,16 @@ def main(argv: list[str] | None = None) -> int:
             workers = wait_for_workers(app, SERVICES, timeout=90)
             log(f"workers up: {', '.join(sorted(workers.values()))}")
 
+            wait_http(f"http://127.0.0.1:{web_port}/healthz", 200)
+            wait_http(f"http://127.0.0.1:{flower_port}/", 401)  # up, and refusing anonymous access
+            log("web and flower answer")
             if not args.no_demo:
                 run_workload(start_peers.peers)  # type: ignore[attr-defined]
+            dead = [p for p in procs if not p.running]
+            if dead:
+                for p in dead:
+                    log(f"{p.name} exited with {p.proc.returncode}; see {logs / (p.name + '.log')}")  # type: ignore[union-attr]
+                return 1
             s = get_settings()
             log(f"admin:  http://127.0.0.1:{web_port}/admin/  (login {login})")
             log(

@@ -1,6 +1,7 @@
 """The README's first command: the whole stack comes up and the demo drives every service."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +9,41 @@ from pathlib import Path
 from common.processes import child_env
 
 
-def test_stack_runs_the_demo_through_every_service_and_stops_cleanly(tmp_path: Path) -> None:
-    env = child_env({"DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "web.settings"})
+def stack_env(data_dir: Path) -> dict[str, str]:
+    env = child_env({"DATA_DIR": str(data_dir), "DJANGO_SETTINGS_MODULE": "web.settings"})
     for name in ("REDIS_URL", "EMAIL_HOST", "EMAIL_PORT", "CRM_URL", "PAYMENT_GATEWAY_URL", "DATABASE_URL"):
         env.pop(name, None)  # embedded defaults only, as on a fresh machine
+    return env
+
+
+def test_ctrl_c_stops_every_process_of_the_stack(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.stack", "--no-demo"],
+        env=stack_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    else:
+        raise AssertionError("".join(lines))
+    running = " ".join(processes_started_for(tmp_path))
+    for worker in ("emails.worker", "payments.worker", "reports.worker", "sync.worker"):
+        assert f"-m {worker}" in running
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopping" in rest
+    assert processes_started_for(tmp_path) == [], "Ctrl-C left processes running"
+
+
+def test_stack_runs_the_demo_through_every_service_and_stops_cleanly(tmp_path: Path) -> None:
+    env = stack_env(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "scripts.stack", "--exit-after-demo"],
         env=env,
