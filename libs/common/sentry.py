@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.exceptions import Ignore, Reject, Retry
+
 from common.pii import PII_KEYS, mask
 from common.settings import get_settings
 
 _initialised = False
+CONTROL_FLOW = (Retry, Ignore, Reject)  # a task deciding its fate, not an error
 
 
 def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """`before_send`: mask emails and names anywhere in the event."""
+    """`before_send`: drop Celery's control-flow exceptions; mask emails and names."""
+    exc_info = (hint or {}).get("exc_info")
+    if exc_info and isinstance(exc_info[1], CONTROL_FLOW):
+        return None
     masked = mask(event)
     user = masked.get("user")
     if isinstance(user, dict):
@@ -28,6 +34,7 @@ def init_sentry(service: str) -> bool:
     import sentry_sdk
     from sentry_sdk.integrations.celery import CeleryIntegration
     from sentry_sdk.integrations.django import DjangoIntegration
+    from sentry_sdk.integrations.logging import ignore_logger
     from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
 
     sentry_sdk.init(
@@ -35,11 +42,19 @@ def init_sentry(service: str) -> bool:
         environment=settings.environment,
         release=f"{service}@{settings.release}",
         send_default_pii=False,
+        # Frame locals are reprs of task arguments and rows, where names hide in free text
+        # no scrubber can find: leave them out. Likewise request bodies.
+        include_local_variables=False,
+        max_request_body_size="never",
         traces_sample_rate=settings.sentry_traces_sample_rate,
         integrations=[CeleryIntegration(monitor_beat_tasks=True), DjangoIntegration()],
         event_scrubber=EventScrubber(denylist=DEFAULT_DENYLIST + sorted(PII_KEYS)),
         before_send=scrub_event,
     )
+    # The Celery integration reports each task failure once (and skips Retry/Ignore/Reject);
+    # the failure log lines of Celery and of our handler would report it again.
+    ignore_logger("celery.app.trace")
+    ignore_logger("common.task_failure")
     sentry_sdk.set_tag("service", service)
     _initialised = True
     return True

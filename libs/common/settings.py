@@ -23,7 +23,6 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEV_SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 
 Pool = Literal["prefork", "threads", "solo", "gevent", "eventlet"]
@@ -56,7 +55,8 @@ class Settings(BaseSettings):
 
     # Django
     database_url: str | None = None
-    data_dir: Path = PROJECT_ROOT / "var"
+    # Relative to where the process runs (a pex's files live elsewhere): ./var.
+    data_dir: Path = Field(default_factory=lambda: Path.cwd() / "var")
     django_secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
     django_debug: bool = False
     allowed_hosts: list[str] = ["localhost", "127.0.0.1", "[::1]"]

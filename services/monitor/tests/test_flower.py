@@ -1,0 +1,97 @@
+"""Flower: behind basic auth from settings, showing the workers of all four queues."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.catalogue import SERVICES
+from common.ports import free_port
+from common.processes import ServiceProcess, child_env
+from common.testing.workers import Workers
+
+PASSWORD = "s3cret-flower-pw"
+
+
+def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture(scope="module")
+def flower(data_dir: Path) -> Iterator[str]:
+    workers = Workers(data_dir)
+    workers.start(SERVICES)
+    port = free_port()
+    proc = ServiceProcess(
+        "flower",
+        "monitor.flower",
+        env={
+            "FLOWER_PASSWORD": PASSWORD,
+            "FLOWER_USER": "ops",
+            "FLOWER_PORT": str(port),
+            "DJANGO_SETTINGS_MODULE": "common.django_settings",
+        },
+        log=data_dir / "flower.log",
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while get_or_none(url) is None:
+            assert proc.running, (data_dir / "flower.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "flower did not start"
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.stop()
+        workers.stop()
+
+
+def get_or_none(url: str) -> int | None:
+    try:
+        return get(url)[0]
+    except OSError:
+        return None
+
+
+def test_unauthenticated_requests_are_refused(flower: str) -> None:
+    for path in ("/", "/api/workers", "/tasks", "/api/tasks"):
+        assert get(flower + path)[0] == 401
+    assert get(flower + "/api/workers", ("ops", "wrong"))[0] == 401
+
+
+def test_authenticated_request_lists_the_running_workers_of_every_queue(flower: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = get(flower + "/api/workers?refresh=1", ("ops", PASSWORD))
+        assert status == 200
+        names = {name.split("@")[0] for name in json.loads(body)}
+        if set(SERVICES) <= names or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert set(SERVICES) <= names
+
+
+def test_flower_refuses_to_start_without_a_password(data_dir: Path) -> None:
+    env = child_env({"DJANGO_SETTINGS_MODULE": "common.django_settings"})
+    env.pop("FLOWER_PASSWORD", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor.flower"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "FLOWER_PASSWORD: must be set" in proc.stderr

@@ -1,0 +1,37 @@
+"""The chapter's periodic jobs are seeded once, routed to their services, and never clobbered."""
+
+from django.core.management import call_command
+from django_celery_beat.models import PeriodicTask
+
+from common.catalogue import CATALOGUE
+from common.schedules import CHAPTER_SCHEDULES
+
+
+def chapter_tasks() -> dict[str, PeriodicTask]:
+    return {t.name: t for t in PeriodicTask.objects.filter(name__in=[s.name for s in CHAPTER_SCHEDULES])}
+
+
+def test_migrations_seed_the_four_chapter_schedules_on_their_queues() -> None:
+    seeded = chapter_tasks()
+    assert set(seeded) == {"daily-appointment-reminders", "hourly-sync", "weekly-report", "health-check"}
+    for task in seeded.values():
+        assert task.queue == CATALOGUE.get(task.task).queue
+    assert (
+        seeded["daily-appointment-reminders"].crontab.hour,
+        seeded["daily-appointment-reminders"].crontab.minute,
+    ) == ("8", "0")
+    weekly = seeded["weekly-report"].crontab
+    assert (weekly.hour, weekly.minute, weekly.day_of_week) == ("9", "0", "1")
+    assert seeded["hourly-sync"].crontab.minute == "0" and seeded["hourly-sync"].crontab.hour == "*"
+    assert (seeded["health-check"].interval.every, seeded["health-check"].interval.period) == (300, "seconds")
+
+
+def test_seeding_again_creates_nothing_and_keeps_an_operators_changes() -> None:
+    PeriodicTask.objects.filter(name="hourly-sync").update(enabled=False)
+    PeriodicTask.objects.filter(name="health-check").delete()
+    call_command("seed_schedules")
+    call_command("seed_schedules")
+    seeded = chapter_tasks()
+    assert len(seeded) == 4, "a deleted schedule is recreated once, nothing is duplicated"
+    assert seeded["hourly-sync"].enabled is False, "an operator's disable survives re-seeding"
+    assert PeriodicTask.objects.filter(name="health-check").count() == 1
