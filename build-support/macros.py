@@ -12,5 +12,7 @@ def worker_service(name, **pex_kwargs):
         name=name,
         entry_point="worker.py:main",
         execution_mode="venv",
+        include_tools=True,  # the Dockerfile unpacks it into a venv with PEX_TOOLS
+        dependencies=["libs/common/liveness.py"],  # the container healthcheck runs it
         **pex_kwargs,
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import configparser
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from common.catalogue import SERVICES
@@ -47,3 +51,72 @@ def test_every_pex_named_in_compose_is_documented_in_the_readme() -> None:
     for name, service in compose()["services"].items():
         if "build" in service:
             assert f"dist/{pex_of(service)}" in readme, f"{name}: {pex_of(service)} is not in the README"
+
+
+def units() -> dict[str, configparser.ConfigParser]:
+    parsed = {}
+    for path in sorted((ROOT / "deploy" / "systemd").glob("*.service")):
+        parser = configparser.ConfigParser(strict=True, interpolation=None)
+        parser.optionxform = str  # keys are case-sensitive in systemd
+        parser.read(path)
+        parsed[path.name] = parser
+    return parsed
+
+
+def test_systemd_units_run_each_deployable_in_the_foreground_and_stop_gracefully() -> None:
+    found = units()
+    assert set(found) == {
+        "jobs-worker@.service",
+        "jobs-beat.service",
+        "jobs-flower.service",
+        "jobs-web.service",
+    }
+    worker = found["jobs-worker@.service"]["Service"]
+    assert worker["ExecStart"] == "/opt/jobs/%i.pex"  # one instance per queue service
+    assert worker["KillSignal"] == "SIGTERM"  # Celery's warm shutdown
+    assert int(worker["TimeoutStopSec"]) > 600, "must outlast the task hard time limit"
+    for name, unit in found.items():
+        service = unit["Service"]
+        assert service["Type"] == "simple", f"{name}: processes run in the foreground"
+        assert service["Restart"] == "always" and service["EnvironmentFile"] == "/etc/jobs/jobs.env"
+        assert service["User"] != "root"
+        assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert found["jobs-beat.service"]["Service"]["ExecStart"] == "/opt/jobs/scheduler.pex"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+    unit_dir = tmp_path / "etc" / "systemd" / "system"
+    unit_dir.mkdir(parents=True)
+    (tmp_path / "usr" / "lib" / "systemd").mkdir(parents=True)
+    (tmp_path / "usr" / "lib" / "systemd" / "system").symlink_to("/usr/lib/systemd/system")
+    (tmp_path / "opt" / "jobs").mkdir(parents=True)
+    for pex in ("emails", "scheduler", "monitor", "web"):
+        stub = tmp_path / "opt" / "jobs" / f"{pex}.pex"
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
+    for path in (ROOT / "deploy" / "systemd").glob("*.service"):
+        shutil.copy(path, unit_dir / path.name)
+    (unit_dir / "jobs-worker@emails.service").symlink_to("jobs-worker@.service")
+    names = ["jobs-worker@emails.service", "jobs-beat.service", "jobs-flower.service", "jobs-web.service"]
+    out = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={tmp_path}", *names],
+        cwd=unit_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    complaints = [line for line in (out.stdout + out.stderr).splitlines() if "jobs-" in line]
+    assert out.returncode == 0 and not complaints, complaints
+
+
+def test_each_worker_container_is_health_checked_by_its_own_liveness_probe() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        assert services[name]["healthcheck"]["test"] == [
+            "CMD",
+            "/app/venv/bin/python",
+            "-m",
+            "common.liveness",
+            name,
+        ]

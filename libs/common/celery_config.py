@@ -54,5 +54,4 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "result_extended": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "beat_scheduler": "django_celery_beat.schedulers:DatabaseScheduler",
     }

@@ -1,4 +1,7 @@
-"""Entry point of beat: schedules live in the database and are edited in the admin."""
+"""Entry point of beat: schedules live in the database and are edited in the admin.
+
+Safe to start twice: only the holder of the leader lock schedules (see leader.py).
+"""
 
 import sys
 
@@ -12,7 +15,7 @@ def main() -> None:
     app.start(
         [
             "beat",
-            "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
+            "--scheduler=scheduler.leader:LeaderDatabaseScheduler",
             f"--loglevel={get_settings().log_level}",
             *sys.argv[1:],
         ]
