@@ -1,0 +1,118 @@
+"""The admin, as an operator uses it: headless Chromium against the real gunicorn server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django_celery_beat.models import PeriodicTask
+
+from common.models import Report
+from common.ports import free_port
+from common.processes import ServiceProcess
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# No background traffic: this machine's network is closed (see the machine notes).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = secrets.token_urlsafe(12)
+# Playwright's sync API keeps an event loop on this thread; the test's own ORM calls are
+# ordinary blocking ones (Django documents this switch for exactly this case).
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+
+@pytest.fixture(scope="module")
+def web(data_dir: Path) -> Iterator[str]:
+    get_user_model().objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    port = free_port()
+    server = ServiceProcess(
+        "web",
+        "web.manage",
+        ["serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        env={"DJANGO_SETTINGS_MODULE": "web.settings"},
+        log=data_dir / "web.log",
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2)
+            break
+        except OSError:
+            assert server.running and time.monotonic() < deadline, (data_dir / "web.log").read_text()[-2000:]
+            time.sleep(0.3)
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: apt-get install chromium (scripts/ensure-services does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, web: str):  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=web)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def log_in(page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#user-tools")
+
+
+def test_admin_requires_login(page) -> None:  # type: ignore[no-untyped-def]
+    page.goto("/admin/common/report/")
+    assert "/admin/login/" in page.url
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", "wrong")
+    page.click("input[type=submit]")
+    assert "/admin/login/" in page.url
+    assert page.locator(".errornote").is_visible()
+
+
+def test_operator_creates_a_periodic_task_in_the_admin(page) -> None:  # type: ignore[no-untyped-def]
+    log_in(page)
+    page.goto("/admin/django_celery_beat/periodictask/add/")
+    page.fill("#id_name", "browser-made-health-check")
+    page.fill("#id_task", "sync.health_check")
+    page.select_option("#id_interval", index=1)
+    page.click("input[name=_save]")
+    page.wait_for_url("**/admin/django_celery_beat/periodictask/")
+    task = PeriodicTask.objects.get(name="browser-made-health-check")
+    assert task.task == "sync.health_check" and task.enabled and task.interval is not None
+
+
+def test_operator_sees_a_reports_progress(page) -> None:  # type: ignore[no-untyped-def]
+    Report.objects.create(name="Quarterly revenue", status="running", progress_current=50, progress_total=200)
+    log_in(page)
+    page.goto("/admin/common/report/")
+    row = page.locator("tr", has_text="Quarterly revenue")
+    assert "50/200 (25%)" in row.inner_text()
+    assert "Running" in row.inner_text()
