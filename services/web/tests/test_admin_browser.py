@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from django_celery_beat.models import PeriodicTask
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from common.models import Report
 from common.ports import free_port
@@ -97,16 +98,35 @@ def test_admin_requires_login(page) -> None:  # type: ignore[no-untyped-def]
     assert page.locator(".errornote").is_visible()
 
 
-def test_operator_creates_a_periodic_task_in_the_admin(page) -> None:  # type: ignore[no-untyped-def]
+def test_a_periodic_task_created_in_the_admin_fires_on_its_queue(page, data_dir, redis_client) -> None:  # type: ignore[no-untyped-def]
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     log_in(page)
     page.goto("/admin/django_celery_beat/periodictask/add/")
     page.fill("#id_name", "browser-made-health-check")
     page.fill("#id_task", "sync.health_check")
-    page.select_option("#id_interval", index=1)
+    page.select_option("#id_interval", value=str(every_second.pk))
     page.click("input[name=_save]")
     page.wait_for_url("**/admin/django_celery_beat/periodictask/")
     task = PeriodicTask.objects.get(name="browser-made-health-check")
-    assert task.task == "sync.health_check" and task.enabled and task.interval is not None
+    assert task.task == "sync.health_check" and task.enabled and task.interval == every_second
+
+    redis_client.delete("sync")
+    beat = ServiceProcess(
+        "beat",
+        "scheduler.beat",
+        ["--max-interval=1"],
+        env={"DJANGO_SETTINGS_MODULE": "common.django_settings"},
+        log=data_dir / "beat.log",
+    ).start()
+    try:
+        deadline = time.monotonic() + 60
+        while redis_client.llen("sync") == 0:
+            assert beat.running and time.monotonic() < deadline, (data_dir / "beat.log").read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        beat.stop()
+    message = json.loads(redis_client.lindex("sync", 0))
+    assert message["headers"]["task"] == "sync.health_check"
 
 
 def test_operator_sees_a_reports_progress(page) -> None:  # type: ignore[no-untyped-def]
