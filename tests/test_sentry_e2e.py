@@ -14,6 +14,7 @@ import pytest
 from common import catalogue
 from common.models import Appointment, Doctor, Patient
 from common.sandboxes.sentry import SentrySink
+from common.testing.waiting import wait_until
 from common.testing.workers import Workers
 
 
@@ -45,13 +46,6 @@ def appointment(customer: str) -> Appointment:
     )
 
 
-def wait_for(check, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
-
-
 def settle(seconds: float = 3) -> None:
     time.sleep(seconds)  # the SDK sends from a background thread
 
@@ -62,10 +56,10 @@ def test_retry_ignore_and_reject_report_nothing(workers, sentry: SentrySink, gat
     catalogue.process_payment.delay(paid.pk)  # Ignore
     declined = appointment("cus_decline_sentry")
     catalogue.process_payment.delay(declined.pk)  # Reject
-    wait_for(lambda: Appointment.objects.get(pk=declined.pk).payment_status == "declined")
+    wait_until(lambda: Appointment.objects.get(pk=declined.pk).payment_status == "declined")
     gateway_sandbox.faults.fail = 1  # the next charge gets a 503
     retried = catalogue.process_payment.delay(appointment("cus_ok").pk)  # Retry in 60 s
-    wait_for(lambda: retried.state == "RETRY")
+    wait_until(lambda: retried.state == "RETRY")
     settle()
     assert sentry.events == []
 

@@ -15,6 +15,7 @@ from common import catalogue
 from common.celery_app import current_app
 from common.models import Appointment, Doctor, Patient, Payment
 from common.processes import ServiceProcess, wait_for_workers
+from common.testing.waiting import wait_until
 from common.testing.workers import Workers
 
 
@@ -52,14 +53,6 @@ def make_appointment() -> Callable[..., Appointment]:
         )
 
     return make
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.1)
 
 
 def queue_drained(workers: list[str]) -> bool:

@@ -11,6 +11,7 @@ import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from common.processes import ServiceProcess
+from common.testing.waiting import wait_until
 
 QUEUE = "sync"
 
@@ -27,13 +28,6 @@ def start_beat(data_dir: Path, name: str) -> ServiceProcess:
 
 def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
     return int(redis_client.llen(QUEUE))
-
-
-def wait_for(check, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -56,7 +50,7 @@ def test_a_schedule_added_while_beat_runs_fires_on_its_queue(data_dir, redis_cli
         assert queued(redis_client) == 0
         every_second.enabled = True
         every_second.save()  # as the admin does: save() marks the schedules changed
-        wait_for(lambda: queued(redis_client) >= 2)
+        wait_until(lambda: queued(redis_client) >= 2, timeout=60)
     finally:
         beat.stop()
     message = json.loads(redis_client.lindex(QUEUE, 0))
@@ -69,7 +63,7 @@ def test_two_beats_do_not_double_fire_and_a_standby_takes_over(data_dir, redis_c
     every_second.save()
     first, second = start_beat(data_dir, "beat-1"), start_beat(data_dir, "beat-2")
     try:
-        wait_for(lambda: queued(redis_client) >= 1)
+        wait_until(lambda: queued(redis_client) >= 1, timeout=60)
         start, t0 = queued(redis_client), time.monotonic()
         time.sleep(8)
         rate = (queued(redis_client) - start) / (time.monotonic() - t0)
@@ -80,7 +74,7 @@ def test_two_beats_do_not_double_fire_and_a_standby_takes_over(data_dir, redis_c
         leader.stop()
         before = queued(redis_client)
         # The stopped leader released its lock on the way out; a killed one's lock expires in 30 s.
-        wait_for(lambda: queued(redis_client) >= before + 3, timeout=60)
+        wait_until(lambda: queued(redis_client) >= before + 3, timeout=60)
         assert "became the leader" in (data_dir / f"{standby.name}.log").read_text()
     finally:
         first.stop()
