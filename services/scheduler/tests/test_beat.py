@@ -67,7 +67,8 @@ def test_two_beats_do_not_double_fire_and_a_standby_takes_over(data_dir, redis_c
         start, t0 = queued(redis_client), time.monotonic()
         time.sleep(8)
         rate = (queued(redis_client) - start) / (time.monotonic() - t0)
-        assert 0.5 <= rate <= 1.5, f"one job per second expected from one leader, got {rate:.2f}/s"
+        # Two schedulers would fire ~2/s; a loaded machine may tick late, so only the top is tight.
+        assert 0.3 <= rate <= 1.5, f"one job per second expected from one leader, got {rate:.2f}/s"
 
         leader = first if "became the leader" in (data_dir / "beat-1.log").read_text() else second
         standby = second if leader is first else first
