@@ -194,6 +194,11 @@ def sync_all_doctors() -> dict:
 
 
 @sync
+def echo(value: int) -> int:
+    """Round-trip probe through the sync queue (latency checks, the benchmark)."""
+
+
+@sync
 def health_check() -> dict:
     """Every 300 s: check the broker and database answer."""
 

@@ -81,6 +81,11 @@ def create_account(data: dict) -> dict:
     return {**data, "account_created": True, "external_id": external_id}
 
 
+@implements(app, catalogue.echo)
+def echo(value: int) -> int:
+    return value
+
+
 @implements(app, catalogue.health_check)
 def health_check() -> dict:
     redis_client().ping()
