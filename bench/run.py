@@ -65,7 +65,6 @@ class Bench:
         self.stack = stack
         self.data_dir = data_dir
         self.rows: list[tuple[str, str, str, str]] = []
-        self.memory: dict[str, tuple[float, float]] = {}
 
     # --- processes -------------------------------------------------------------
     def start(self, name: str, module: str, args: list[str] | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -218,7 +217,6 @@ class Bench:
         self.rows.append(
             (f"I/O-bound 100 ms calls (tasks/s, n={n})", summary(ours), summary(base), f"{ratio:.2f}")
         )
-        self.io_labels = ("sync default threads/16", "chapter prefork/4")
 
     # --- 4. chord --------------------------------------------------------------
     def chord(self, n: int) -> None:
@@ -239,7 +237,6 @@ class Bench:
             if result["items"] != n:
                 raise BenchError(f"chord callback saw {result['items']} of {n} results")
         for p in procs:
-            self.memory.setdefault("sync", (0.0, 0.0))
             p.stop()
         self.rows.append((f"chord of {n} echo -> notify_admin (s)", summary(times), "-", "-"))
 

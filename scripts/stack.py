@@ -25,8 +25,8 @@ def log(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
 
 
-def start_peers(stack: ExitStack) -> dict[str, str]:
-    """Start a local stand-in for every peer the environment does not name."""
+def start_peers(stack: ExitStack) -> dict[str, object]:
+    """Start a local stand-in for every peer the environment does not name; return them."""
     from common.local_redis import LocalRedis
     from common.sandboxes.crm import CRMSandbox
     from common.sandboxes.gateway import GatewaySandbox
@@ -56,8 +56,7 @@ def start_peers(stack: ExitStack) -> dict[str, str]:
     if "FLOWER_PASSWORD" not in os.environ:
         env["FLOWER_PASSWORD"] = secrets.token_urlsafe(12)
     os.environ.update(env)
-    start_peers.peers = peers  # type: ignore[attr-defined]
-    return env
+    return peers
 
 
 def prepare_database() -> str:
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     with ExitStack() as stack:
         try:
-            start_peers(stack)
+            peers = start_peers(stack)
             import django
 
             django.setup()
@@ -240,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_http(f"http://127.0.0.1:{flower_port}/", 401)  # up, and refusing anonymous access
             log("web and flower answer")
             if not args.no_demo:
-                run_workload(start_peers.peers)  # type: ignore[attr-defined]
+                run_workload(peers)
             dead = [p for p in procs if not p.running]
             if dead:
                 for p in dead:
