@@ -16,3 +16,13 @@ def worker_service(name, **pex_kwargs):
         dependencies=["libs/common/liveness.py"],  # the container healthcheck runs it
         **pex_kwargs,
     )
+
+
+# Targets that start workers by module name (tests, the stack, the bench) depend on these:
+# Pants cannot infer an import from `python -m <service>.worker`.
+WORKER_ENTRY_POINTS = (  # a tuple: Pants requires prelude values to be hashable
+    "services/emails/worker.py:src",
+    "services/payments/worker.py:src",
+    "services/reports/worker.py:src",
+    "services/sync/worker.py:src",
+)
