@@ -13,12 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,18 +58,90 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+# Frames every sample passes through (interpreter start-up, the worker's main loop, thread
+# bootstrap): left out of the inclusive list, which should show where the work is.
+PLUMBING = re.compile(
+    r"<frozen runpy>|\(threading\.py\)|concurrent/futures|\(click/|celery/bootsteps|celery/bin/|"
+    r"\(bench/run\.py\)|^<module> |^main |run_worker|worker_main|Celery\.start|WorkController\.start|"
+    r"Consumer\.start|Evloop\.start|asynloop|Hub\.create_loop|apply_target|fast_trace_task|"
+    r"build_tracer\.<locals>\.trace_task|Retry\.call_with_retry|retry_over_time|_ensured|"
+    r"deprecated_args|promise\.__call__"
+)
+
+
+def profile_summary(raw: Path, top: int = 15) -> str:
+    """The costliest functions in a py-spy raw profile: inclusive and self share of samples."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        frames = [re.sub(r"\(/\S*/site-packages/", "(", f) for f in frames]
+        for f in set(frames):
+            inclusive[f] += n
+        own[frames[-1]] += n
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples", "", "inclusive  self   function"]
+    shown = [f for f, _ in inclusive.most_common() if not PLUMBING.search(f)][:top]
+    for f in shown:
+        lines.append(f"{100 * inclusive[f] / total:6.1f}%  {100 * own[f] / total:5.1f}%  {f}")
+    lines += ["", "top self time:"]
+    for f, n in own.most_common(top):
+        lines.append(f"{100 * n / total:6.1f}%  {f}")
+    return "\n".join(lines)
+
+
 def summary(values: list[float]) -> str:
     med = statistics.median(values)
     return f"{med:,.1f} ({min(values):,.1f}-{max(values):,.1f})"
 
 
 class Bench:
-    def __init__(self, quick: bool, rounds: int, stack: ExitStack, data_dir: Path) -> None:
+    def __init__(
+        self, quick: bool, rounds: int, stack: ExitStack, data_dir: Path, redis_url: str, profile: bool
+    ) -> None:
+        import redis
+
         self.quick = quick
         self.rounds = rounds
         self.stack = stack
         self.data_dir = data_dir
+        self.redis = redis.Redis.from_url(redis_url)
+        self.profile = profile
         self.rows: list[tuple[str, str, str, str]] = []
+        self.profiles: dict[str, str] = {}
+
+    @contextmanager
+    def profiling(self, label: str, pid: int, enabled: bool = True) -> Iterator[None]:
+        """py-spy samples process `pid` for the duration of the block, with --profile.
+
+        `--gil` samples only the thread holding the GIL: a no-op worker is CPU-bound on one
+        core, so that is where its time goes (threads waiting on sockets are not the cost).
+        """
+        if not (self.profile and enabled):
+            yield
+            return
+        out = self.data_dir / f"profile-{label}.txt"
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+             "--gil", "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # attach before the measured work starts
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        if out.exists():
+            self.profiles[label] = profile_summary(out)
 
     # --- processes -------------------------------------------------------------
     def start(self, name: str, module: str, args: list[str] | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -92,6 +169,27 @@ class Bench:
     def processed(self, app, node: str, task: str) -> int:  # type: ignore[no-untyped-def]
         stats = app.control.inspect(destination=[node], timeout=5).stats() or {}
         return int(stats.get(node, {}).get("total", {}).get(task, 0))
+
+    def outstanding(self, queue: str) -> int:
+        """Messages still queued or delivered-but-unacked, read from Redis.
+
+        Polling Redis instead of broadcasting `inspect` keeps the measurement from loading
+        the worker under test (each broadcast is work for its consumer).
+        """
+        r = self.redis
+        keys = [k for k in r.keys(f"{queue}*") if r.type(k) == b"list"]
+        pipe = r.pipeline(transaction=False)
+        for k in keys:
+            pipe.llen(k)
+        pipe.hlen("unacked")
+        return sum(pipe.execute())
+
+    def drain(self, name: str, queue: str, proc, deadline_s: float = 600) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + deadline_s
+        while self.outstanding(queue):
+            if time.monotonic() > deadline or not proc.running:
+                raise BenchError(f"{name}: drain did not finish; see {self.data_dir}")
+            time.sleep(0.02)
 
     # --- 1. no-op throughput --------------------------------------------------
     def throughput(self, n: int) -> None:
@@ -122,24 +220,24 @@ class Bench:
                 "send": lambda i: stock.echo.delay(i),
             },
         }
-        for r in range(self.rounds):
+        # With --profile, an extra round -1 runs under py-spy and is left out of the figures.
+        for r in range(-1 if self.profile else 0, self.rounds):
             for name in ("ours", "stock") if r % 2 == 0 else ("stock", "ours"):
                 v = variants[name]
+                rates = results[name] if r >= 0 else {"enqueue": [], "drain": []}
                 proc = self.start(f"{name}-noop", v["module"], ["--pool=threads", "--concurrency=16"])
                 node = self.wait_up(v["app"], v["prefix"], proc)
                 v["app"].control.cancel_consumer(v["queue"], destination=[node], reply=True)
-                t0 = time.perf_counter()
-                for i in range(n):
-                    v["send"](i)
-                results[name]["enqueue"].append(n / (time.perf_counter() - t0))
+                with self.profiling(f"{name}-enqueue (producer)", os.getpid(), enabled=r < 0):
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        v["send"](i)
+                    rates["enqueue"].append(n / (time.perf_counter() - t0))
                 t0 = time.perf_counter()
                 v["app"].control.add_consumer(v["queue"], destination=[node], reply=True)
-                deadline = time.monotonic() + 600
-                while self.processed(v["app"], node, v["task"]) < n:
-                    if time.monotonic() > deadline:
-                        raise BenchError(f"{name}: drain did not finish")
-                    time.sleep(0.1)
-                results[name]["drain"].append(n / (time.perf_counter() - t0))
+                with self.profiling(f"{name}-drain (worker)", proc.proc.pid, enabled=r < 0):
+                    self.drain(name, v["queue"], proc)
+                rates["drain"].append(n / (time.perf_counter() - t0))
                 done = self.processed(v["app"], node, v["task"])
                 if done != n:
                     raise BenchError(f"{name}: {done} executions for {n} tasks (must be exactly once)")
@@ -165,6 +263,8 @@ class Bench:
         self.wait_up(current_app(), "sync", procs["ours"])
         self.wait_up(stock.app, "stock", procs["stock"])
         send = {"ours": lambda: catalogue.echo.delay(1), "stock": lambda: stock.echo.delay(1)}
+        for name in runs:  # the first get() subscribes to results: not a round trip to measure
+            send[name]().get(timeout=30)
         for r in range(self.rounds):
             for name in ("ours", "stock") if r % 2 == 0 else ("stock", "ours"):
                 for _ in range(n):
@@ -303,6 +403,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (a smoke run)")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--only", default="", help="comma-separated steps to run (noop,latency,io,chord,report,memory)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample producer and worker with py-spy during the first no-op round; "
+        "print (and record in RESULTS.md) where the time goes",
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -311,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick
         else {"noop": 20_000, "latency": 500, "io": 200, "chord": 1000, "report": 100_000, "memory": 5000}
     )
+
+    if args.profile and not shutil.which("py-spy"):
+        parser.error("--profile needs py-spy on PATH (pip install py-spy)")
 
     data_dir = Path(tempfile.mkdtemp(prefix="jobs-bench-"))
     started = time.perf_counter()
@@ -342,18 +454,22 @@ def main(argv: list[str] | None = None) -> int:
         django.setup()
         call_command("migrate", verbosity=0, interactive=False)
 
-        bench = Bench(args.quick, rounds, stack, data_dir)
-        steps: list[tuple[str, Callable[[], None]]] = [
-            ("no-op throughput", lambda: bench.throughput(sizes["noop"])),
-            ("round-trip latency", lambda: bench.latency(sizes["latency"])),
-            ("I/O-bound queue", lambda: bench.io_bound(sizes["io"], crm)),
-            ("chord", lambda: bench.chord(sizes["chord"])),
-            ("report progress", lambda: bench.progress(sizes["report"])),
-            ("worker memory", lambda: bench.memory_per_service(sizes["memory"])),
+        bench = Bench(args.quick, rounds, stack, data_dir, redis.url, args.profile)
+        steps: list[tuple[str, str, Callable[[], None]]] = [
+            ("noop", "no-op throughput", lambda: bench.throughput(sizes["noop"])),
+            ("latency", "round-trip latency", lambda: bench.latency(sizes["latency"])),
+            ("io", "I/O-bound queue", lambda: bench.io_bound(sizes["io"], crm)),
+            ("chord", "chord", lambda: bench.chord(sizes["chord"])),
+            ("report", "report progress", lambda: bench.progress(sizes["report"])),
+            ("memory", "worker memory", lambda: bench.memory_per_service(sizes["memory"])),
         ]
-        for title, step in steps:
-            log(f"{title}...")
-            step()
+        only = set(filter(None, args.only.split(",")))
+        if only - {key for key, _, _ in steps}:
+            parser.error(f"--only: unknown step(s) {sorted(only - {key for key, _, _ in steps})}")
+        for key, title, step in steps:
+            if not only or key in only:
+                log(f"{title}...")
+                step()
 
     elapsed = time.perf_counter() - started
     header = ("measure", "ours (median, min-max)", "baseline", "ours/baseline")
@@ -364,14 +480,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = "\n".join(lines)
     print(table)
+    profiles = "".join(
+        f"\n### {label}\n\n```\n{text}\n```\n" for label, text in bench.profiles.items()
+    )
+    if profiles:
+        print(profiles)
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = "quick" if args.quick else "full"
-    if not args.quick:
+    if not args.quick and not only:
         args.results.write_text(
             f"# Benchmark results\n\n{stamp} on {machine}; {mode} run, {rounds} rounds, {elapsed:.0f} s.\n"
             "Baselines: stock Celery (same settings, same Redis, same pool) for no-op and latency; "
             "the chapter's prefork/4 for I/O; progress off for reports.\n\n" + table + "\n"
+            + (f"\n## Where the time goes (py-spy --gil, unmeasured round)\n{profiles}" if profiles else "")
         )
         log(f"wrote {args.results}")
     log(f"done in {elapsed:.0f} s")

@@ -16,7 +16,8 @@ from payments.app import app
 logger = logging.getLogger(__name__)
 
 
-@implements(app, catalogue.process_payment, bind=True, max_retries=3)
+# STARTED marks a payment in flight for the admin and on-call (a crash mid-charge is visible).
+@implements(app, catalogue.process_payment, bind=True, max_retries=3, track_started=True)
 def process_payment(self, appointment_id: int) -> dict:  # type: ignore[no-untyped-def]
     """Charge once: the row lock serialises racing deliveries, the key dedupes at the gateway."""
     error: gateway.PaymentGatewayError | None = None

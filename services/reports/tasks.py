@@ -39,7 +39,7 @@ def _write_csv(report: Report, progress: Progress) -> tuple[Path, int]:
     return path, processed
 
 
-@implements(app, catalogue.generate_large_report, bind=True)
+@implements(app, catalogue.generate_large_report, bind=True, track_started=True)
 def generate_large_report(self, report_id: int) -> dict:  # type: ignore[no-untyped-def]
     report = Report.objects.get(pk=report_id)
     total = report.items.count()
@@ -66,7 +66,7 @@ def generate_large_report(self, report_id: int) -> dict:  # type: ignore[no-unty
     return {"status": "complete", "processed": processed, "file": str(path)}
 
 
-@implements(app, catalogue.generate_weekly_report)
+@implements(app, catalogue.generate_weekly_report, track_started=True)
 def generate_weekly_report() -> dict:
     end = timezone.now()
     start = end - timedelta(days=7)

@@ -95,3 +95,28 @@ def test_flower_refuses_to_start_without_a_password(data_dir: Path) -> None:
     )
     assert proc.returncode != 0
     assert "FLOWER_PASSWORD: must be set" in proc.stderr
+
+
+def test_flower_sees_tasks_although_workers_do_not_send_events_by_default(flower: str) -> None:
+    """Task events cost every worker CPU, so they are off until a monitor asks for them.
+
+    Flower asks (`enable_events`) when it starts and every few seconds after; a task run
+    while it watches must show up with its final state.
+    """
+    from common import catalogue
+
+    def state_in_flower(task_id: str) -> str | None:
+        status, body = get(flower + "/api/tasks?limit=1000", ("ops", PASSWORD))
+        assert status == 200
+        return json.loads(body).get(task_id, {}).get("state")
+
+    # The first tasks may run before Flower's enable_events reached the worker: keep going.
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        result = catalogue.echo.delay(7)
+        assert result.get(timeout=30) == 7
+        for _ in range(30):
+            if state_in_flower(result.id) == "SUCCESS":
+                return
+            time.sleep(0.1)
+    pytest.fail("Flower never saw a task: are worker events enabled when it asks?")
