@@ -20,7 +20,11 @@ INSTALLED_APPS = [
     "common",
 ]
 
-DATABASES = {"default": dj_database_url.parse(_s.effective_database_url, conn_max_age=0)}
+DATABASES = {
+    "default": dj_database_url.parse(
+        _s.effective_database_url, conn_max_age=_s.db_conn_max_age, conn_health_checks=True
+    )
+}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several worker processes share one file in development: wait for the write lock.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
