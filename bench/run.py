@@ -249,6 +249,72 @@ class Bench:
                 (f"no-op {metric} (tasks/s, n={n})", summary(ours), summary(base), f"{ratio:.2f}")
             )
 
+    # --- 1b. drain per box ------------------------------------------------------------
+    def box_drain(self, n: int) -> None:
+        """Every core of the box on one no-op queue: our tuning vs `celery worker` defaults.
+
+        Ours runs one single-threaded worker process per core (no GIL shared between the
+        consumer and the tasks), prefetching 4; stock runs one default worker (prefork, one
+        child per core, prefetch 1). The queue is filled before consuming starts.
+        """
+        import bench.stock as stock
+        from common.celery_app import current_app
+
+        cores = os.cpu_count() or 1
+        variants: dict[str, dict[str, Any]] = {
+            "ours": {
+                "app": current_app(),
+                "queue": "sync",
+                "task": "sync.echo",
+                "workers": [
+                    ("sync.worker", f"sync{k}", ["--pool=solo", "--prefetch-multiplier=4"])
+                    for k in range(cores)
+                ],
+            },
+            "stock": {
+                "app": stock.app,
+                "queue": "stock",
+                "task": "stock.echo",
+                "workers": [("bench.stock", "stock", [])],
+            },
+        }
+        rates: dict[str, list[float]] = {k: [] for k in variants}
+        for r in range(self.rounds):
+            for name in ("ours", "stock") if r % 2 == 0 else ("stock", "ours"):
+                v = variants[name]
+                app = v["app"]
+                procs = [
+                    self.start(f"box-{node}", module, [f"--hostname={node}@%h", *args])
+                    for module, node, args in v["workers"]
+                ]
+                nodes = [
+                    self.wait_up(app, node, p) for (_, node, _), p in zip(v["workers"], procs, strict=True)
+                ]
+                app.control.cancel_consumer(v["queue"], destination=nodes, reply=True)
+                with app.producer_or_acquire() as producer, producer.batch():
+                    for i in range(n):
+                        app.send_task(v["task"], args=[i], producer=producer)
+                t0 = time.perf_counter()
+                app.control.add_consumer(v["queue"], destination=nodes, reply=True)
+                for p in procs:
+                    self.drain(name, v["queue"], p)
+                rates[name].append(n / (time.perf_counter() - t0))
+                done = sum(self.processed(app, node, v["task"]) for node in nodes)
+                if done != n:
+                    raise BenchError(f"{name}: {done} executions for {n} tasks (must be exactly once)")
+                for p in procs:
+                    p.stop()
+        ratio = statistics.median(rates["ours"]) / statistics.median(rates["stock"])
+        self.rows.append(
+            (
+                f"no-op drain per {cores}-core box: {cores}x solo/prefetch 4 vs stock default worker "
+                f"(tasks/s, n={n})",
+                summary(rates["ours"]),
+                summary(rates["stock"]),
+                f"{ratio:.2f}",
+            )
+        )
+
     # --- 2. round-trip latency -------------------------------------------------
     def latency(self, n: int) -> None:
         import bench.stock as stock
@@ -414,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (a smoke run)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
-        "--only", default="", help="comma-separated steps to run (noop,latency,io,chord,report,memory)"
+        "--only", default="", help="comma-separated steps to run (noop,box,latency,io,chord,report,memory)"
     )
     parser.add_argument(
         "--profile",
@@ -426,9 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
     sizes = (
-        {"noop": 2000, "latency": 50, "io": 40, "chord": 100, "report": 20_000, "memory": 500}
+        {"noop": 2000, "box": 2000, "latency": 50, "io": 40, "chord": 100, "report": 20_000, "memory": 500}
         if args.quick
-        else {"noop": 20_000, "latency": 500, "io": 200, "chord": 1000, "report": 100_000, "memory": 5000}
+        else {
+            "noop": 20_000,
+            "box": 10_000,
+            "latency": 500,
+            "io": 200,
+            "chord": 1000,
+            "report": 100_000,
+            "memory": 2000,
+        }
     )
 
     if args.profile and not shutil.which("py-spy"):
@@ -458,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         import logging
 
         logging.getLogger("mail.log").setLevel(logging.WARNING)
+        # A control reply that arrives after its timeout is requeued with a warning: noise here.
+        logging.getLogger("kombu.transport.virtual.base").setLevel(logging.ERROR)
         import django
         from django.core.management import call_command
 
@@ -467,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args.quick, rounds, stack, data_dir, redis.url, args.profile)
         steps: list[tuple[str, str, Callable[[], None]]] = [
             ("noop", "no-op throughput", lambda: bench.throughput(sizes["noop"])),
+            ("box", "no-op drain per box", lambda: bench.box_drain(sizes["box"])),
             ("latency", "round-trip latency", lambda: bench.latency(sizes["latency"])),
             ("io", "I/O-bound queue", lambda: bench.io_bound(sizes["io"], crm)),
             ("chord", "chord", lambda: bench.chord(sizes["chord"])),
@@ -497,15 +574,17 @@ def main(argv: list[str] | None = None) -> int:
         print(profiles)
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    mode = "quick" if args.quick else "full"
     if not args.quick and not only:
         args.results.write_text(
-            f"# Benchmark results\n\n{stamp} on {machine}; {mode} run, {rounds} rounds, {elapsed:.0f} s.\n"
-            "Baselines: stock Celery (same settings, same Redis, same pool) for no-op and latency; "
-            "the chapter's prefork/4 for I/O; progress off for reports.\n\n" + table + "\n"
+            f"# Benchmark results\n\n{stamp} on {machine}; full run, {rounds} rounds, {elapsed:.0f} s"
+            f"{' (with the extra profiled round)' if profiles else ''}.\n"
+            "Written by `./scripts/bench`; what each row compares is in the README (Benchmark).\n\n"
+            + table
+            + "\n"
             + (f"\n## Where the time goes (py-spy --gil, unmeasured round)\n{profiles}" if profiles else "")
         )
         log(f"wrote {args.results}")
+    shutil.rmtree(data_dir, ignore_errors=True)  # worker logs are kept only when a step failed
     log(f"done in {elapsed:.0f} s")
     return 0
 
