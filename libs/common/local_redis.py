@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from common.ports import free_port
+from common.processes import die_with_parent
 
 
 class RedisNotFoundError(RuntimeError):
@@ -52,6 +53,7 @@ class LocalRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # a killed parent leaves no redis-server behind
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
