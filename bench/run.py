@@ -98,9 +98,9 @@ def profile_summary(raw: Path, top: int = 15) -> str:
     return "\n".join(lines)
 
 
-def summary(values: list[float]) -> str:
+def summary(values: list[float], digits: int = 1) -> str:
     med = statistics.median(values)
-    return f"{med:,.1f} ({min(values):,.1f}-{max(values):,.1f})"
+    return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
 class Bench:
@@ -454,7 +454,7 @@ class Bench:
                 raise BenchError(f"chord callback saw {result['items']} of {n} results")
         for p in procs:
             p.stop()
-        self.rows.append((f"chord of {n} echo -> notify_admin (s)", summary(times), "-", "-", "<= 2 s"))
+        self.rows.append((f"chord of {n} echo -> notify_admin (s)", summary(times, 2), "-", "-", "<= 2 s"))
 
     # --- 5. report progress overhead --------------------------------------------
     def progress(self, n: int) -> None:
@@ -485,8 +485,8 @@ class Bench:
         self.rows.append(
             (
                 f"report of {n:,} items, progress on/off (s)",
-                summary(runs["on (0.5 s)"]),
-                summary(runs["off"]),
+                summary(runs["on (0.5 s)"], 2),
+                summary(runs["off"], 2),
                 f"{on / off:.3f} ({100 * (on - off) / off:+.1f}%)",
                 "<= +2%",
             )
