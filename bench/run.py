@@ -263,7 +263,7 @@ class Bench:
         rounds = max(4, self.rounds)
         # With --profile, an extra round -1 runs under py-spy and is left out of the figures.
         for r in range(-1 if self.profile else 0, rounds):
-            size = n // rounds
+            size = n // rounds if r >= 0 else max(n // rounds, 5000)  # enough samples to profile
             for name in ("ours", "stock") if r % 2 == 0 else ("stock", "ours"):
                 v = variants[name]
                 rates = results[name] if r >= 0 else {"enqueue": [], "drain": []}
