@@ -47,7 +47,10 @@ def test_tasks_reuse_the_workers_connections(sync_worker: None) -> None:
     before = worker_backends()
     assert 1 <= len(before) <= 2, before  # at most one per pool thread
     run_tasks(30)
-    assert worker_backends() == before, "a task opened a new database connection"
+    after = worker_backends()
+    # The pool's second thread may open its own connection late; none is ever replaced.
+    assert before <= after, "a connection was closed and reopened between tasks"
+    assert len(after) <= 2, f"more sessions than pool threads: {after}"
 
 
 def test_a_killed_connection_is_replaced_and_no_task_fails(sync_worker: None) -> None:
