@@ -104,14 +104,10 @@ def summary(values: list[float], digits: int = 1) -> str:
 
 
 class Bench:
-    def __init__(
-        self, quick: bool, rounds: int, stack: ExitStack, data_dir: Path, redis_url: str, profile: bool
-    ) -> None:
+    def __init__(self, rounds: int, data_dir: Path, redis_url: str, profile: bool) -> None:
         import redis
 
-        self.quick = quick
         self.rounds = rounds
-        self.stack = stack
         self.data_dir = data_dir
         self.redis = redis.Redis.from_url(redis_url)
         self.profile = profile
@@ -581,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         django.setup()
         call_command("migrate", verbosity=0, interactive=False)
 
-        bench = Bench(args.quick, rounds, stack, data_dir, redis.url, args.profile)
+        bench = Bench(rounds, data_dir, redis.url, args.profile)
         steps: list[tuple[str, str, Callable[[], None]]] = [
             ("noop", "no-op throughput", lambda: bench.throughput(sizes["noop"])),
             ("box", "no-op drain per box", lambda: bench.box_drain(sizes["box"])),
