@@ -15,8 +15,10 @@ from common.settings import Settings
 def celery_config(s: Settings) -> dict[str, Any]:
     return {
         "broker_url": s.redis_url,
-        # kombu's Redis transport, reusing one client per channel (see common.broker).
-        "broker_transport": TRANSPORT,
+        # kombu's Redis transport, reusing one client per channel (see common.broker). Only
+        # for redis://: an explicit transport overrides the URL scheme, and for rediss://
+        # kombu would then drop TLS.
+        "broker_transport": TRANSPORT if s.redis_url.startswith("redis://") else None,
         # Celery's Redis backend, storing each result in one atomic round trip (common.results).
         "result_backend": f"{RESULTS_BACKEND}+{s.results_url}",
         # JSON only: a pickle payload from the broker would be code execution.

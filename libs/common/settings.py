@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Seconds a worker thread keeps its database connection between tasks (0: reconnect for
     # every task, which cost a sync task a fifth of its CPU). A worker holds up to its
-    # concurrency in connections; Celery's Django fixup drops broken or expired ones.
+    # concurrency in connections; common.db_connections drops broken or expired ones.
     db_conn_max_age: NonNegativeInt = 60
     # Relative to where the process runs (a pex's files live elsewhere): ./var.
     data_dir: Path = Field(default_factory=lambda: Path.cwd() / "var")
