@@ -6,6 +6,15 @@ is two round trips per state change, and a race: another worker can write betwee
 and the write. Here one Lua script does the check, the write and the notification, so a
 result costs one round trip and SUCCESS really is final.
 
+The check runs in Redis, so it can only read what Lua can read: plain JSON. Celery's own
+check decodes in Python and works with any serializer or compression; ours would not (with
+`result_compression` or a msgpack/yaml/pickle `result_serializer` the script cannot see the
+SUCCESS and a late FAILURE or STARTED replaced it). The platform is JSON-only anyway, so the
+backend refuses those settings when it is built (`ResultSettingsError`) instead of quietly
+losing the guarantee. For the one JSON value Lua's cjson rejects (a string holding a lone
+surrogate) the script also recognises SUCCESS by the meta's first key, which Celery always
+writes first.
+
 Selected by `result_backend` in `common.celery_config` (`common.results:RedisBackend+redis://…`).
 """
 
@@ -16,13 +25,20 @@ from typing import Any
 from celery import states
 from celery.backends.base import BackendStoreError
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
+from celery.exceptions import ImproperlyConfigured
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
 
 # KEYS[1] result key; ARGV[1] encoded meta (JSON), ARGV[2] expiry in seconds (0: none).
+# SUCCESS is recognised by decoding, or, where cjson refuses valid JSON (a lone surrogate
+# escape such as "\ud800"), by `"status"` being the first key, as Celery's
+# `_get_result_meta` and `_store_result` below always write it.
 STORE_UNLESS_SUCCEEDED = """
 local current = redis.call('GET', KEYS[1])
 if current then
+    if string.find(current, '^%s*{%s*"status"%s*:%s*"SUCCESS"') then
+        return 0
+    end
     local ok, meta = pcall(cjson.decode, current)
     if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
         return 0
@@ -39,7 +55,57 @@ return 1
 """
 
 
+JSON_NAMES = frozenset({"json", "application/json"})
+
+
+class ResultSettingsError(ImproperlyConfigured):
+    """A result setting that would let a late state overwrite SUCCESS; names the setting."""
+
+
+def refuse_non_json_results(conf: Any, serializer: str | None = None, accept: Any = None) -> None:
+    """Raise `ResultSettingsError` unless results are stored as plain, uncompressed JSON.
+
+    Mirrors how Celery's `BaseBackend.__init__` resolves each value (an argument first, then
+    the app's configuration), and runs before it, so an uninstalled serializer (msgpack)
+    gets this message instead of a bare KeyError.
+    """
+    why = "the Lua script that keeps SUCCESS final can only read plain JSON"
+    serializer = serializer or conf.result_serializer
+    if serializer != "json":
+        raise ResultSettingsError(
+            f"result_serializer={serializer!r} is not supported by {BACKEND}: {why}. "
+            "Set result_serializer='json' (the platform is JSON-only)."
+        )
+    compression = conf.get("result_compression")
+    if compression:
+        raise ResultSettingsError(
+            f"result_compression={compression!r} is not supported by {BACKEND}: {why}. "
+            "Leave result_compression unset (None)."
+        )
+    if accept is None:
+        accept, name = conf.result_accept_content, "result_accept_content"
+        if accept is None:
+            accept, name = conf.accept_content, "accept_content (result_accept_content is unset)"
+    else:
+        name = "accept"
+    others = sorted(set(accept or ()) - JSON_NAMES)
+    if others:
+        raise ResultSettingsError(
+            f"{name}={list(accept)!r} is not supported by {BACKEND}: {why}, and a non-JSON "
+            f"result ({', '.join(others)}) read back from Redis could run code or replace a "
+            "SUCCESS. Set result_accept_content=['json']."
+        )
+
+
 class RedisBackend(CeleryRedisBackend):
+    """Celery's Redis backend with an atomic store; refuses non-JSON result settings."""
+
+    def __init__(
+        self, *args: Any, app: Any, serializer: str | None = None, accept: Any = None, **kwargs: Any
+    ) -> None:
+        refuse_non_json_results(app.conf, serializer, accept)
+        super().__init__(*args, app=app, serializer=serializer, accept=accept, **kwargs)
+
     @cached_property
     def _store_script(self) -> Any:
         return self.client.register_script(STORE_UNLESS_SUCCEEDED)

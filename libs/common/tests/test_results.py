@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import threading
 import uuid
+from typing import Any
 
-from celery import states
+import pytest
+from celery import Celery, states
+from celery.exceptions import ImproperlyConfigured
 from celery.result import AsyncResult
 
 from common.celery_app import current_app
+from common.celery_config import celery_config
 from common.results import RedisBackend
+from common.settings import get_settings
 
 
 def backend() -> RedisBackend:
@@ -49,3 +54,64 @@ def test_a_waiting_caller_is_woken_by_the_store(redis_url: str) -> None:
     backend().store_result(task_id, "done", states.SUCCESS)
     waiter.join(timeout=15)
     assert got == ["done"]
+
+
+def test_success_stays_final_when_cjson_cannot_decode_it(redis_url: str) -> None:
+    """Valid JSON that Redis' cjson refuses (a lone surrogate) must still count as SUCCESS."""
+    task_id = str(uuid.uuid4())
+    backend().store_result(task_id, "\ud800 undecodable in Lua", states.SUCCESS)
+    backend().store_result(task_id, {"exc_type": "RuntimeError"}, states.FAILURE)
+    backend().store_result(task_id, None, states.STARTED)
+    assert AsyncResult(task_id, app=current_app()).state == states.SUCCESS
+
+
+def app_with(**overrides: Any) -> Celery:
+    """A fresh app with the platform's configuration (the session's Redis) plus `overrides`."""
+    app = Celery("results-settings", set_as_current=False)
+    app.conf.update(celery_config(get_settings()), **overrides)
+    return app
+
+
+# Each of these hides SUCCESS from the Lua check (Celery's own backend decodes in Python):
+# compressed bytes or msgpack/yaml/pickle are not JSON to cjson, so a late FAILURE replaced
+# SUCCESS. msgpack is not even installed: it must still be this error, not a KeyError.
+REFUSED = [
+    ({"result_compression": "gzip"}, "result_compression='gzip'"),
+    ({"result_compression": "zlib"}, "result_compression='zlib'"),
+    ({"result_compression": "bzip2"}, "result_compression='bzip2'"),
+    ({"result_serializer": "msgpack"}, "result_serializer='msgpack'"),
+    ({"result_serializer": "yaml"}, "result_serializer='yaml'"),
+    ({"result_serializer": "pickle"}, "result_serializer='pickle'"),
+    ({"result_accept_content": ["json", "pickle"]}, "result_accept_content="),
+    ({"result_accept_content": ["application/x-yaml"]}, "result_accept_content="),
+    ({"result_accept_content": None, "accept_content": ["json", "msgpack"]}, "accept_content "),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named"), REFUSED, ids=lambda v: str(v))
+def test_settings_that_would_let_success_be_overwritten_are_refused(
+    redis_url: str, overrides: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured) as refused:
+        app_with(**overrides).backend  # noqa: B018 - building the backend is the check
+    message = str(refused.value)
+    assert named in message and "JSON" in message, message
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"result_compression": None}, {"result_accept_content": ["application/json"]}],
+    ids=["platform", "no-compression", "json-mime"],
+)
+def test_accepted_settings_keep_success_final_against_real_redis(
+    redis_url: str, overrides: dict[str, Any]
+) -> None:
+    app = app_with(**overrides)
+    b = app.backend
+    assert isinstance(b, RedisBackend)
+    task_id = str(uuid.uuid4())
+    b.store_result(task_id, {"charged": 1}, states.SUCCESS)
+    b.store_result(task_id, {"exc_type": "RuntimeError"}, states.FAILURE)
+    b.store_result(task_id, None, states.STARTED)
+    b._cache.clear()
+    assert AsyncResult(task_id, app=app).state == states.SUCCESS
