@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     report_progress_interval: PositiveFloat = Field(
         0.5, description="Seconds between PROGRESS updates: a poller sees movement, a big report pays ~0."
     )
+    # Largest JSON-encoded args+kwargs `common.calls` sends (a task takes ids, not data).
+    task_max_payload_bytes: PositiveInt = 1_048_576
     worker_pool: Pool | None = None
     worker_concurrency: PositiveInt | None = None
 
