@@ -25,13 +25,15 @@ def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
 
     django.setup()
 
+    from common.catalogue import SERVICES
     from common.celery_config import celery_config
     from common.db_connections import install_connection_reuse
     from common.reporting import install_error_reporting
     from common.settings import get_settings
 
     app = Celery(service, include=list(include))
-    app.conf.update(celery_config(get_settings()))
+    # A queue service checks each message on receipt (common.intake); producers do not.
+    app.conf.update(celery_config(get_settings(), worker=service in SERVICES))
     app.set_default()
     install_connection_reuse(app)
     install_error_reporting(service)

@@ -6,19 +6,18 @@ from typing import Any
 
 from kombu import Queue
 
-from common.broker import TRANSPORT
+from common import broker
 from common.catalogue import CATALOGUE, SERVICES
 from common.results import BACKEND as RESULTS_BACKEND
 from common.settings import Settings
 
 
-def celery_config(s: Settings) -> dict[str, Any]:
+def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
+    """The Celery config; `worker` adds the receipt checks a consuming service applies."""
+    # redis:// and rediss:// URLs select our reliable transport (common.broker), TLS intact.
+    broker.install()
     return {
         "broker_url": s.redis_url,
-        # kombu's Redis transport, reusing one client per channel (see common.broker). Only
-        # for redis://: an explicit transport overrides the URL scheme, and for rediss://
-        # kombu would then drop TLS.
-        "broker_transport": TRANSPORT if s.redis_url.startswith("redis://") else None,
         # Celery's Redis backend, storing each result in one atomic round trip (common.results).
         "result_backend": f"{RESULTS_BACKEND}+{s.results_url}",
         # JSON only: a pickle payload from the broker would be code execution.
@@ -38,7 +37,18 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_routes": CATALOGUE.routes(),
         "task_queues": [Queue(name, routing_key=name) for name in SERVICES],
         "broker_transport_options": {
-            "visibility_timeout": s.broker_visibility_timeout,
+            # In-flight messages are owned by heartbeating workers: a dead worker's come
+            # back after this many seconds without a heartbeat (common.broker.ownership).
+            "heartbeat_timeout": s.broker_heartbeat_timeout,
+            # Every command bounded: a hung Redis fails a publish in seconds, not forever.
+            "socket_timeout": s.broker_socket_timeout,
+            "socket_connect_timeout": s.broker_socket_timeout,
+            "socket_keepalive": True,
+            "retry_on_timeout": False,
+            "max_payload_bytes": s.task_max_payload_bytes,
+            "dead_letter_cap": s.dead_letter_cap,
+            "dead_letter_retention": s.dead_letter_retention,
+            **({"intake": "common.intake"} if worker else {}),
             # Honour every priority 0 (first) .. 9 (last), not kombu's 4 buckets.
             "priority_steps": list(range(10)),
             "queue_order_strategy": "priority",
@@ -54,7 +64,10 @@ def celery_config(s: Settings) -> dict[str, Any]:
         },
         "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
         "redis_socket_connect_timeout": 5,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "redis_socket_timeout": s.broker_socket_timeout,
+        # Running tasks keep going through a lost connection: their messages stay owned by
+        # this live worker (no redelivery to race them), and their acks are retried.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # STARTED is stored only for tasks that declare `track_started` (payments, reports):
         # each store is a read and a write on the backend, a third of a short task's cost.
         "task_track_started": False,

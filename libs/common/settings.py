@@ -48,11 +48,16 @@ class Settings(BaseSettings):
     # Broker and result backend: one Redis for every service.
     redis_url: str = "redis://127.0.0.1:6379/0"
     result_backend_url: str | None = None
-    broker_visibility_timeout: PositiveInt = Field(
-        7200,
-        description="Seconds before an unacknowledged message is redelivered; "
-        "must exceed the longest countdown/ETA and task runtime.",
+    broker_heartbeat_timeout: PositiveFloat = Field(
+        10,
+        description="Seconds without a heartbeat before a worker process counts as dead and "
+        "its in-flight tasks go back on their queues. Long tasks need no larger value.",
     )
+    broker_socket_timeout: PositiveFloat = Field(
+        5, description="Seconds any broker or result-store command may take before it fails."
+    )
+    dead_letter_cap: PositiveInt = Field(10_000, description="Dead letters kept per queue (oldest dropped).")
+    dead_letter_retention: PositiveInt = Field(7 * 24 * 3600, description="Seconds a dead letter is kept.")
 
     # Django
     database_url: str | None = None

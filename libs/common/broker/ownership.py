@@ -1,0 +1,170 @@
+"""Who holds which message: one owner per consuming process, kept alive by heartbeats.
+
+A message a worker has taken stays in Redis, in its owner's in-flight hash, until the task
+is acknowledged. The owner's heartbeat thread refreshes its lease every `tick` seconds, so a
+task that runs for hours on a live worker is never handed to anyone else, whatever its age.
+When a process dies (SIGKILL, OOM, a lost host) its heartbeats stop, and the next tick of any
+live owner puts its messages back on their queues: recovery is bounded by the heartbeat
+timeout, not by a visibility timeout that must exceed the longest task.
+
+The same tick moves delayed messages (countdown, ETA, retry backoff) that are due onto their
+queues, so nothing waits unacknowledged in a worker's memory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from common.broker import scripts
+
+logger = logging.getLogger(__name__)
+
+SEP = "\x06\x16"  # kombu's separator between a queue's name and its priority
+
+
+class Owner:
+    """This process's identity as a holder of in-flight messages."""
+
+    def __init__(self, pool_params: dict[str, Any], *, dead_after: float, tick: float) -> None:
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.pid = os.getpid()
+        self.inflight_key = scripts.INFLIGHT_PREFIX + self.id
+        self.dead_after_ms = int(dead_after * 1000)
+        self.tick_interval = tick
+        self.client = redis.Redis(connection_pool=redis.ConnectionPool(**pool_params))
+        self._tick = self.client.register_script(scripts.TICK_SCRIPT)
+        self._requeue = self.client.register_script(scripts.REQUEUE)
+        self._requeue_unknown = self.client.register_script(scripts.REQUEUE_UNKNOWN)
+        self.held: set[str] = set()  # tags this process has been handed and not settled
+        self._pending_acks: set[str] = set()  # acks that failed while Redis was away
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.recovered = 0
+        self.promoted = 0
+        self.tick()  # hold a lease before the first fetch, so nothing is ever unowned
+        self._thread = threading.Thread(target=self._run, name="jobs-owner-heartbeat", daemon=True)
+        self._thread.start()
+
+    # --- the heartbeat thread ------------------------------------------------------------
+    def tick(self) -> None:
+        recovered, promoted = self._tick(
+            keys=[scripts.OWNERS, scripts.DELAYED, scripts.TICK],
+            args=[self.id, self.dead_after_ms, scripts.INFLIGHT_PREFIX, SEP, scripts.BELL_PREFIX, 500],
+        )
+        if recovered:
+            self.recovered += recovered
+            logger.warning("Requeued %d message(s) held by worker processes that stopped heartbeating", recovered)
+        self.promoted += promoted
+        if self._pending_acks:
+            self._flush_acks()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_interval):
+            try:
+                self.tick()
+            except redis.RedisError as exc:
+                logger.warning("Broker heartbeat failed (%s); retrying", type(exc).__name__)
+
+    # --- settling messages ---------------------------------------------------------------
+    def took(self, tag: str) -> None:
+        with self._lock:
+            self.held.add(tag)
+
+    def ack(self, tag: str) -> None:
+        """Forget a finished message; an ack that cannot reach Redis is retried, never dropped.
+
+        A dropped ack would leave the message owned by a live process until it exits, and
+        then it would run again.
+        """
+        with self._lock:
+            self.held.discard(tag)
+        try:
+            removed = self.client.hdel(self.inflight_key, tag)
+        except redis.RedisError:
+            with self._lock:
+                self._pending_acks.add(tag)
+            logger.warning("Could not acknowledge a message (broker unreachable); will retry")
+            return
+        if not removed:
+            logger.warning(
+                "Acknowledged message %s was no longer held by this worker: it was requeued "
+                "after this worker missed its heartbeats, and may run again elsewhere",
+                tag,
+            )
+
+    def _flush_acks(self) -> None:
+        with self._lock:
+            tags = list(self._pending_acks)
+        if tags:
+            self.client.hdel(self.inflight_key, *tags)
+            with self._lock:
+                self._pending_acks.difference_update(tags)
+
+    def requeue(self, tags: Iterable[str]) -> int:
+        tags = list(tags)
+        if not tags:
+            return 0
+        with self._lock:
+            self.held.difference_update(tags)
+        return int(self._requeue(keys=[self.inflight_key], args=[SEP, scripts.BELL_PREFIX, *tags]))
+
+    def requeue_unknown(self) -> int:
+        """After a lost fetch reply: requeue what Redis recorded but this process never got."""
+        with self._lock:
+            known = list(self.held | self._pending_acks)
+        n = int(self._requeue_unknown(keys=[self.inflight_key], args=[SEP, scripts.BELL_PREFIX, *known]))
+        if n:
+            logger.warning("Requeued %d message(s) whose delivery was cut off by a lost connection", n)
+        return n
+
+    def release(self) -> None:
+        """A clean exit: put back what this process still holds, so no one waits for its lease.
+
+        Runs after Celery's warm shutdown has let running tasks finish, so whatever is left
+        was never started.
+        """
+        if os.getpid() != self.pid:
+            return  # a forked child inherited this object; it owns nothing
+        self._stop.set()
+        try:
+            if self._pending_acks:
+                self._flush_acks()
+            with self._lock:
+                self.held.clear()
+            n = self._requeue_unknown(keys=[self.inflight_key], args=[SEP, scripts.BELL_PREFIX])
+            self.client.zrem(scripts.OWNERS, self.id)
+            if n:
+                logger.info("Returned %d unstarted message(s) to their queues at exit", n)
+        except redis.RedisError as exc:
+            logger.warning(
+                "Could not return held messages at exit (%s): they return after the heartbeat timeout",
+                type(exc).__name__,
+            )
+
+
+_owner: Owner | None = None
+_owner_lock = threading.Lock()
+
+
+def owner_for(pool_params: dict[str, Any], *, dead_after: float, tick: float) -> Owner:
+    """The process's owner, created on first use (and anew in a forked child)."""
+    global _owner
+    with _owner_lock:
+        if _owner is None or _owner.pid != os.getpid():
+            _owner = Owner(pool_params, dead_after=dead_after, tick=tick)
+            atexit.register(_owner.release)
+        return _owner
+
+
+def current_owner() -> Owner | None:
+    owner = _owner
+    return owner if owner is not None and owner.pid == os.getpid() else None

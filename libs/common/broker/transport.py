@@ -1,0 +1,348 @@
+"""kombu's Redis transport, made reliable: atomic fetch, owned in-flight messages, delayed
+messages kept in Redis, dead letters instead of crashes, and one client per channel.
+
+What changes against kombu's own transport:
+- Taking a message is one Lua call that pops it and records it in this process's in-flight
+  hash (`scripts.FETCH`); kombu's BRPOP-then-HSET can lose a message between the two.
+  Idle consumers block on a per-queue "bell" list that every publish rings, not on the
+  queue itself, so blocking never takes a message out of Redis.
+- In-flight messages belong to a heartbeating owner (`ownership.Owner`), not to a
+  visibility timeout: a killed worker's messages come back within the heartbeat timeout,
+  and a long task on a live worker is never handed out twice.
+- A message with a future ETA (countdown, eta, retry backoff) goes to a sorted set and is
+  moved onto its queue when due, instead of sitting unacknowledged in a worker's memory.
+- A message the worker cannot run (undecodable, malformed, wrong content type, unknown
+  task, arguments that break the contract, too large) is dead-lettered with its reason and
+  acknowledged in the same step; the worker goes on with the next one.
+- kombu builds a new `redis.Redis` for each command; since redis-py 5 that construction
+  was a fifth to a third of a worker's CPU (redis-py #3624). One client per channel here.
+
+Registered under kombu's `redis`/`rediss` aliases (`install()`), so URLs stay as they are.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+from redis.commands.core import Script
+
+from common.broker import ownership, scripts
+from common.deadletters.store import (
+    CRASHED_CONSUMER,
+    DUPLICATE,
+    TOO_LARGE,
+    UNDECODABLE,
+    DeadLetters,
+    Rejection,
+)
+
+logger = logging.getLogger(__name__)
+
+# A due time this close is not worth a round trip through the delayed set.
+_DELAY_THRESHOLD_MS = 50
+
+
+def _due_ms(message: dict[str, Any]) -> int | None:
+    """The message's ETA in epoch ms when it lies in the future, else None."""
+    headers = message.get("headers")
+    eta = headers.get("eta") if isinstance(headers, dict) else None
+    if not isinstance(eta, str):
+        return None
+    try:
+        when = datetime.fromisoformat(eta)
+    except ValueError:
+        return None  # the worker dead-letters a malformed header on receipt
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    due = int(when.timestamp() * 1000)
+    return due if due - time.time() * 1000 > _DELAY_THRESHOLD_MS else None
+
+
+class QoS(kombu_redis.QoS):
+    """Acks and rejects settle the owner's in-flight record; nothing relies on message age."""
+
+    def _owner_holding(self, tag: str) -> ownership.Owner | None:
+        owner = ownership.current_owner()
+        return owner if owner is not None and tag in owner.held else None
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        virtual.QoS.append(self, message, delivery_tag)  # FETCH already recorded it in Redis
+
+    def ack(self, delivery_tag: str) -> None:
+        owner = self._owner_holding(delivery_tag)
+        if owner is not None:
+            owner.ack(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        owner = self._owner_holding(delivery_tag)
+        if owner is not None:
+            if requeue:
+                owner.requeue([delivery_tag])
+            else:
+                owner.ack(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        # A closing channel (a lost connection, a consumer restart) keeps its messages: the
+        # tasks may still be running, and they stay owned by this live process. What is
+        # left at a clean exit goes back in `Owner.release`; after a crash, on heartbeat
+        # expiry.
+        self._delivered.clear()
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        pass  # recovery is by heartbeat (ownership), never by message age
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+    heartbeat_timeout: float = 10.0
+    heartbeat_interval: float = 0.5
+    intake: str | None = None  # module with check(payload, queue) / settle(rejection)
+    dead_letter_cap: int = 10_000
+    dead_letter_retention: float = 7 * 24 * 3600
+    max_payload_bytes: int = 1024 * 1024
+
+    from_transport_options = kombu_redis.Channel.from_transport_options + (
+        "heartbeat_timeout",
+        "heartbeat_interval",
+        "intake",
+        "dead_letter_cap",
+        "dead_letter_retention",
+        "max_payload_bytes",
+    )
+
+    _sync_client: Any = None
+    _reliable_poll = False
+    _poll_queues: list[str] = []
+    _lost_fetch = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._noack_queues: set[str] = set()
+        super().__init__(*args, **kwargs)
+        self._fetch_script: Script | None = None
+        self._intake_module: ModuleType | None = importlib.import_module(self.intake) if self.intake else None
+
+    # --- one client per channel --------------------------------------------------------
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        client = self._sync_client
+        # kombu replaces its pool after a fork or a lost connection: follow it.
+        if client is None or client.connection_pool is not self.pool:
+            client = self._sync_client = super()._create_client(asynchronous=False)
+        return client
+
+    def close(self) -> None:
+        self._sync_client = None
+        super().close()
+
+    # --- ownership ---------------------------------------------------------------------
+    @property
+    def owner(self) -> ownership.Owner:
+        return ownership.owner_for(
+            self._connparams(), dead_after=float(self.heartbeat_timeout), tick=float(self.heartbeat_interval)
+        )
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._noack_queues.add(queue)  # replies, not tasks: nothing to own or recover
+        else:
+            self.owner  # noqa: B018 - hold a lease (and start heartbeats) before consuming
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    # --- publishing ----------------------------------------------------------------------
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        pri = self._get_message_priority(message, reverse=False)
+        key = self._q_for_pri(queue, pri)
+        batch = kwargs.pop("_publish_batch", None)
+        due = _due_ms(message)
+        commands: list[tuple[str, tuple[Any, ...]]]
+        if due is not None:
+            commands = [("zadd", (scripts.DELAYED, {f"{key}\n{dumps(message)}": due}))]
+        else:
+            bell = scripts.BELL_PREFIX + queue
+            commands = [("lpush", (key, dumps(message))), ("lpush", (bell, 1)), ("ltrim", (bell, 0, 0))]
+        if self._expires and queue in self._expires:
+            commands += [("pexpire", (self._q_for_pri(queue, p), self._expires[queue])) for p in self.priority_steps]
+        if batch is not None:
+            for name, args in commands:
+                batch.add(name, *args)
+            return
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            for name, args in commands:
+                getattr(pipe, name)(*args)
+            pipe.execute()
+
+    # --- consuming -----------------------------------------------------------------------
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        if any(q in self._noack_queues for q in queues):
+            return super()._brpop_start(timeout)
+        if timeout is None:
+            timeout = self.brpop_timeout
+        self._reliable_poll = True
+        self._poll_queues = list(queues)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        # Block on the queues' bells, never on the queues: the message stays in Redis until
+        # FETCH moves it to the in-flight hash. The timeout also picks up messages from
+        # producers that do not ring (stock kombu): at most one second late.
+        bells = [scripts.BELL_PREFIX + q for q in queues]
+        self.client.connection.send_command("BRPOP", *bells, timeout or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self._reliable_poll:
+            return super()._brpop_read(**options)
+        try:
+            try:
+                self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+        finally:
+            self._in_poll = None
+            self._reliable_poll = False
+            self._flush_brpop_reauth()
+        return self._fetch_and_deliver(self._poll_queues)
+
+    def _fetch_and_deliver(self, queues: list[str]) -> bool:
+        owner = self.owner
+        lists = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        keys = [owner.inflight_key, *dict.fromkeys(lists)]
+        with self.conn_or_acquire() as client:
+            if self._fetch_script is None:
+                self._fetch_script = client.register_script(scripts.FETCH)
+            if self._lost_fetch:
+                owner.requeue_unknown()
+                self._lost_fetch = False
+            for _ in range(100):  # poison in a row is dead-lettered; then the loop breathes
+                try:
+                    reply = self._fetch_script(keys=keys, args=[self.sep, scripts.BELL_PREFIX], client=client)
+                except self.connection_errors:
+                    # Redis may have run FETCH and lost only the reply: reconcile next time.
+                    self._lost_fetch = True
+                    raise
+                if not reply:
+                    raise virtual.Empty()
+                list_key, raw, tag = reply
+                tag = bytes_to_str(tag)
+                owner.took(tag)
+                queue = bytes_to_str(list_key).split(self.sep, 1)[0]
+                try:
+                    payload = self._admit(raw, queue, tag)
+                except Rejection as rejection:
+                    if rejection.reason == DUPLICATE:
+                        owner.ack(tag)
+                    else:
+                        self._dead_letter(rejection, raw, queue, tag)
+                    continue
+                self._queue_cycle.rotate(queue)
+                try:
+                    self.connection._deliver(payload, queue)
+                except self.connection_errors:
+                    raise
+                except Exception as exc:  # Celery's handler raised: the worker must live on
+                    logger.exception("Handling a message from queue %s raised; dead-lettering it", queue)
+                    self.qos._quick_ack(tag)
+                    self._dead_letter(
+                        Rejection(CRASHED_CONSUMER, f"{type(exc).__name__}: {exc}", *_task_of(payload)),
+                        raw,
+                        queue,
+                        tag,
+                    )
+                return True
+        raise virtual.Empty()
+
+    def _admit(self, raw: bytes, queue: str, tag: str) -> dict[str, Any]:
+        """The message as kombu expects it, or a `Rejection` saying why it cannot run."""
+        if self.max_payload_bytes and len(raw) > int(self.max_payload_bytes):
+            payload = _try_loads(raw)
+            raise Rejection(
+                TOO_LARGE,
+                f"message of {len(raw)} bytes exceeds TASK_MAX_PAYLOAD_BYTES={self.max_payload_bytes}",
+                *_task_of(payload),
+            )
+        payload = _try_loads(raw)
+        if payload is None:
+            raise Rejection(UNDECODABLE, "not JSON (or not UTF-8)")
+        properties = payload.get("properties") if isinstance(payload, dict) else None
+        headers = payload.get("headers", {}) if isinstance(payload, dict) else None
+        if not isinstance(properties, dict) or not isinstance(headers, dict) or "body" not in payload:
+            raise Rejection(UNDECODABLE, "JSON, but not a message envelope (body, headers, properties)")
+        info = properties.get("delivery_info")
+        if not isinstance(info, dict):
+            properties["delivery_info"] = info = {}
+        info.setdefault("exchange", "")
+        info.setdefault("routing_key", queue)
+        properties["delivery_tag"] = tag
+        if self._intake_module is not None:
+            self._intake_module.check(payload, queue)
+        return payload
+
+    def _dead_letter(self, rejection: Rejection, raw: bytes, queue: str, tag: str) -> None:
+        owner = self.owner
+        entry = DeadLetters(
+            owner.client, cap=int(self.dead_letter_cap), retention=float(self.dead_letter_retention)
+        ).add(
+            queue=queue,
+            reason=rejection.reason,
+            detail=rejection.detail,
+            raw=raw,
+            worker=owner.id,
+            task=rejection.task,
+            task_id=rejection.task_id,
+            inflight=(owner.inflight_key, tag),
+        )
+        owner.held.discard(tag)
+        logger.error(
+            "Dead-lettered a message from queue %s (%s, entry %s): %s",
+            queue,
+            rejection.task or "no task name",
+            entry.id,
+            rejection,
+        )
+        if rejection.task_id and self._intake_module is not None:
+            try:
+                self._intake_module.settle(rejection)
+            except Exception:  # the dead letter is stored; a caller's .get() may wait
+                logger.exception("Could not record FAILURE for dead-lettered task %s", rejection.task_id)
+
+
+def _try_loads(raw: bytes) -> Any:
+    try:
+        return loads(bytes_to_str(raw))
+    except Exception:
+        return None
+
+
+def _task_of(payload: Any) -> tuple[str | None, str | None]:
+    headers = payload.get("headers") if isinstance(payload, dict) else None
+    if not isinstance(headers, dict):
+        return None, None
+    task, task_id = headers.get("task"), headers.get("id")
+    return (task if isinstance(task, str) else None), (task_id if isinstance(task_id, str) else None)
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+def install() -> None:
+    """Make kombu's `redis://` and `rediss://` URLs use this transport (TLS unchanged)."""
+    for alias in ("redis", "rediss"):
+        TRANSPORT_ALIASES[alias] = f"{__name__}:Transport"

@@ -1,0 +1,199 @@
+"""The dead-letter store: what a worker could not run, kept in Redis with the reason why.
+
+One sorted set per queue (entry id -> time) and one hash of entries, written by one Lua
+call that also trims each queue's set to its cap and drops entries past the retention, so
+a flood of poison messages cannot fill Redis. An entry keeps the raw message exactly as it
+was taken off the queue, so an operator can read it, fix what caused it, and replay it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+ENTRIES = "jobs.dead.entries"
+QUEUES = "jobs.dead.queues"
+QUEUE_PREFIX = "jobs.dead:"
+
+DEFAULT_CAP = 10_000
+DEFAULT_RETENTION = 7 * 24 * 3600
+
+# Why a message was dead-lettered (the `reason` field; filters use these names).
+UNDECODABLE = "undecodable"  # not JSON, or not kombu's envelope
+MALFORMED = "malformed"  # body or headers not what Celery's protocol 2 requires
+CONTENT_TYPE = "content-type"  # anything but JSON (pickle, yaml, xml, ...)
+UNKNOWN_TASK = "unknown-task"  # no task of that name on this queue's service
+INVALID_ARGUMENTS = "invalid-arguments"  # arguments that do not fit the task's contract
+TOO_LARGE = "too-large"  # over TASK_MAX_PAYLOAD_BYTES
+FAILED = "failed"  # the task failed for good (retries exhausted or unexpected error)
+CRASHED_CONSUMER = "crashed-consumer"  # the worker's message handling raised
+DUPLICATE = "duplicate"  # not dead-lettered: a second copy of an outbox message, dropped
+REASONS = (UNDECODABLE, MALFORMED, CONTENT_TYPE, UNKNOWN_TASK, INVALID_ARGUMENTS, TOO_LARGE, FAILED, CRASHED_CONSUMER)
+
+# KEYS[1] entries hash, KEYS[2] the queue's zset, KEYS[3] queues set, KEYS[4] (optional) the
+# in-flight hash holding the message. ARGV: id, entry JSON, time (ms), cap, retention (ms),
+# queue, in-flight tag. Recording and releasing the message is one step: never lost.
+_ADD = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[6])
+if KEYS[4] then redis.call('HDEL', KEYS[4], ARGV[7]) end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[5]))
+local excess = redis.call('ZCARD', KEYS[2]) - #expired - tonumber(ARGV[4])
+if excess > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[2], #expired, #expired + excess - 1)
+  for _, id in ipairs(oldest) do table.insert(expired, id) end
+end
+for _, id in ipairs(expired) do
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+end
+return #expired
+"""
+
+
+class DeadLetteredError(Exception):
+    """The worker refused the message before running it; the reason says why.
+
+    Stored as the task's FAILURE, so a caller waiting on `.get()` gets this instead of
+    waiting forever.
+    """
+
+
+@dataclass
+class Rejection(Exception):
+    """Raised while checking a message on receipt: dead-letter it with this reason."""
+
+    reason: str
+    detail: str
+    task: str | None = None
+    task_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+@dataclass
+class DeadLetter:
+    id: str
+    queue: str
+    reason: str
+    detail: str
+    time: float
+    worker: str
+    task: str | None = None
+    task_id: str | None = None
+    raw: str = ""
+    raw_encoding: str = "utf-8"  # or "base64" for bytes that are not text
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def raw_bytes(self) -> bytes:
+        return base64.b64decode(self.raw) if self.raw_encoding == "base64" else self.raw.encode()
+
+
+def _text(raw: bytes | str) -> tuple[str, str]:
+    if isinstance(raw, str):
+        return raw, "utf-8"
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode(), "base64"
+
+
+class DeadLetters:
+    def __init__(
+        self, client: redis.Redis, *, cap: int = DEFAULT_CAP, retention: float = DEFAULT_RETENTION
+    ) -> None:
+        self.client = client
+        self.cap = cap
+        self.retention = retention
+        self._add = client.register_script(_ADD)
+
+    def add(
+        self,
+        *,
+        queue: str,
+        reason: str,
+        detail: str,
+        raw: bytes | str,
+        worker: str = "",
+        task: str | None = None,
+        task_id: str | None = None,
+        inflight: tuple[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> DeadLetter:
+        """Store one dead letter; with `inflight=(hash, tag)` also release the held message."""
+        text, encoding = _text(raw)
+        entry = DeadLetter(
+            id=f"{queue}/{uuid.uuid4().hex[:16]}",
+            queue=queue,
+            reason=reason,
+            detail=detail[:2000],
+            time=time.time(),
+            worker=worker,
+            task=task,
+            task_id=task_id,
+            raw=text,
+            raw_encoding=encoding,
+            extra=extra or {},
+        )
+        keys = [ENTRIES, QUEUE_PREFIX + queue, QUEUES]
+        args = [entry.id, json.dumps(asdict(entry)), int(entry.time * 1000), self.cap, int(self.retention * 1000), queue]
+        if inflight is not None:
+            keys.append(inflight[0])
+            args.append(inflight[1])
+        self._add(keys=keys, args=args)
+        return entry
+
+    def queues(self) -> list[str]:
+        return sorted(q.decode() for q in self.client.smembers(QUEUES))
+
+    def count(self, queue: str) -> int:
+        return int(self.client.zcard(QUEUE_PREFIX + queue))
+
+    def list(
+        self,
+        queue: str | None = None,
+        *,
+        task: str | None = None,
+        reason: str | None = None,
+        limit: int | None = 100,
+    ) -> list[DeadLetter]:
+        """Newest first, filtered by queue, task name and reason."""
+        out: list[DeadLetter] = []
+        for q in [queue] if queue else self.queues():
+            ids = self.client.zrevrange(QUEUE_PREFIX + q, 0, -1)
+            if not ids:
+                continue
+            for raw in self.client.hmget(ENTRIES, ids):
+                if raw is None:
+                    continue
+                entry = DeadLetter(**json.loads(raw))
+                if (task is None or entry.task == task) and (reason is None or entry.reason == reason):
+                    out.append(entry)
+        out.sort(key=lambda e: e.time, reverse=True)
+        return out if limit is None else out[:limit]
+
+    def get(self, entry_id: str) -> DeadLetter | None:
+        raw = self.client.hget(ENTRIES, entry_id)
+        return DeadLetter(**json.loads(raw)) if raw is not None else None
+
+    def remove(self, entry_id: str) -> bool:
+        queue = entry_id.rsplit("/", 1)[0]
+        with self.client.pipeline() as pipe:
+            pipe.hdel(ENTRIES, entry_id).zrem(QUEUE_PREFIX + queue, entry_id)
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def purge(self, queue: str | None = None, *, task: str | None = None, reason: str | None = None) -> int:
+        entries = self.list(queue, task=task, reason=reason, limit=None)
+        for entry in entries:
+            self.remove(entry.id)
+        return len(entries)

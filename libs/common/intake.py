@@ -1,0 +1,144 @@
+"""What a worker checks on receipt, before Celery sees a message: the transport's intake.
+
+Celery's consumer crashes the whole worker on some malformed messages (a body that is not
+`[args, kwargs, embed]`, a `timelimit` that is not numbers), silently drops others (unknown
+task names, pickle), and runs a task whatever its arguments. Here every message is checked
+against Celery's protocol 2 and against the task's contract; one that fails is
+dead-lettered by the transport with the reason, and its result becomes FAILURE so a
+caller's `.get()` returns.
+
+Named by the `intake` broker transport option of worker apps (`common.celery_config`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from celery import states
+
+from common.catalogue import CATALOGUE, InvalidTaskArgumentsError
+from common.deadletters.store import (
+    CONTENT_TYPE,
+    DUPLICATE,
+    INVALID_ARGUMENTS,
+    MALFORMED,
+    UNKNOWN_TASK,
+    DeadLetteredError,
+    Rejection,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_HEADER = "x_outbox"
+_SEEN_PREFIX = "jobs.outbox.seen:"
+_SEEN_TTL = 7 * 24 * 3600
+
+
+def _app() -> Any:
+    from common.celery_app import current_app
+
+    return current_app()
+
+
+def check(payload: dict[str, Any], queue: str) -> None:
+    """Raise `Rejection` unless this worker can run the message as it stands."""
+    headers = payload.get("headers") or {}
+    task, task_id = headers.get("task"), headers.get("id")
+    if not isinstance(task, str) or not isinstance(task_id, str):
+        raise Rejection(MALFORMED, "headers lack a task name and id (Celery protocol 2)")
+
+    def reject(reason: str, detail: str) -> Rejection:
+        return Rejection(reason, detail, task, task_id)
+
+    content_type = payload.get("content-type")
+    if content_type != "application/json":
+        raise reject(CONTENT_TYPE, f"content type {content_type!r}; only application/json is accepted")
+    body = _decode_body(payload, reject)
+    if not (
+        isinstance(body, list)
+        and len(body) == 3
+        and isinstance(body[0], list)
+        and isinstance(body[1], dict)
+        and isinstance(body[2], dict | None)
+    ):
+        raise reject(MALFORMED, "body is not [args, kwargs, embed]")
+    _check_headers(headers, reject)
+    app = _app()
+    if task not in app.tasks:
+        raise reject(UNKNOWN_TASK, f"no task {task!r} on queue {queue!r} (service {app.main!r})")
+    if task in CATALOGUE:
+        try:
+            CATALOGUE.get(task).check(tuple(body[0]), body[1])
+        except InvalidTaskArgumentsError as exc:
+            raise reject(INVALID_ARGUMENTS, str(exc)) from None
+    if headers.get(OUTBOX_HEADER) and _already_seen(payload, headers, task_id):
+        logger.info("Dropped a second copy of task %s republished by the outbox relay", task_id)
+        raise Rejection(DUPLICATE, "second copy from the outbox relay", task, task_id)
+
+
+def _decode_body(payload: dict[str, Any], reject: Any) -> Any:
+    body = payload.get("body")
+    if payload.get("properties", {}).get("body_encoding") == "base64":
+        if not isinstance(body, str):
+            raise reject(MALFORMED, "base64 body is not a string")
+        try:
+            body = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise reject(MALFORMED, "body is not valid base64") from None
+    try:
+        return json.loads(body) if isinstance(body, bytes | str) else body
+    except (ValueError, UnicodeDecodeError):
+        raise reject(MALFORMED, "body is not JSON") from None
+
+
+def _check_headers(headers: dict[str, Any], reject: Any) -> None:
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits)
+    ):
+        raise reject(MALFORMED, "header 'timelimit' must be [soft, hard] seconds or null")
+    for name in ("eta", "expires"):
+        value = headers.get(name)
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool) and name == "expires"):
+            continue
+        try:
+            datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise reject(MALFORMED, f"header {name!r} is not an ISO 8601 time") from None
+    retries = headers.get("retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise reject(MALFORMED, "header 'retries' must be a non-negative integer")
+    for name in ("root_id", "parent_id", "group", "shadow"):
+        if headers.get(name) is not None and not isinstance(headers[name], str):
+            raise reject(MALFORMED, f"header {name!r} must be a string")
+
+
+def _already_seen(payload: dict[str, Any], headers: dict[str, Any], task_id: str) -> bool:
+    """An outbox message is the first of its (task id, retry) unless another copy claimed it.
+
+    The relay republishes a row whose deletion it could not record; the copy that claims the
+    key runs, any other copy is dropped. A redelivery of the same copy (same delivery tag,
+    after a crash) keeps its claim and runs.
+    """
+    app = _app()
+    tag = payload["properties"]["delivery_tag"]
+    key = f"{_SEEN_PREFIX}{task_id}:{headers.get('retries', 0)}"
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        if client.set(key, tag, nx=True, ex=_SEEN_TTL):
+            return bool(app.backend.get_state(task_id) not in states.UNREADY_STATES)
+        return bytes(client.get(key) or b"").decode() != tag
+
+
+def settle(rejection: Rejection) -> None:
+    """Store FAILURE for a dead-lettered task, so a caller's `.get()` raises instead of waiting."""
+    if rejection.reason == DUPLICATE or not rejection.task_id:
+        return
+    _app().backend.store_result(rejection.task_id, DeadLetteredError(str(rejection)), states.FAILURE)

@@ -1,0 +1,149 @@
+"""Poison messages pushed raw into a queue: the worker stays up, each one is dead-lettered
+with its reason, a caller waiting on its result gets FAILURE, and the next good task runs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery.result import AsyncResult
+
+from common import catalogue
+from common.celery_app import current_app
+from common.deadletters import DeadLetteredError, DeadLetters
+from common.testing.waiting import wait_until
+from common.testing.workers import Workers
+
+
+@pytest.fixture(scope="module")
+def worker(data_dir: Path, peers_env: dict[str, str]) -> Iterator[Workers]:
+    w = Workers(data_dir)
+    try:
+        w.start(["sync"], env={"sync": {**peers_env, "TASK_MAX_PAYLOAD_BYTES": "20000"}})
+        yield w
+    finally:
+        w.stop()
+
+
+def envelope(
+    task: str = "sync.echo",
+    body: Any = ((1,), {}, {}),
+    *,
+    raw_body: bytes | None = None,
+    content_type: str = "application/json",
+    **headers: Any,
+) -> tuple[str, bytes]:
+    """A Celery protocol-2 message as a producer would LPUSH it, with one part spoiled."""
+    task_id = str(uuid.uuid4())
+    data = raw_body if raw_body is not None else json.dumps(body).encode()
+    message = {
+        "body": base64.b64encode(data).decode(),
+        "content-encoding": "utf-8",
+        "content-type": content_type,
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": task_id,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "eta": None,
+            "expires": None,
+            **headers,
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "sync"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return task_id, json.dumps(message).encode()
+
+
+POISON: dict[str, tuple[str, bytes]] = {
+    "body is an object": envelope(body={"x": 1}),
+    "body is a string": envelope(body="a string"),
+    "body lacks embed": envelope(body=[[1], {}]),
+    "body is null": envelope(body=None),
+    "timelimit not numbers": envelope(timelimit="x"),
+    "eta not a time": envelope(eta="tomorrow"),
+    "unknown task": envelope(task="sync.no_such_task"),
+    "another service's task": envelope(task="payments.process_payment"),
+    "pickle body": envelope(raw_body=pickle.dumps(((1,), {}, {})), content_type="application/x-python-serialize"),
+    "xml body": envelope(raw_body=b"<args><i>1</i></args>", content_type="application/xml"),
+    "truncated JSON body": envelope(raw_body=b'[[1], {"a": '),
+    "argument breaks the contract": envelope(body=[["not-an-int"], {}, {}]),
+    "missing argument": envelope(body=[[], {}, {}]),
+    "too large": envelope(body=[[1], {}, {"pad": "x" * 30000}]),
+}
+EXPECTED_REASON = {
+    "body is an object": "malformed",
+    "body is a string": "malformed",
+    "body lacks embed": "malformed",
+    "body is null": "malformed",
+    "timelimit not numbers": "malformed",
+    "eta not a time": "malformed",
+    "unknown task": "unknown-task",
+    "another service's task": "unknown-task",
+    "pickle body": "content-type",
+    "xml body": "content-type",
+    "truncated JSON body": "malformed",
+    "argument breaks the contract": "invalid-arguments",
+    "missing argument": "invalid-arguments",
+    "too large": "too-large",
+}
+RAW_ITEMS = {  # not even an envelope: no task id to fail
+    "not JSON": b"\x80\x04garbage",
+    "JSON but no envelope": b'{"x": 1}',
+    "a JSON string": b'"a string"',
+    "JSON null": b"null",
+}
+
+
+def test_every_poison_shape_is_dead_lettered_and_the_worker_goes_on(worker, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    client = redis.Redis.from_url(redis_url)
+    store = DeadLetters(client)
+    before = {e.id for e in store.list("sync", limit=None)}
+    for name, raw in RAW_ITEMS.items():
+        client.lpush("sync", raw)
+    for name, (_, raw) in POISON.items():
+        client.lpush("sync", raw)
+    # The next good task runs: the worker did not crash or stall on what came before it.
+    assert catalogue.echo.delay(7).get(timeout=30) == 7
+    assert worker.procs["sync"].running, "a poison message stopped the worker"
+
+    new = [e for e in store.list("sync", limit=None) if e.id not in before]
+    by_task_id = {e.task_id: e for e in new if e.task_id}
+    report = []
+    for name, (task_id, raw) in POISON.items():
+        entry = by_task_id.get(task_id)
+        assert entry is not None, f"{name}: not dead-lettered"
+        assert entry.reason == EXPECTED_REASON[name], f"{name}: {entry.reason} ({entry.detail})"
+        assert entry.raw_bytes == raw, f"{name}: raw message not kept as sent"
+        assert entry.queue == "sync" and entry.worker and entry.time > 0
+        # A caller waiting on this task gets an answer instead of waiting forever.
+        result = AsyncResult(task_id, app=current_app())
+        assert result.state == "FAILURE", f"{name}: result {result.state}"
+        with pytest.raises(DeadLetteredError):
+            result.get(timeout=5)
+        report.append(f"{name}: {entry.reason}")
+    raw_entries = sorted(e.raw_bytes for e in new if not e.task_id)
+    assert raw_entries == sorted(RAW_ITEMS.values())
+    assert all(e.reason == "undecodable" for e in new if not e.task_id)
+    print(f"\n[poison] {len(POISON) + len(RAW_ITEMS)} poison messages, all dead-lettered; worker alive:")
+    print("\n".join(f"  {line}" for line in report))
+    # Nothing is left half-taken: the queue is empty and nothing is held in flight.
+    assert client.llen("sync") == 0
+    held = sum(client.hlen(k) for k in client.scan_iter("jobs.inflight:*"))
+    assert held == 0, f"{held} message(s) still held after dead-lettering"
