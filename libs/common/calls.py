@@ -1,28 +1,62 @@
-"""Sending tasks by name: checked against the catalogue, routed by the one table.
+"""Sending tasks by name: checked against the catalogue, routed by the one table, never lost.
 
 This is how a producer (the web side, beat, or another service) calls a service it
-must not import. A call that names no known task, or whose arguments do not fit the
-declaration, raises before anything is published; an unreachable broker raises
-`BrokerUnavailableError` naming the URL rather than hanging or losing the task.
+must not import. A call that names no known task, whose arguments do not fit the
+declaration, or whose arguments are larger than TASK_MAX_PAYLOAD_BYTES as JSON raises
+before anything is published or stored.
+
+Delivery goes through the transactional outbox (`common.outbox`):
+- inside a Django transaction the task is written to the outbox table in that same
+  transaction and published once it commits; a rollback sends nothing;
+- outside one it is published at once; if the broker is unreachable it is kept in the
+  outbox instead (a WARNING says so) and `relay_outbox` publishes it when Redis is back.
+Either way the caller gets the AsyncResult, with its task id, at once. `outbox=False`
+publishes at once even inside a transaction and raises `BrokerUnavailableError` (naming
+the URL, password hidden) when the broker is unreachable, keeping nothing.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
 from typing import Any
 
 from celery import Celery, Signature
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
+from kombu.utils.json import dumps as kombu_dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.catalogue import CATALOGUE, InvalidTaskArgumentsError, TaskContract
 from common.celery_app import current_app
 from common.redaction import redact_url
+from common.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+# After a failed publish, sends to that broker go straight to the outbox for this many
+# seconds instead of each waiting out the publish retry policy: a fan-out of 1,000 tasks
+# during an outage then takes 1,000 inserts, not 1,000 timeouts. The relay keeps probing.
+BROKER_RETRY_AFTER = 5.0
+_broker_down_until: dict[str, float] = {}
 
 
 class BrokerUnavailableError(ConnectionError):
     """The broker could not be reached; the task was not published."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class PayloadTooLargeError(InvalidTaskArgumentsError):
+    """Arguments larger than TASK_MAX_PAYLOAD_BYTES as JSON; nothing was sent or kept."""
+
+
+class InvalidTaskOptionsError(TypeError):
+    """A publish option the outbox cannot keep as JSON; nothing was sent or kept."""
 
 
 def contract(name: str | TaskContract) -> TaskContract:
@@ -35,26 +69,122 @@ def apply_async(
     kwargs: dict[str, Any] | None = None,
     *,
     app: Celery | None = None,
+    outbox: bool = True,
     **options: Any,
 ) -> AsyncResult:
-    """`Task.apply_async` for a task this process does not import."""
+    """`Task.apply_async` for a task this process does not import (see the module docstring)."""
     c = contract(name)
+    args = list(args)
+    kwargs = dict(kwargs or {})
     c.check(tuple(args), kwargs)
+    payload = encoded_payload(c, args, kwargs)
     app = app or current_app()
+    if not outbox:
+        return publish(app, c.name, args, kwargs, **options)
+
+    from django.db import DatabaseError, transaction
+
+    from common.outbox import store  # needs Django's app registry, which current_app() sets up
+
+    caller_id = options.pop("task_id", None)
+    task_id = caller_id or str(uuid.uuid4())
+    queue, kept_options = store.encode_options(options, default_queue=c.queue)
+    row = store.Row(task_id, c.name, queue, payload, kept_options, caller_id is not None)
+    if transaction.get_connection().in_atomic_block:
+        if store.keep(row):
+            store.publish_after_commit(app, task_id)
+        return app.AsyncResult(task_id)
+
+    down = _broker_down_since(app)
+    if down is None:
+        try:
+            return publish(app, c.name, args, kwargs, task_id=task_id, **options)
+        except BrokerUnavailableError as exc:
+            reason = exc.reason
+            unavailable: BrokerUnavailableError = exc
+    else:
+        reason = f"{down} (a publish failed under {BROKER_RETRY_AFTER:g} s ago)"
+        unavailable = BrokerUnavailableError(f"Could not publish {c.name}: {reason}.", reason)
     try:
-        return app.send_task(c.name, args=list(args), kwargs=kwargs or {}, **options)
-    except (OperationalError, RedisConnectionError, RedisTimeoutError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "result store" not in str(exc):
-            raise  # only the Redis result backend's "cannot reconnect" is a broker outage
+        store.keep(row)
+    except DatabaseError as exc:
         raise BrokerUnavailableError(
-            f"Could not publish {c.name}: broker at {redact_url(app.conf.broker_url)} "
-            f"is unreachable ({type(exc).__name__}). Is Redis running and REDIS_URL right? "
-            "The task was not sent."
-        ) from exc
+            f"Could not publish {c.name}: {reason}, and could not keep it in the outbox either "
+            f"({type(exc).__name__}). The task was not sent.",
+            reason,
+        ) from unavailable
+    logger.warning(
+        "%s[%s] kept in the outbox: %s. The outbox relay (relay_outbox) publishes it when the "
+        "broker is back.",
+        c.name,
+        task_id,
+        reason,
+    )
+    return app.AsyncResult(task_id)
 
 
 def delay(name: str | TaskContract, *args: Any, **kwargs: Any) -> AsyncResult:
     return apply_async(name, args, kwargs)
+
+
+def publish(
+    app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], **options: Any
+) -> AsyncResult:
+    """Publish now, unchecked (callers check first); raise `BrokerUnavailableError` on an outage.
+
+    The outbox relay publishes through here too, so an outage looks the same everywhere.
+    """
+    try:
+        result = app.send_task(name, args=args, kwargs=kwargs, **options)
+    except (OperationalError, RedisConnectionError, RedisTimeoutError, RuntimeError, TimeoutError) as exc:
+        if isinstance(exc, RuntimeError) and "result store" not in str(exc):
+            raise  # only the Redis result backend's "cannot reconnect" is a broker outage
+        reason = f"broker at {redact_url(app.conf.broker_url)} is unreachable ({type(exc).__name__})"
+        _broker_down_until[app.conf.broker_url] = time.monotonic() + BROKER_RETRY_AFTER
+        raise BrokerUnavailableError(
+            f"Could not publish {name}: {reason}. Is Redis running and REDIS_URL right? "
+            "The task was not sent.",
+            reason,
+        ) from exc
+    if _broker_down_until:
+        _broker_down_until.pop(app.conf.broker_url, None)
+    return result
+
+
+def broker_marked_down(app: Celery) -> bool:
+    """True while a recent publish to this app's broker failed (sends go to the outbox)."""
+    return _broker_down_since(app) is not None
+
+
+def _broker_down_since(app: Celery) -> str | None:
+    if not _broker_down_until:
+        return None
+    url = app.conf.broker_url
+    until = _broker_down_until.get(url)
+    if until is None or time.monotonic() >= until:
+        _broker_down_until.pop(url, None)
+        return None
+    return f"broker at {redact_url(url)} is unreachable"
+
+
+def encoded_payload(c: TaskContract, args: list[Any], kwargs: dict[str, Any]) -> str:
+    """`[args, kwargs]` as the message body will carry them; refuse what is too large to send."""
+    try:
+        payload = kombu_dumps([args, kwargs])
+    except (TypeError, ValueError) as exc:
+        raise InvalidTaskArgumentsError(
+            f"{c.name}{c.signature}: the arguments cannot be sent as JSON ({exc}). "
+            "Pass ids and plain values. Nothing was sent."
+        ) from None
+    size = len(payload.encode())
+    limit = get_settings().task_max_payload_bytes
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"{c.name}: the arguments are {size:,} bytes as JSON, over the limit of {limit:,} "
+            "(TASK_MAX_PAYLOAD_BYTES). Pass ids (a row's primary key, a file's path) and let the "
+            "task load the data. Nothing was sent."
+        )
+    return payload
 
 
 def signature(

@@ -18,6 +18,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django_celery_beat",
     "common",
+    "common.outbox",
 ]
 
 DATABASES = {

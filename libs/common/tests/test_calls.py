@@ -1,4 +1,4 @@
-"""A producer that imports no service sends by name; bad calls never reach the broker."""
+"""A producer that imports no service sends by name; bad calls never reach the broker or the outbox."""
 
 import time
 
@@ -8,6 +8,7 @@ from celery import Celery
 from common import calls, catalogue
 from common.catalogue import CATALOGUE, SERVICES, InvalidTaskArgumentsError, UnknownTaskError
 from common.celery_app import current_app
+from common.outbox.models import OutboxMessage
 
 
 def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
@@ -22,6 +23,7 @@ def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
 @pytest.fixture(autouse=True)
 def empty_queues(redis_client) -> None:  # type: ignore[no-untyped-def]
     redis_client.flushdb()
+    OutboxMessage.objects.all().delete()
 
 
 def test_every_catalogued_task_is_routed_to_its_own_service_queue() -> None:
@@ -72,17 +74,77 @@ def test_canvas_signatures_are_checked_leaving_the_chained_argument_open() -> No
         catalogue.send_welcome_email.s("not-an-id")
 
 
-def test_unreachable_broker_gives_an_actionable_error_quickly() -> None:
+def dead_app() -> Celery:
     from common.celery_config import celery_config
     from common.ports import free_port
     from common.settings import load_settings
 
     dead = Celery("dead")
     dead.conf.update(celery_config(load_settings(redis_url=f"redis://:s3cret@127.0.0.1:{free_port()}/0")))
+    return dead
+
+
+def test_unreachable_broker_gives_an_actionable_error_quickly_when_the_outbox_is_declined() -> None:
     started = time.monotonic()
     with pytest.raises(calls.BrokerUnavailableError) as err:
-        calls.apply_async("emails.send_welcome_email", (1,), app=dead)
+        calls.apply_async("emails.send_welcome_email", (1,), app=dead_app(), outbox=False)
     message = str(err.value)
     assert "unreachable" in message and "REDIS_URL" in message and "not sent" in message
     assert "s3cret" not in message
     assert time.monotonic() - started < 60  # bounded by the publish retry policy, not forever
+    assert not OutboxMessage.objects.exists(), "outbox=False keeps nothing"
+
+
+def test_unreachable_broker_by_default_keeps_the_task_instead_of_raising() -> None:
+    result = calls.apply_async("emails.send_welcome_email", (1,), app=dead_app())
+    assert OutboxMessage.objects.get(task_id=result.id).task_name == "emails.send_welcome_email"
+
+
+def big(n: int) -> dict:
+    """An argument of exactly `n` bytes as the payload's JSON (`[[{"b": "..."}], {}]`)."""
+    return {"b": "x" * (n - len('[[{"b": ""}], {}]'))}
+
+
+def test_a_payload_over_the_limit_is_refused_before_anything_is_sent_or_kept(redis_client) -> None:  # type: ignore[no-untyped-def]
+    limit = 1_048_576
+    catalogue.notify_admin.delay(big(limit))  # at the limit: sent
+    assert queued(redis_client) == 1
+    for attempt in (lambda: catalogue.notify_admin.delay(big(limit + 1)), lambda: _in_transaction(limit + 1)):
+        with pytest.raises(calls.PayloadTooLargeError) as err:
+            attempt()
+        message = str(err.value)
+        assert "emails.notify_admin" in message and f"{limit + 1:,} bytes" in message
+        assert f"{limit:,}" in message and "TASK_MAX_PAYLOAD_BYTES" in message and "Pass ids" in message
+        assert isinstance(err.value, InvalidTaskArgumentsError)
+    assert queued(redis_client) == 1 and not OutboxMessage.objects.exists()
+    with pytest.raises(calls.PayloadTooLargeError):  # and when the broker is down: not kept either
+        calls.apply_async("emails.notify_admin", (big(limit + 1),), app=dead_app())
+    assert not OutboxMessage.objects.exists()
+
+
+def _in_transaction(size: int) -> None:
+    from django.db import transaction
+
+    with transaction.atomic():
+        catalogue.notify_admin.delay(big(size))
+
+
+def test_the_payload_limit_is_configurable(redis_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from common.settings import reset_settings_cache
+
+    monkeypatch.setenv("TASK_MAX_PAYLOAD_BYTES", "100")
+    reset_settings_cache()
+    try:
+        catalogue.notify_admin.delay(big(100))
+        with pytest.raises(calls.PayloadTooLargeError, match="101 bytes as JSON, over the limit of 100"):
+            catalogue.notify_admin.delay(big(101))
+    finally:
+        monkeypatch.undo()
+        reset_settings_cache()
+    assert queued(redis_client) == 1
+
+
+def test_arguments_json_cannot_carry_are_refused_clearly(redis_client) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidTaskArgumentsError, match="cannot be sent as JSON.*Pass ids and plain values"):
+        catalogue.notify_admin.delay({"doctor": object()})
+    assert queued(redis_client) == 0 and not OutboxMessage.objects.exists()

@@ -1,0 +1,184 @@
+"""Publishing what the outbox holds: right after a commit, and by the relay loop.
+
+Rows are claimed with `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL, so several relays
+(and the post-commit publish) never publish the same row at once; SQLite has no row locks,
+and there a row may be published twice. A row is deleted only after its publish, so a
+relay that dies in between publishes it again: the same task id, with the `x_outbox`
+header, which the workers deduplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from celery import Celery
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import F, QuerySet
+
+from common import calls
+from common.outbox.models import OutboxMessage
+from common.outbox.store import decode_options
+from common.pii import mask_text
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 100
+_IN_CHUNK = 500  # task ids per `IN (...)`: well under SQLite's variable limit
+
+
+@dataclass
+class Pass:
+    """What one pass did: rows published, and whether it stopped because the broker is down."""
+
+    published: int = 0
+    failed: int = 0
+    broker_down: str | None = None
+
+
+def publish_kept(app: Celery, task_ids: Iterable[str]) -> Pass:
+    """Publish these kept tasks (if still there and not claimed by a relay) and delete them."""
+    done = Pass()
+    ids = list(task_ids)
+    if calls.broker_marked_down(app):  # a publish just failed: do not wait for another timeout
+        done.broker_down = "the broker was unreachable moments ago"
+        _warn_kept(len(ids), done.broker_down)
+        return done
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        with _claiming():
+            rows = list(_claim(OutboxMessage.objects.filter(task_id__in=chunk).order_by("pk")))
+            _publish(app, rows, done)
+        if done.broker_down:
+            _warn_kept(OutboxMessage.objects.filter(task_id__in=chunk).count(), done.broker_down)
+            break
+    return done
+
+
+def _warn_kept(count: int, reason: str) -> None:
+    logger.warning(
+        "%d committed task(s) kept in the outbox: %s. The outbox relay (relay_outbox) publishes "
+        "them when the broker is back.",
+        count,
+        reason,
+    )
+
+
+def relay_once(app: Celery | None = None, *, batch_size: int = BATCH_SIZE) -> Pass:
+    """One pass over the outbox, oldest first, in batches; stops early if the broker is down."""
+    app = app or _app()
+    done = Pass()
+    after = 0
+    while True:
+        with _claiming():
+            rows = list(_claim(OutboxMessage.objects.filter(pk__gt=after).order_by("pk"))[:batch_size])
+            if not rows:
+                return done
+            _publish(app, rows, done)
+        if done.broker_down:
+            return done
+        after = rows[-1].pk
+
+
+def run(
+    app: Celery | None = None,
+    *,
+    interval: float = 1.0,
+    batch_size: int = BATCH_SIZE,
+    stop: threading.Event | None = None,
+) -> None:
+    """The relay loop: a pass every `interval` seconds until `stop` is set (TERM and INT set it).
+
+    Survives the broker and the database going away: it logs once per outage and goes on.
+    """
+    stop = stop or _stop_on_signals()
+    app = app or _app()
+    outage: str | None = None
+    logger.info("Outbox relay started: a pass every %g s, batches of %d", interval, batch_size)
+    while not stop.is_set():
+        close_old_connections()  # drop a connection the database closed; CONN_MAX_AGE applies
+        try:
+            done = relay_once(app, batch_size=batch_size)
+            problem = done.broker_down
+        except DatabaseError as exc:
+            done, problem = Pass(), f"database error ({type(exc).__name__})"
+        if problem and problem != outage:
+            logger.warning("Outbox relay cannot publish: %s; retrying every %g s", problem, interval)
+        elif outage and not problem:
+            logger.warning("Outbox relay publishes again (%s is over)", outage)
+        outage = problem
+        if done.published:
+            logger.info("Outbox relay published %d task(s)", done.published)
+        stop.wait(interval)
+    logger.info("Outbox relay stopped")
+
+
+def _publish(app: Celery, rows: list[OutboxMessage], done: Pass) -> None:
+    """Publish each row in order, delete the published ones; stop at the first broker outage."""
+    published = []
+    for row in rows:
+        try:
+            calls.publish(
+                app,
+                row.task_name,
+                row.args,
+                row.kwargs,
+                task_id=row.task_id,
+                queue=row.queue,
+                **decode_options(row.options),
+            )
+        except calls.BrokerUnavailableError as exc:
+            done.broker_down = exc.reason
+            _failed(row, exc.reason)
+            break
+        except Exception as exc:  # this row cannot be published: record why, go on with the rest
+            error = mask_text(f"{type(exc).__name__}: {exc}")
+            if not row.attempts:
+                logger.error("Outbox cannot publish %s[%s]: %s", row.task_name, row.task_id, error)
+            done.failed += 1
+            _failed(row, error)
+            continue
+        published.append(row.pk)
+    if published:
+        OutboxMessage.objects.filter(pk__in=published).delete()
+        done.published += len(published)
+
+
+def _failed(row: OutboxMessage, error: str) -> None:
+    OutboxMessage.objects.filter(pk=row.pk).update(attempts=F("attempts") + 1, last_error=error[:2000])
+
+
+def _claiming() -> transaction.Atomic | nullcontext[None]:
+    # Row locks last as long as the transaction. SQLite has none, and a read that turns into
+    # a write inside a transaction fails at once when another process writes: autocommit there.
+    if connection.features.has_select_for_update_skip_locked:
+        return transaction.atomic()
+    return nullcontext()
+
+
+def _claim(rows: QuerySet[OutboxMessage]) -> QuerySet[OutboxMessage]:
+    if connection.features.has_select_for_update_skip_locked:
+        return rows.select_for_update(skip_locked=True)
+    return rows
+
+
+def _app() -> Celery:
+    from common.celery_app import current_app
+
+    return current_app()
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    return stop
