@@ -1,6 +1,8 @@
 """Payment gateway sandbox: records charges, honours idempotency keys like Stripe.
 
 Customers whose id starts with `cus_decline` are declined (HTTP 402).
+`GET /v1/charges?idempotency_key=<key>` answers the charge made under a key, or 404 if none
+was (never tried, or declined), so a client can settle a charge whose reply it lost.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from common.sandboxes.http import JSONServer
 
@@ -23,6 +26,9 @@ class GatewaySandbox(JSONServer):
     def _handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, Any]:
         if method == "GET" and path == "/health":
             return 200, {"status": "ok"}
+        url = urlsplit(path)
+        if method == "GET" and url.path == "/v1/charges":
+            return self._find(parse_qs(url.query).get("idempotency_key", [""])[0])
         if method != "POST" or path != "/v1/charges":
             return 404, {"error": f"no route {method} {path}"}
         key = headers.get("Idempotency-Key")
@@ -47,3 +53,12 @@ class GatewaySandbox(JSONServer):
                 reply = (200, {"id": charge["id"], "status": "succeeded"})
             self._by_key[key] = reply
             return reply
+
+    def _find(self, key: str) -> tuple[int, Any]:
+        if not key:
+            return 400, {"error": "idempotency_key is required"}
+        with self._lock:
+            for charge in self.charges:
+                if charge["idempotency_key"] == key:
+                    return 200, {**charge, "status": "succeeded"}
+        return 404, {"error": "no charge with this idempotency key"}
