@@ -209,6 +209,11 @@ def process_payment(appointment_id: int) -> dict:
     """Charge an appointment exactly once, however often the task is delivered."""
 
 
+@payments
+def reconcile_payments() -> dict:
+    """Every 300 s: settle payments a crash left pending/processing by asking the gateway by key."""
+
+
 # --- reports ----------------------------------------------------------------
 @reports
 def generate_large_report(report_id: int) -> dict:

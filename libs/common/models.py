@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 
@@ -37,6 +38,37 @@ class Patient(models.Model):
         return self.name
 
 
+# ISO 4217 (List One), the active codes of circulating currencies as of 2025 (ZWG replaced ZWL,
+# XCG replaced ANG, SLE replaced SLL). Left out: fund codes (BOV, CHE, CHW, CLF, COU, MXV, USN,
+# UYI, UYW), precious metals, SDR and other units, and the test/no-currency codes (XTS, XXX):
+# nobody pays an appointment in them.
+ISO_4217_CURRENCIES = frozenset(
+    """
+    AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD
+    CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP
+    GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD
+    KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN
+    NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP
+    SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VED VES
+    VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG
+    """.split()
+)
+
+
+def validate_positive_amount(value: Decimal) -> None:
+    """A charge of 0 or less is a data error, never something to send to the gateway."""
+    if value is None or value <= 0:
+        raise ValidationError("amount must be greater than 0 (got %(value)s)", params={"value": value})
+
+
+def validate_currency(value: str) -> None:
+    """Only an active ISO 4217 code (upper case, as gateways expect) names a currency."""
+    if value not in ISO_4217_CURRENCIES:
+        raise ValidationError(
+            "currency %(value)r is not an active ISO 4217 code", params={"value": value}
+        )
+
+
 class Appointment(models.Model):
     class PaymentStatus(models.TextChoices):
         PENDING = "pending"
@@ -47,8 +79,11 @@ class Appointment(models.Model):
     doctor = models.ForeignKey(Doctor, on_delete=models.PROTECT, related_name="appointments")
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="appointments")
     scheduled_at = models.DateTimeField()
-    amount = models.DecimalField(max_digits=10, decimal_places=2, default=Decimal("0"))
-    currency = models.CharField(max_length=3, default="EUR")
+    # Validators for forms (the admin); process_payment refuses an invalid row it is given.
+    amount = models.DecimalField(
+        max_digits=10, decimal_places=2, default=Decimal("0"), validators=[validate_positive_amount]
+    )
+    currency = models.CharField(max_length=3, default="EUR", validators=[validate_currency])
     is_paid = models.BooleanField(default=False)
     payment_status = models.CharField(
         max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.PENDING
@@ -64,18 +99,28 @@ class Appointment(models.Model):
 
 
 class Payment(models.Model):
-    """One charge attempt series per appointment; the idempotency key is its identity."""
+    """An appointment's charge, committed with its idempotency key before the gateway is called.
+
+    The key (`appointment-<pk>-<n>`) is the charge's identity at the gateway: a retry after a
+    network error reuses it, so the gateway answers with the same charge; a decline moves on to
+    n+1, so a card fixed since is charged afresh. Because the row exists before the charge, a
+    crash mid-charge leaves a `processing` row that `payments.reconcile_payments` settles by key.
+    """
 
     class Status(models.TextChoices):
-        PENDING = "pending"
+        PENDING = "pending"  # no worker is charging it now; a retry is due
+        PROCESSING = "processing"  # a worker's claim: it is calling the gateway (or crashed doing so)
         SUCCEEDED = "succeeded"
         DECLINED = "declined"
         FAILED = "failed"
 
     appointment = models.OneToOneField(Appointment, on_delete=models.PROTECT, related_name="payment")
     idempotency_key = models.CharField(max_length=64, unique=True)
-    amount = models.DecimalField(max_digits=10, decimal_places=2)
-    currency = models.CharField(max_length=3)
+    key_number = models.PositiveIntegerField(
+        default=1, help_text="n in the key appointment-<pk>-<n>; one more after each decline"
+    )
+    amount = models.DecimalField(max_digits=10, decimal_places=2, validators=[validate_positive_amount])
+    currency = models.CharField(max_length=3, validators=[validate_currency])
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     gateway_payment_id = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveIntegerField(default=0)
@@ -83,8 +128,19 @@ class Payment(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="payment_amount_positive")
+        ]
+        # The reconcile job's query: unsettled payments untouched for a while.
+        indexes = [models.Index(fields=["status", "updated_at"], name="payment_status_updated_idx")]
+
     def __str__(self) -> str:
         return f"Payment {self.idempotency_key} ({self.status})"
+
+    @staticmethod
+    def key_for(appointment_id: int, number: int) -> str:
+        return f"appointment-{appointment_id}-{number}"
 
 
 class Report(models.Model):

@@ -7,6 +7,7 @@ That is why they are not in `beat_schedule`, which DatabaseScheduler rewrites on
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +33,23 @@ CHAPTER_SCHEDULES = (
         crontab={"hour": "9", "minute": "0", "day_of_week": "1"},
     ),
     Schedule("health-check", "sync.health_check", every_seconds=300),
+    # Settles payments a crash left pending/processing by asking the gateway by key.
+    Schedule("payment-reconciliation", "payments.reconcile_payments", every_seconds=300),
 )
 
 
-def seed(periodic_task: Any, crontab_schedule: Any, interval_schedule: Any) -> list[str]:
-    """Create the missing chapter schedules; return the names created. Idempotent."""
+def seed(
+    periodic_task: Any, crontab_schedule: Any, interval_schedule: Any, names: Collection[str] | None = None
+) -> list[str]:
+    """Create the missing chapter schedules (only `names`, if given); return those created. Idempotent.
+
+    `names` lets a later migration add one new job to existing databases without bringing
+    back a job an operator deleted.
+    """
     created = []
     for sched in CHAPTER_SCHEDULES:
+        if names is not None and sched.name not in names:
+            continue
         contract = CATALOGUE.get(sched.task)
         if periodic_task.objects.filter(name=sched.name).exists():
             continue

@@ -1,26 +1,78 @@
-"""The payments service's tasks, as declared in `common.catalogue`."""
+"""The payments service's tasks, as declared in `common.catalogue`.
+
+A charge goes in three steps, so no money moves without a committed row naming its key:
+
+1. claim, in a short transaction holding the appointment's row lock: create or update the
+   `Payment` with its idempotency key, mark it `processing`, count the attempt, commit;
+2. call the gateway, holding no lock and no transaction;
+3. record the outcome in a second short transaction.
+
+The claim is what keeps racing deliveries from charging concurrently once the lock is
+released: a delivery that finds a fresh `processing` claim leaves the gateway alone. A crash
+between steps 1 and 3 leaves a `processing` row that `reconcile_payments` settles by asking
+the gateway by key; and should two requests ever overlap, they carry the same key, which the
+gateway dedupes.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, NoReturn
 
-from celery.exceptions import Ignore, Reject
+from celery import Task
+from celery.exceptions import Reject
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from common import catalogue
 from common.celery_app import implements
-from common.models import Appointment, Payment
+from common.locks import task_lock
+from common.models import Appointment, Payment, validate_currency, validate_positive_amount
 from payments import gateway
 from payments.app import app
+from payments.config import get_payment_settings
 
 logger = logging.getLogger(__name__)
+get_payment_settings()  # a wrong PAYMENT_RECONCILE_AFTER stops the worker at start, not mid-run
+
+RETRY_COUNTDOWN = 60
+RECONCILE_BATCH = 200  # rows per run, oldest first; the rest wait for the next run
 
 
-# STARTED marks a payment in flight for the admin and on-call (a crash mid-charge is visible).
-@implements(app, catalogue.process_payment, bind=True, max_retries=3, track_started=True)
-def process_payment(self, appointment_id: int) -> dict:  # type: ignore[no-untyped-def]
-    """Charge once: the row lock serialises racing deliveries, the key dedupes at the gateway."""
-    error: gateway.PaymentGatewayError | None = None
+class InvalidPaymentError(ValueError):
+    """The appointment cannot be charged as it is (amount, currency): fix the row, then resend."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What step 2 needs, read under the lock in step 1."""
+
+    appointment_id: int
+    payment_id: int
+    key: str
+    amount: Decimal
+    currency: str
+    customer_id: str
+
+
+def _problem(appt: Appointment) -> str | None:
+    """Why the gateway must not be asked to charge this appointment, or None."""
+    problems = []
+    for validate, value in ((validate_positive_amount, appt.amount), (validate_currency, appt.currency)):
+        try:
+            validate(value)
+        except ValidationError as exc:
+            problems.extend(exc.messages)
+    return "; ".join(problems) or None
+
+
+def _claim(appointment_id: int) -> Claim | dict[str, Any] | InvalidPaymentError:
+    """Step 1: commit a `processing` Payment with its key, or say why no charge is due."""
+    stale_before = timezone.now() - timedelta(seconds=get_payment_settings().reconcile_after)
     with transaction.atomic():
         appt = (
             Appointment.objects.select_for_update(of=("self",))
@@ -28,41 +80,161 @@ def process_payment(self, appointment_id: int) -> dict:  # type: ignore[no-untyp
             .get(pk=appointment_id)
         )
         if appt.is_paid:
-            logger.info("Appointment %s already paid, skipping", appointment_id)
-            raise Ignore()
-        payment, _ = Payment.objects.get_or_create(
-            appointment=appt,
-            defaults={
-                "idempotency_key": f"appointment-{appt.pk}",
-                "amount": appt.amount,
-                "currency": appt.currency,
-            },
-        )
-        payment.attempts += 1
-        try:
-            charge_id = gateway.charge(
+            return {"status": "already_paid", "payment_id": appt.payment_id}
+        payment = Payment.objects.select_for_update().filter(appointment=appt).first()
+        if payment is not None and payment.status == Payment.Status.PROCESSING:
+            if payment.updated_at >= stale_before:
+                return {"status": "in_progress", "payment_id": None}
+            # A claim this old has no live worker behind it: take it over, same key.
+        problem = _problem(appt)
+        if problem is not None:
+            appt.payment_status = Appointment.PaymentStatus.FAILED
+            appt.save(update_fields=["payment_status"])
+            if payment is not None and payment.status != Payment.Status.SUCCEEDED:
+                if payment.status in (Payment.Status.PENDING, Payment.Status.PROCESSING):
+                    payment.status = Payment.Status.FAILED  # else reconcile would resend it forever
+                payment.last_error = problem
+                payment.save()
+            return InvalidPaymentError(f"appointment {appt.pk} cannot be charged: {problem}")
+        if payment is None:
+            payment = Payment(
+                appointment=appt,
+                idempotency_key=Payment.key_for(appt.pk, 1),
                 amount=appt.amount,
                 currency=appt.currency,
-                customer_id=appt.patient.gateway_customer_id,
-                idempotency_key=payment.idempotency_key,
             )
-        except gateway.PaymentDeclinedError as exc:
-            payment.status = Payment.Status.DECLINED
-            payment.last_error = str(exc)
-            payment.save()
-            appt.payment_status = Appointment.PaymentStatus.DECLINED
+        elif payment.status == Payment.Status.DECLINED:
+            # The gateway replays a decline for its key forever: a fixed card needs a new key.
+            payment.key_number += 1
+            payment.idempotency_key = Payment.key_for(appt.pk, payment.key_number)
+            payment.amount, payment.currency = appt.amount, appt.currency
+        # Otherwise (pending retry, failed and resent, stale claim) the key stays: if the gateway
+        # charged under it already, it answers with that charge instead of charging again.
+        payment.status = Payment.Status.PROCESSING
+        payment.attempts += 1
+        payment.save()
+        if appt.payment_status != Appointment.PaymentStatus.PENDING:
+            appt.payment_status = Appointment.PaymentStatus.PENDING
             appt.save(update_fields=["payment_status"])
-            declined = str(exc)
-        except gateway.PaymentGatewayError as exc:
-            error = exc
-            final = self.request.retries >= self.max_retries
+        return Claim(
+            appointment_id=appt.pk,
+            payment_id=payment.pk,
+            key=payment.idempotency_key,
+            amount=payment.amount,
+            currency=payment.currency,
+            customer_id=appt.patient.gateway_customer_id,
+        )
+
+
+def _record(
+    claim: Claim,
+    *,
+    charge_id: str | None = None,
+    declined: str | None = None,
+    error: str | None = None,
+    final: bool = False,
+) -> None:
+    """Step 3: store what the gateway said about `claim`."""
+    with transaction.atomic():
+        appt = Appointment.objects.select_for_update(of=("self",)).get(pk=claim.appointment_id)
+        payment = Payment.objects.select_for_update().get(pk=claim.payment_id)
+        if payment.idempotency_key != claim.key:
+            # Our claim went stale and another delivery moved on to a new key meanwhile.
+            if charge_id is not None:
+                logger.error(
+                    "Charge %s made under superseded key %s (payment %s now uses %s): refund it",
+                    charge_id,
+                    claim.key,
+                    payment.pk,
+                    payment.idempotency_key,
+                )
+            return
+        if charge_id is not None:
+            payment.status = Payment.Status.SUCCEEDED
+            payment.gateway_payment_id = charge_id
+            payment.last_error = ""
+            appt.is_paid = True
+            appt.payment_id = charge_id
+            appt.payment_status = Appointment.PaymentStatus.PAID
+        elif payment.status == Payment.Status.SUCCEEDED:
+            return  # reconcile settled it meanwhile; a late error changes nothing
+        elif declined is not None:
+            payment.status = Payment.Status.DECLINED
+            payment.last_error = declined
+            appt.payment_status = Appointment.PaymentStatus.DECLINED
+        else:
             payment.status = Payment.Status.FAILED if final else Payment.Status.PENDING
-            payment.last_error = str(exc)
-            payment.save()
+            payment.last_error = error or ""
             if final:
                 appt.payment_status = Appointment.PaymentStatus.FAILED
-                appt.save(update_fields=["payment_status"])
-        else:
+        payment.save()
+        appt.save(update_fields=["is_paid", "payment_id", "payment_status"])
+
+
+def _refuse(task: Task, exc: Exception) -> NoReturn:
+    """End this delivery as FAILURE carrying `exc`: no retry, no error report.
+
+    Reject alone stores no result, so with `track_started` the caller would see STARTED
+    until the result expires and `.get()` would never return; hence the explicit FAILURE.
+    """
+    task.backend.mark_as_failure(task.request.id, exc, request=task.request)
+    raise Reject(exc, requeue=False)
+
+
+# STARTED marks a payment in flight for the admin and on-call; every outcome below replaces it.
+@implements(app, catalogue.process_payment, bind=True, max_retries=3, track_started=True)
+def process_payment(self: Task, appointment_id: int) -> dict[str, Any]:
+    """Charge an appointment once, its Payment row committed before the gateway is called.
+
+    Every delivery ends in a final state (none is left STARTED):
+    - charged: SUCCESS `{"status": "success", "payment_id": <charge id>}`;
+    - a duplicate of a paid appointment: SUCCESS `{"status": "already_paid", "payment_id": ...}`;
+    - a duplicate while another delivery is charging: SUCCESS `{"status": "in_progress", ...}`;
+      neither duplicate calls the gateway;
+    - declined: FAILURE `PaymentDeclinedError`, not retried; once the card is fixed, send the
+      task again: it charges under a new key;
+    - amount <= 0 or a currency that is no active ISO 4217 code: FAILURE `InvalidPaymentError`
+      naming the problem, the appointment marked failed, the gateway not called, not retried;
+      fix the appointment and send the task again;
+    - gateway unreachable or 5xx: RETRY in 60 s under the same key, FAILURE after 3 retries.
+    Declines and invalid appointments are outcomes, not bugs: logged, never sent to Sentry.
+    """
+    claim = _claim(appointment_id)
+    if isinstance(claim, dict):
+        logger.info("Appointment %s: %s, gateway not called", appointment_id, claim["status"])
+        return claim
+    if isinstance(claim, InvalidPaymentError):
+        logger.warning("Payment refused: %s", claim)
+        _refuse(self, claim)
+    try:
+        charge_id = gateway.charge(
+            amount=claim.amount,
+            currency=claim.currency,
+            customer_id=claim.customer_id,
+            idempotency_key=claim.key,
+        )
+    except gateway.PaymentDeclinedError as exc:
+        _record(claim, declined=str(exc))
+        logger.warning("Payment %s declined: %s", claim.key, exc)
+        _refuse(self, exc)
+    except gateway.PaymentGatewayError as exc:
+        final = self.request.retries >= self.max_retries
+        _record(claim, error=str(exc), final=final)
+        logger.warning("Payment gateway error for %s: %s", claim.key, exc)
+        raise self.retry(exc=exc, countdown=RETRY_COUNTDOWN) from None
+    _record(claim, charge_id=charge_id)
+    return {"status": "success", "payment_id": charge_id}
+
+
+def _settle(payment_id: int, appointment_id: int, key: str, charge_id: str | None, cutoff: datetime) -> str:
+    """Apply the gateway's answer for `key`, unless the row moved on since it was read."""
+    with transaction.atomic():
+        appt = Appointment.objects.select_for_update(of=("self",)).get(pk=appointment_id)
+        payment = Payment.objects.select_for_update().get(pk=payment_id)
+        unsettled = (Payment.Status.PENDING, Payment.Status.PROCESSING)
+        if payment.idempotency_key != key or payment.status not in unsettled or payment.updated_at >= cutoff:
+            return "skipped"
+        if charge_id is not None:
             payment.status = Payment.Status.SUCCEEDED
             payment.gateway_payment_id = charge_id
             payment.last_error = ""
@@ -71,9 +243,47 @@ def process_payment(self, appointment_id: int) -> dict:  # type: ignore[no-untyp
             appt.payment_id = charge_id
             appt.payment_status = Appointment.PaymentStatus.PAID
             appt.save(update_fields=["is_paid", "payment_id", "payment_status"])
-            return {"status": "success", "payment_id": charge_id}
-    # Outside the transaction, so the declined/failed marks above are committed first.
-    if error is not None:
-        logger.warning("Payment gateway error for appointment %s: %s", appointment_id, error)
-        raise self.retry(exc=error, countdown=60)
-    raise Reject(reason=f"Payment declined: {declined}", requeue=False)
+            logger.info("Reconciled %s: charged as %s, marked paid", key, charge_id)
+            return "paid"
+        payment.status = Payment.Status.PENDING  # releases the claim for the delivery sent below
+        payment.last_error = "reconcile: the gateway holds no charge for this key; sent again"
+        payment.save()
+        transaction.on_commit(lambda: catalogue.process_payment.delay(appointment_id))
+        logger.info("Reconciled %s: no charge at the gateway, process_payment sent again", key)
+        return "resent"
+
+
+@implements(app, catalogue.reconcile_payments)
+def reconcile_payments() -> dict[str, Any]:
+    """Settle payments left pending/processing longer than PAYMENT_RECONCILE_AFTER (300 s).
+
+    A row that old has no live worker behind it (a charge call is bounded by the gateway
+    timeout), so the gateway's answer for its key decides:
+    - a charge exists: a worker crashed after charging; the payment succeeds, the appointment is paid;
+    - none: no money moved; the row goes back to pending and process_payment is sent again,
+      which charges under the same key (and leaves a bad appointment marked failed).
+    One run at a time (the Redis lock), at most 200 rows per run, oldest first. An unreachable
+    gateway ends the run; the next run tries again.
+    """
+    counts = {"checked": 0, "paid": 0, "resent": 0, "skipped": 0, "unreachable": 0}
+    with task_lock("payments.reconcile_payments", timeout=600) as held:
+        if not held:
+            return {"status": "skipped", "reason": "another reconcile run holds the lock", **counts}
+        cutoff = timezone.now() - timedelta(seconds=get_payment_settings().reconcile_after)
+        rows = list(
+            Payment.objects.filter(
+                status__in=(Payment.Status.PENDING, Payment.Status.PROCESSING), updated_at__lt=cutoff
+            )
+            .order_by("updated_at")
+            .values_list("pk", "appointment_id", "idempotency_key")[:RECONCILE_BATCH]
+        )
+        for payment_id, appointment_id, key in rows:
+            counts["checked"] += 1
+            try:
+                charge_id = gateway.find_charge(key)
+            except gateway.PaymentGatewayError as exc:
+                counts["unreachable"] += 1
+                logger.warning("Reconcile stopped at %s, the gateway did not answer: %s", key, exc)
+                break
+            counts[_settle(payment_id, appointment_id, key, charge_id, cutoff)] += 1
+    return {"status": "done", **counts}

@@ -25,9 +25,18 @@ class AppointmentAdmin(admin.ModelAdmin):
 
 @admin.register(Payment)
 class PaymentAdmin(admin.ModelAdmin):
-    list_display = ("idempotency_key", "appointment", "status", "amount", "attempts", "gateway_payment_id")
+    list_display = (
+        "idempotency_key",
+        "appointment",
+        "status",
+        "amount",
+        "currency",
+        "attempts",
+        "gateway_payment_id",
+        "updated_at",
+    )
     list_filter = ("status",)
-    readonly_fields = ("idempotency_key", "gateway_payment_id", "attempts", "last_error")
+    readonly_fields = ("idempotency_key", "key_number", "gateway_payment_id", "attempts", "last_error")
 
 
 @admin.register(Report)

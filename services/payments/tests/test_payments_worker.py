@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import requests
 from django.db import connection
+from django.utils import timezone
 
 from common import catalogue
+from common.broker.scripts import DELAYED
 from common.celery_app import current_app
-from common.models import Appointment, Doctor, Patient, Payment
+from common.locks import task_lock
+from common.models import Appointment, Payment
 from common.processes import ServiceProcess, wait_for_workers
 from common.testing.waiting import wait_until
 from common.testing.workers import Workers
@@ -40,21 +45,6 @@ def workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator[list[str]]:
         w.stop()
 
 
-@pytest.fixture
-def make_appointment() -> Callable[..., Appointment]:
-    def make(customer: str = "cus_ok", amount: str = "80.00") -> Appointment:
-        n = Doctor.objects.count()
-        doctor = Doctor.objects.create(first_name="Doc", last_name=f"Tor{n}", email=f"doc{n}@clinic.example")
-        patient = Patient.objects.create(
-            name="Pat", email=f"pat{n}@mail.example", gateway_customer_id=customer
-        )
-        return Appointment.objects.create(
-            doctor=doctor, patient=patient, amount=Decimal(amount), scheduled_at=datetime.now(UTC)
-        )
-
-    return make
-
-
 def queue_drained(workers: list[str]) -> bool:
     active = current_app().control.inspect(destination=workers, timeout=5).active() or {}
     return current_app().connection().default_channel.client.llen("payments") == 0 and not any(
@@ -62,12 +52,64 @@ def queue_drained(workers: list[str]) -> bool:
     )
 
 
-def charges_for(gateway, appt: Appointment) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [c for c in gateway.charges if c["idempotency_key"] == f"appointment-{appt.pk}"]
+def key(appt: Appointment, n: int = 1) -> str:
+    return f"appointment-{appt.pk}-{n}"
 
 
-def requests_for(gateway, appt: Appointment) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [r for r in gateway.requests if r["headers"].get("Idempotency-Key") == f"appointment-{appt.pk}"]
+def charges_for(gateway, appt: Appointment, n: int = 1) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [c for c in gateway.charges if c["idempotency_key"] == key(appt, n)]
+
+
+def requests_for(gateway, appt: Appointment, n: int = 1) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [
+        r
+        for r in gateway.requests
+        if r["method"] == "POST" and r["headers"].get("Idempotency-Key") == key(appt, n)
+    ]
+
+
+def lookups_for(gateway, appt: Appointment, n: int = 1) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [r for r in gateway.requests if r["method"] == "GET" and key(appt, n) in r["path"]]
+
+
+def charge_directly(gateway, appt: Appointment, n: int = 1) -> str:  # type: ignore[no-untyped-def]
+    """What a worker's request did before the worker died: the gateway charged under the key."""
+    reply = requests.post(
+        f"{gateway.url}/v1/charges",
+        json={"amount": str(appt.amount), "currency": appt.currency, "customer": "cus_ok"},
+        headers={"Idempotency-Key": key(appt, n)},
+        timeout=10,
+    )
+    reply.raise_for_status()
+    return str(reply.json()["id"])
+
+
+def claimed_payment(appt: Appointment, *, age: timedelta, status: str = "processing") -> Payment:
+    """The row a worker commits before calling the gateway, last touched `age` ago."""
+    payment = Payment.objects.create(
+        appointment=appt,
+        idempotency_key=key(appt),
+        amount=appt.amount,
+        currency=appt.currency,
+        status=status,
+        attempts=1,
+    )
+    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now() - age)
+    return payment
+
+
+def retry_etas(redis_client, task_id: str) -> list[datetime]:  # type: ignore[no-untyped-def]
+    """ETAs of the task's waiting retries: the broker keeps them in its delayed set, not a worker."""
+    etas = []
+    for member in redis_client.zrange(DELAYED, 0, -1):
+        headers = json.loads(member.decode().split("\n", 1)[1]).get("headers") or {}
+        if headers.get("id") == task_id:
+            etas.append(datetime.fromisoformat(headers["eta"]))
+    return etas
+
+
+def reconcile() -> dict:
+    return catalogue.reconcile_payments.delay().get(timeout=60)
 
 
 def test_success_charges_once_and_marks_the_appointment_paid(
@@ -80,6 +122,21 @@ def test_success_charges_once_and_marks_the_appointment_paid(
     assert charge["amount"] == "80.00" and charge["customer"] == "cus_ok"
     appt.refresh_from_db()
     assert (appt.is_paid, appt.payment_id, appt.payment_status) == (True, charge["id"], "paid")
+    payment = Payment.objects.get(appointment=appt)
+    assert (payment.status, payment.idempotency_key, payment.attempts) == ("succeeded", key(appt), 1)
+
+
+def test_the_payment_row_and_its_key_are_committed_before_the_gateway_is_called(
+    workers, gateway_sandbox, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    gateway_sandbox.latency = 2
+    result = catalogue.process_payment.delay(appt.pk)
+    wait_until(lambda: requests_for(gateway_sandbox, appt))
+    # The gateway has the request in hand and has not answered: the row is already visible.
+    payment = Payment.objects.get(appointment=appt)
+    assert (payment.status, payment.idempotency_key, payment.attempts) == ("processing", key(appt), 1)
+    assert result.get(timeout=30)["status"] == "success"
 
 
 def test_duplicates_racing_on_two_workers_charge_exactly_once(
@@ -87,55 +144,219 @@ def test_duplicates_racing_on_two_workers_charge_exactly_once(
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
     gateway_sandbox.latency = 0.5  # every charge is slow, so the duplicates overlap in time
-    for _ in range(6):
-        catalogue.process_payment.delay(appt.pk)
-    wait_until(lambda: Appointment.objects.get(pk=appt.pk).is_paid)
+    results = [catalogue.process_payment.delay(appt.pk) for _ in range(6)]
+    outcomes = [r.get(timeout=30) for r in results]
     wait_until(lambda: queue_drained(workers))
     assert len(charges_for(gateway_sandbox, appt)) == 1
-    # Not merely deduplicated by the gateway: the row lock let only one delivery reach it.
+    # Not merely deduplicated by the gateway: the claim let only one delivery reach it.
     assert len(requests_for(gateway_sandbox, appt)) == 1
     payment = Payment.objects.get(appointment=appt)
-    assert payment.status == "succeeded" and payment.attempts == 1, "the losers saw it paid and ignored it"
+    assert payment.status == "succeeded" and payment.attempts == 1, "the losers saw it claimed or paid"
+    statuses = sorted(o["status"] for o in outcomes)
+    assert statuses.count("success") == 1
+    assert set(statuses) - {"success"} <= {"in_progress", "already_paid"}
+    assert {r.state for r in results} == {"SUCCESS"}, "no duplicate is left STARTED"
 
 
-def test_already_paid_is_ignored_without_calling_the_gateway(
+def test_a_duplicate_of_a_paid_appointment_answers_the_first_outcome_without_calling_the_gateway(
     workers, gateway_sandbox, make_appointment
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
-    catalogue.process_payment.delay(appt.pk).get(timeout=30)
+    first = catalogue.process_payment.delay(appt.pk).get(timeout=30)
     calls_before = len(gateway_sandbox.requests)
     again = catalogue.process_payment.delay(appt.pk)
-    wait_until(lambda: again.state != "PENDING")
+    assert again.get(timeout=30) == {"status": "already_paid", "payment_id": first["payment_id"]}
     wait_until(lambda: queue_drained(workers))
-    assert again.state == "STARTED", "Ignore stores no result"
+    assert again.state == "SUCCESS", "a duplicate leaves no STARTED behind"
     assert len(gateway_sandbox.requests) == calls_before
 
 
-def test_declined_is_rejected_not_retried_and_marked(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+def test_a_duplicate_during_a_fresh_claim_leaves_the_gateway_alone(
+    workers, gateway_sandbox, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    payment = claimed_payment(appt, age=timedelta(seconds=30))  # another worker is charging
+    result = catalogue.process_payment.delay(appt.pk)
+    assert result.get(timeout=30) == {"status": "in_progress", "payment_id": None}
+    assert result.state == "SUCCESS"
+    assert not requests_for(gateway_sandbox, appt)
+    payment.refresh_from_db()
+    assert (payment.status, payment.attempts) == ("processing", 1)
+    Payment.objects.filter(pk=payment.pk).update(status="failed")  # nothing for later reconciles
+
+
+def test_a_stale_claim_is_taken_over_under_the_same_key(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    claimed_payment(appt, age=timedelta(minutes=10))
+    charged = charge_directly(gateway_sandbox, appt)  # the dead worker's request got through
+    assert catalogue.process_payment.delay(appt.pk).get(timeout=30) == {
+        "status": "success",
+        "payment_id": charged,
+    }
+    assert len(charges_for(gateway_sandbox, appt)) == 1, "the same key: the gateway answered its charge"
+    assert Payment.objects.get(appointment=appt).attempts == 2
+
+
+def test_declined_fails_at_once_without_retry_and_marks_it(
+    workers, gateway_sandbox, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment(customer="cus_decline_1")
-    catalogue.process_payment.delay(appt.pk)
-    wait_until(lambda: Appointment.objects.get(pk=appt.pk).payment_status == "declined")
+    result = catalogue.process_payment.delay(appt.pk)
+    with pytest.raises(Exception, match="card_declined") as raised:
+        result.get(timeout=30)
+    assert type(raised.value).__name__ == "PaymentDeclinedError"
+    assert result.state == "FAILURE", "not left STARTED: a caller's .get() returns"
     wait_until(lambda: queue_drained(workers))
     time.sleep(1)
     assert not charges_for(gateway_sandbox, appt)
-    assert Payment.objects.get(appointment=appt).attempts == 1, "declines are final: no retry"
-    assert not Appointment.objects.get(pk=appt.pk).is_paid
+    payment = Payment.objects.get(appointment=appt)
+    assert (payment.status, payment.attempts, payment.last_error) == ("declined", 1, "card_declined")
+    appt.refresh_from_db()
+    assert (appt.is_paid, appt.payment_status) == (False, "declined")
 
 
-def test_gateway_error_is_retried_in_60_seconds(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+def test_a_fixed_card_is_charged_under_a_new_key_after_a_decline(
+    workers, gateway_sandbox, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment(customer="cus_decline_fixable")
+    with pytest.raises(Exception, match="card_declined"):
+        catalogue.process_payment.delay(appt.pk).get(timeout=30)
+    # Sent again with the card unchanged, the first key would be declined again: a new key.
+    with pytest.raises(Exception, match="card_declined"):
+        catalogue.process_payment.delay(appt.pk).get(timeout=30)
+    assert Payment.objects.get(appointment=appt).idempotency_key == key(appt, 2)
+    appt.patient.gateway_customer_id = "cus_ok_card_fixed"
+    appt.patient.save()
+    result = catalogue.process_payment.delay(appt.pk).get(timeout=30)
+    [charge] = charges_for(gateway_sandbox, appt, 3)
+    assert result == {"status": "success", "payment_id": charge["id"]}
+    assert [len(requests_for(gateway_sandbox, appt, n)) for n in (1, 2, 3)] == [1, 1, 1]
+    payment = Payment.objects.get(appointment=appt)
+    assert (payment.status, payment.key_number, payment.attempts) == ("succeeded", 3, 3)
+    appt.refresh_from_db()
+    assert (appt.is_paid, appt.payment_status) == (True, "paid")
+
+
+def test_gateway_error_is_retried_in_60_seconds_under_the_same_key(
+    workers, gateway_sandbox, make_appointment, redis_client
+) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
     gateway_sandbox.faults.fail = 1
     result = catalogue.process_payment.delay(appt.pk)
     wait_until(lambda: result.state == "RETRY")
     payment = Payment.objects.get(appointment=appt)
     assert payment.status == "pending" and "503" in payment.last_error
-    scheduled = current_app().control.inspect(destination=workers, timeout=5).scheduled() or {}
-    etas = [
-        datetime.fromisoformat(t["eta"])
-        for ts in scheduled.values()
-        for t in ts
-        if t["request"]["id"] == result.id
-    ]
+    wait_until(lambda: retry_etas(redis_client, result.id))
+    etas = retry_etas(redis_client, result.id)
     assert len(etas) == 1
     assert 50 <= (etas[0] - datetime.now(UTC)).total_seconds() <= 61
     assert not Appointment.objects.get(pk=appt.pk).is_paid
+    # Any later attempt (here a fresh delivery, sooner than the retry) keeps the key.
+    assert catalogue.process_payment.delay(appt.pk).get(timeout=30)["status"] == "success"
+    assert len(requests_for(gateway_sandbox, appt)) == 2 and len(charges_for(gateway_sandbox, appt)) == 1
+    assert not requests_for(gateway_sandbox, appt, 2)
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "problem"),
+    [
+        ("0.00", "EUR", "amount must be greater than 0 (got 0.00)"),
+        ("-5.00", "EUR", "amount must be greater than 0 (got -5.00)"),
+        ("80.00", "XYZ", "currency 'XYZ' is not an active ISO 4217 code"),
+        ("80.00", "eur", "currency 'eur' is not an active ISO 4217 code"),
+    ],
+)
+def test_an_invalid_amount_or_currency_is_refused_without_calling_the_gateway(
+    workers, gateway_sandbox, make_appointment, amount: str, currency: str, problem: str
+) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment(amount=amount, currency=currency)
+    result = catalogue.process_payment.delay(appt.pk)
+    with pytest.raises(Exception, match="cannot be charged") as raised:
+        result.get(timeout=30)
+    assert type(raised.value).__name__ == "InvalidPaymentError"
+    assert str(raised.value) == f"appointment {appt.pk} cannot be charged: {problem}"
+    assert result.state == "FAILURE"
+    appt.refresh_from_db()
+    assert (appt.is_paid, appt.payment_status) == (False, "failed")
+    assert not Payment.objects.filter(appointment=appt).exists()
+    assert not requests_for(gateway_sandbox, appt)
+    wait_until(lambda: queue_drained(workers))
+    time.sleep(1)
+    assert not requests_for(gateway_sandbox, appt), "refused for good, not retried"
+
+
+def test_an_appointment_made_invalid_after_a_failed_attempt_fails_its_payment(
+    workers, gateway_sandbox, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    payment = claimed_payment(appt, age=timedelta(minutes=1), status="pending")  # a retry is due
+    Appointment.objects.filter(pk=appt.pk).update(amount=Decimal("0"))
+    with pytest.raises(Exception, match="amount must be greater than 0"):
+        catalogue.process_payment.delay(appt.pk).get(timeout=30)
+    payment.refresh_from_db()
+    assert payment.status == "failed", "else the reconcile job would send it again every run"
+    assert payment.last_error == "amount must be greater than 0 (got 0.00)"
+    assert not requests_for(gateway_sandbox, appt)
+
+
+def test_reconcile_marks_paid_a_charge_whose_worker_died_before_recording_it(
+    workers, gateway_sandbox, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    payment = claimed_payment(appt, age=timedelta(minutes=10))
+    charged = charge_directly(gateway_sandbox, appt)
+    outcome = reconcile()
+    assert outcome["status"] == "done" and outcome["paid"] >= 1
+    payment.refresh_from_db()
+    assert (payment.status, payment.gateway_payment_id) == ("succeeded", charged)
+    appt.refresh_from_db()
+    assert (appt.is_paid, appt.payment_id, appt.payment_status) == (True, charged, "paid")
+    assert len(lookups_for(gateway_sandbox, appt)) == 1 and len(charges_for(gateway_sandbox, appt)) == 1
+
+
+def test_reconcile_sends_again_a_payment_the_gateway_never_charged(
+    workers, gateway_sandbox, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    claimed_payment(appt, age=timedelta(minutes=10))  # the worker died before its request left
+    outcome = reconcile()
+    assert outcome["status"] == "done" and outcome["resent"] >= 1
+    wait_until(lambda: Appointment.objects.get(pk=appt.pk).is_paid)
+    [charge] = charges_for(gateway_sandbox, appt)
+    payment = Payment.objects.get(appointment=appt)
+    assert (payment.status, payment.gateway_payment_id, payment.attempts) == ("succeeded", charge["id"], 2)
+
+
+def test_reconcile_leaves_recent_payments_alone(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    payment = claimed_payment(appt, age=timedelta(minutes=2))  # under the 5 minutes default
+    reconcile()
+    assert not lookups_for(gateway_sandbox, appt)
+    payment.refresh_from_db()
+    assert payment.status == "processing"
+    Payment.objects.filter(pk=payment.pk).update(status="failed")  # nothing for later reconciles
+
+
+def test_reconcile_stops_when_the_gateway_does_not_answer(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    payment = claimed_payment(appt, age=timedelta(days=1))  # the oldest: looked up first
+    gateway_sandbox.faults.fail = 1
+    outcome = reconcile()
+    assert outcome["status"] == "done"
+    assert (outcome["unreachable"], outcome["paid"], outcome["resent"]) == (1, 0, 0)
+    payment.refresh_from_db()
+    assert payment.status == "processing", "unknown is not 'never charged': left for the next run"
+    assert reconcile()["resent"] >= 1
+    wait_until(lambda: Appointment.objects.get(pk=appt.pk).is_paid)
+
+
+def test_one_reconcile_run_at_a_time(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment()
+    claimed_payment(appt, age=timedelta(minutes=10))
+    with task_lock("payments.reconcile_payments") as held:
+        assert held
+        outcome = reconcile()
+    assert outcome["status"] == "skipped" and outcome["checked"] == 0
+    assert not lookups_for(gateway_sandbox, appt)
+    assert reconcile()["resent"] >= 1
+    wait_until(lambda: Appointment.objects.get(pk=appt.pk).is_paid)

@@ -11,9 +11,15 @@ def chapter_tasks() -> dict[str, PeriodicTask]:
     return {t.name: t for t in PeriodicTask.objects.filter(name__in=[s.name for s in CHAPTER_SCHEDULES])}
 
 
-def test_migrations_seed_the_four_chapter_schedules_on_their_queues() -> None:
+def test_migrations_seed_the_chapter_schedules_on_their_queues() -> None:
     seeded = chapter_tasks()
-    assert set(seeded) == {"daily-appointment-reminders", "hourly-sync", "weekly-report", "health-check"}
+    assert set(seeded) == {
+        "daily-appointment-reminders",
+        "hourly-sync",
+        "weekly-report",
+        "health-check",
+        "payment-reconciliation",
+    }
     for task in seeded.values():
         assert task.queue == CATALOGUE.get(task.task).queue
     assert (
@@ -24,6 +30,12 @@ def test_migrations_seed_the_four_chapter_schedules_on_their_queues() -> None:
     assert (weekly.hour, weekly.minute, weekly.day_of_week) == ("9", "0", "1")
     assert seeded["hourly-sync"].crontab.minute == "0" and seeded["hourly-sync"].crontab.hour == "*"
     assert (seeded["health-check"].interval.every, seeded["health-check"].interval.period) == (300, "seconds")
+    reconcile = seeded["payment-reconciliation"]
+    assert (reconcile.task, reconcile.interval.every, reconcile.interval.period) == (
+        "payments.reconcile_payments",
+        300,
+        "seconds",
+    )
 
 
 def test_seeding_again_creates_nothing_and_keeps_an_operators_changes() -> None:
@@ -32,6 +44,6 @@ def test_seeding_again_creates_nothing_and_keeps_an_operators_changes() -> None:
     call_command("seed_schedules")
     call_command("seed_schedules")
     seeded = chapter_tasks()
-    assert len(seeded) == 4, "a deleted schedule is recreated once, nothing is duplicated"
+    assert len(seeded) == 5, "a deleted schedule is recreated once, nothing is duplicated"
     assert seeded["hourly-sync"].enabled is False, "an operator's disable survives re-seeding"
     assert PeriodicTask.objects.filter(name="health-check").count() == 1

@@ -1,0 +1,34 @@
+"""Fixtures shared by the payments tests: appointments to charge, straight into the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:  # conftest loads before the test plugin has set Django up
+    from common.models import Appointment
+
+
+@pytest.fixture
+def make_appointment() -> Callable[..., Appointment]:
+    from common.models import Appointment, Doctor, Patient
+
+    def make(customer: str = "cus_ok", amount: str = "80.00", currency: str = "EUR") -> Appointment:
+        n = Doctor.objects.count()
+        doctor = Doctor.objects.create(first_name="Doc", last_name=f"Tor{n}", email=f"doc{n}@clinic.example")
+        patient = Patient.objects.create(
+            name="Pat", email=f"pat{n}@mail.example", gateway_customer_id=customer
+        )
+        return Appointment.objects.create(
+            doctor=doctor,
+            patient=patient,
+            amount=Decimal(amount),
+            currency=currency,
+            scheduled_at=datetime.now(UTC),
+        )
+
+    return make
