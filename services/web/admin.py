@@ -1,9 +1,12 @@
 """Admin over the platform's data; django_celery_beat registers the schedules itself."""
 
+from typing import Any
+
 from celery.result import AsyncResult
 from django.contrib import admin
 
 from common.models import Appointment, Doctor, Patient, Payment, Report, SentEmail
+from common.outbox.models import OutboxMessage
 
 
 @admin.register(Doctor)
@@ -63,3 +66,21 @@ class ReportAdmin(admin.ModelAdmin):
 @admin.register(SentEmail)
 class SentEmailAdmin(admin.ModelAdmin):
     list_display = ("key", "subject", "sent_at")
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(admin.ModelAdmin):
+    """Tasks waiting for the broker; the relay publishes and deletes them, so nobody edits here."""
+
+    list_display = ("task_id", "task_name", "queue", "created_at", "attempts", "last_error")
+    list_filter = ("task_name", "queue")
+    search_fields = ("task_id",)
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
