@@ -68,12 +68,17 @@ def _warn_kept(count: int, reason: str) -> None:
     )
 
 
-def relay_once(app: Celery | None = None, *, batch_size: int = BATCH_SIZE) -> Pass:
-    """One pass over the outbox, oldest first, in batches; stops early if the broker is down."""
+def relay_once(
+    app: Celery | None = None, *, batch_size: int = BATCH_SIZE, stop: threading.Event | None = None
+) -> Pass:
+    """One pass over the outbox, oldest first, in batches; stops early if the broker is down.
+
+    `stop` ends the pass between batches, so a relay told to stop does not drain a backlog first.
+    """
     app = app or _app()
     done = Pass()
     after = 0
-    while True:
+    while stop is None or not stop.is_set():
         with _claiming():
             rows = list(_claim(OutboxMessage.objects.filter(pk__gt=after).order_by("pk"))[:batch_size])
             if not rows:
@@ -82,6 +87,7 @@ def relay_once(app: Celery | None = None, *, batch_size: int = BATCH_SIZE) -> Pa
         if done.broker_down:
             return done
         after = rows[-1].pk
+    return done
 
 
 def run(
@@ -102,15 +108,21 @@ def run(
     while not stop.is_set():
         close_old_connections()  # drop a connection the database closed; CONN_MAX_AGE applies
         try:
-            done = relay_once(app, batch_size=batch_size)
+            done = relay_once(app, batch_size=batch_size, stop=stop)
             problem = done.broker_down
         except DatabaseError as exc:
-            done, problem = Pass(), f"database error ({type(exc).__name__})"
-        if problem and problem != outage:
-            logger.warning("Outbox relay cannot publish: %s; retrying every %g s", problem, interval)
-        elif outage and not problem:
-            logger.warning("Outbox relay publishes again (%s is over)", outage)
-        outage = problem
+            done, problem = Pass(), f"database error ({type(exc).__name__}: {mask_text(str(exc))[:200]})"
+        except Exception as exc:  # a bug or an unexpected broker error: keep the relay alive
+            done, problem = Pass(), f"{type(exc).__name__}: {mask_text(str(exc))[:200]}"
+            if problem != outage:
+                logger.exception("Outbox relay pass failed")
+        if problem:
+            if problem != outage:
+                logger.warning("Outbox relay cannot publish: %s; retrying every %g s", problem, interval)
+            outage = problem
+        elif done.published and outage:
+            logger.warning("Outbox relay publishes again after: %s", outage)
+            outage = None
         if done.published:
             logger.info("Outbox relay published %d task(s)", done.published)
         stop.wait(interval)

@@ -298,3 +298,35 @@ def test_kept_arguments_reach_the_worker_with_their_types(dead_app: Celery, publ
     relay.relay_once(current_app())
     args, kwargs, _ = loads(dumps(published.bodies[0]))  # as the worker decodes the message
     assert (args, kwargs) == ([{"at": when, "n": 1}], {})
+
+
+def test_the_relay_loop_logs_an_outage_once_and_publishes_when_the_broker_is_back(
+    dead_app: Celery, published: Published, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    kept_ids = [calls.apply_async("sync.echo", (i,), app=dead_app).id for i in range(2)]
+    stop = threading.Event()
+    loop = threading.Thread(target=relay.run, args=(dead_app,), kwargs={"interval": 0.05, "stop": stop})
+    with caplog.at_level(logging.WARNING, logger="common.outbox.relay"):
+        loop.start()
+        time.sleep(1.5)
+        stop.set()
+        loop.join(30)
+    assert not loop.is_alive()
+    assert [r.task_id for r in kept()] == kept_ids and published == []
+    outage = [r for r in caplog.records if "cannot publish" in r.getMessage()]
+    assert len(outage) == 1, "one warning per outage, not one per pass"
+    assert kept()[0].attempts >= 1
+
+    stop = threading.Event()
+    loop = threading.Thread(target=relay.run, args=(current_app(),), kwargs={"interval": 0.05, "stop": stop})
+    loop.start()
+    try:
+        deadline = time.monotonic() + 30
+        while kept() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loop.join(30)
+    assert published.ids() == kept_ids and kept() == []
