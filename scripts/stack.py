@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 ServiceProcess(
                     "web", "web.manage", ["serve", "--bind", f"127.0.0.1:{web_port}"], log=logs / "web.log"
                 ),
+                # Publishes tasks the outbox kept while Redis was unreachable.
+                ServiceProcess("outbox-relay", "web.manage", ["relay_outbox"], log=logs / "outbox-relay.log"),
             ]
             for p in procs:
                 stack.callback(p.stop)

@@ -70,6 +70,7 @@ def test_systemd_units_run_each_deployable_in_the_foreground_and_stop_gracefully
         "jobs-beat.service",
         "jobs-flower.service",
         "jobs-web.service",
+        "jobs-outbox-relay.service",
     }
     worker = found["jobs-worker@.service"]["Service"]
     assert worker["ExecStart"] == "/opt/jobs/%i.pex"  # one instance per queue service
@@ -98,7 +99,13 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
     for path in (ROOT / "deploy" / "systemd").glob("*.service"):
         shutil.copy(path, unit_dir / path.name)
     (unit_dir / "jobs-worker@emails.service").symlink_to("jobs-worker@.service")
-    names = ["jobs-worker@emails.service", "jobs-beat.service", "jobs-flower.service", "jobs-web.service"]
+    names = [
+        "jobs-worker@emails.service",
+        "jobs-beat.service",
+        "jobs-flower.service",
+        "jobs-web.service",
+        "jobs-outbox-relay.service",
+    ]
     out = subprocess.run(
         ["systemd-analyze", "verify", f"--root={tmp_path}", *names],
         cwd=unit_dir,
@@ -120,3 +127,13 @@ def test_each_worker_container_is_health_checked_by_its_own_liveness_probe() -> 
             "common.liveness",
             name,
         ]
+
+
+def test_the_outbox_relay_runs_everywhere_the_platform_runs() -> None:
+    relay = compose()["services"]["outbox-relay"]
+    assert pex_of(relay) == "services.web/web.pex" and relay["command"] == ["relay_outbox"]
+    assert relay["restart"] == "unless-stopped" and relay["stop_signal"] == "SIGTERM"
+    assert "redis" not in relay["depends_on"], "it must start while Redis is down: that is its job"
+    unit = units()["jobs-outbox-relay.service"]["Service"]
+    assert unit["ExecStart"] == "/opt/jobs/web.pex relay_outbox" and unit["KillSignal"] == "SIGTERM"
+    assert "relay_outbox" in (ROOT / "README.md").read_text()

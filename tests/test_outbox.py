@@ -222,6 +222,14 @@ def test_the_republished_copy_runs_once_in_effect(
         worker.stop()
 
 
+def test_a_single_relay_pass_with_the_broker_down_exits_non_zero_and_keeps_the_task(data_dir: Path) -> None:
+    kept = calls.apply_async("sync.echo", (3,), app=app_for(dead_url()))
+    once = relay_process(data_dir, dead_url(), "--once").start()
+    assert once.proc is not None and once.proc.wait(120) == 1
+    assert "unreachable" in (data_dir / "outbox-relay.log").read_text().splitlines()[-1]
+    assert OutboxMessage.objects.get(task_id=kept.id).attempts == 1
+
+
 # --- the chapter's fan-outs ----------------------------------------------------------------
 
 FAN_OUT = """
