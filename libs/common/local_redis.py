@@ -25,6 +25,7 @@ class LocalRedis:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="jobs-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []  # later arguments win (e.g. --appendonly yes)
 
     @property
     def url(self) -> str:
@@ -50,6 +51,7 @@ class LocalRedis:
                 "no",
                 "--dir",
                 str(self.dir),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -59,7 +59,13 @@ class JSONServer:
                     return
                 status, delay = outer.faults.take()
                 outer.requests.append(
-                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "body": body,
+                        "at": time.monotonic(),  # fault tests measure redelivery delays from it
+                    }
                 )
                 if delay or outer.latency:
                     time.sleep(delay or outer.latency)

@@ -1,0 +1,95 @@
+"""Tooling for the fault suite: named worker processes to kill, and a Redis to restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from celery import Celery
+
+from common.local_redis import LocalRedis
+from common.processes import ServiceProcess, wait_for_workers
+
+
+class NamedWorker:
+    """One worker process of `service` under its own node name, e.g. `sync-a@host`."""
+
+    def __init__(self, service: str, name: str, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}-worker.log"
+        self.proc = ServiceProcess(
+            name,
+            f"{service}.worker",
+            [f"--hostname={name}@%h", "--without-mingle", "--without-gossip"],
+            env={"DJANGO_SETTINGS_MODULE": "common.django_settings", **(env or {})},
+            log=self.log,
+        )
+
+    def start(self, app: Celery, timeout: float = 90) -> NamedWorker:
+        self.proc.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.proc.running:
+                raise RuntimeError(f"worker {self.name} exited during start-up:\n{self.tail()}")
+            try:
+                wait_for_workers(app, [self.name], timeout=1)
+                return self
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"worker {self.name} did not answer ping:\n{self.tail()}") from None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.proc is not None
+        return self.proc.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process it started (a lost host, an OOM kill)."""
+        os.killpg(self.pid, signal.SIGKILL)
+        assert self.proc.proc is not None
+        self.proc.proc.wait()
+
+    def terminate(self, timeout: float = 60) -> int | None:
+        return self.proc.stop(timeout=timeout)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text().splitlines()[-lines:]) if self.log.exists() else "(no log)"
+
+
+class RestartableRedis(LocalRedis):
+    """A redis-server with its append-only file on, restarted on the same port and data."""
+
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
+        self.extra_args = ["--appendonly", "yes", "--appendfsync", "everysec"]
+
+    def start(self, timeout: float = 10) -> RestartableRedis:
+        super().start(timeout)
+        return self
+
+    def restart(self, down_for: float = 1.0) -> float:
+        """Stop (SIGTERM: Redis writes its AOF and exits), wait, start again; seconds down."""
+        assert self.proc is not None
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        time.sleep(down_for)
+        self.start()
+        return time.monotonic() - began
+
+    def freeze(self) -> None:
+        """SIGSTOP: TCP stays up, nothing answers (a hung Redis)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
