@@ -201,7 +201,8 @@ def test_replay_keeps_the_canvas_and_a_failed_task_leaves_its_chord() -> None:
 
     # A task that failed already counted towards its chord: replaying it there would count twice.
     options, notes = replay.check(message, len(raw), reason=FAILED)
-    assert "chord" not in options and notes == ["left its chord: the chord already counted this task's failure"]
+    assert "chord" not in options
+    assert notes == ["left its chord: the chord already counted this task's failure"]
 
     retired = calls.signature("sync.echo", ())
     retired["task"] = "sync.retired"  # a callback whose task was removed since
