@@ -37,6 +37,10 @@ def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
     app.set_default()
     install_connection_reuse(app)
     install_error_reporting(service)
+    if service in SERVICES:
+        from common.deadletters import failures
+
+        failures.install()  # tasks that opt in keep their final failure for replay
     _apps[service] = app
     return app
 

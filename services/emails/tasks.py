@@ -24,6 +24,7 @@ RETRY = {
     "retry_backoff_max": 600,
     "retry_jitter": True,
     "max_retries": 5,
+    "dead_letter": True,  # a mail still owed after every retry is kept for replay
 }
 
 

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
     retry_backoff_max=600,
     retry_jitter=True,
     max_retries=3,
+    dead_letter=True,  # retries exhausted: kept for replay once the CRM is back
 )
 def sync_doctor_to_external_system(doctor_id: int) -> dict:
     try:
