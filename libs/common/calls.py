@@ -82,13 +82,19 @@ def apply_async(
     if not outbox:
         return publish(app, c.name, args, kwargs, **options)
 
+    from django.apps import apps
     from django.db import DatabaseError, transaction
 
-    from common.outbox import store  # needs Django's app registry, which current_app() sets up
+    if not apps.ready:
+        raise RuntimeError(
+            "common.calls keeps tasks in the outbox, a Django model: set Django up first "
+            "(common.celery_app.create_app does), or pass outbox=False"
+        )
+    from common.outbox import store
 
     caller_id = options.pop("task_id", None)
     task_id = caller_id or str(uuid.uuid4())
-    queue, kept_options = store.encode_options(options, default_queue=c.queue)
+    queue, kept_options = store.encode_options(options, default_queue=c.queue) if options else (c.queue, {})
     row = store.Row(task_id, c.name, queue, payload, kept_options, caller_id is not None)
     if transaction.get_connection().in_atomic_block:
         if store.keep(row):

@@ -148,3 +148,23 @@ def test_arguments_json_cannot_carry_are_refused_clearly(redis_client) -> None: 
     with pytest.raises(InvalidTaskArgumentsError, match="cannot be sent as JSON.*Pass ids and plain values"):
         catalogue.notify_admin.delay({"doctor": object()})
     assert queued(redis_client) == 0 and not OutboxMessage.objects.exists()
+
+
+def test_a_process_without_django_is_told_how_to_send() -> None:
+    import subprocess
+    import sys
+
+    from common.processes import child_env
+
+    code = (
+        "from celery import Celery\n"
+        "from common import calls\n"
+        "try:\n"
+        "    calls.apply_async('sync.echo', (1,), app=Celery('bare'))\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = child_env()
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "set Django up first" in out.stdout and "outbox=False" in out.stdout, out.stderr[-2000:]
