@@ -136,3 +136,31 @@ def test_operator_sees_a_reports_progress(page) -> None:  # type: ignore[no-unty
     row = page.locator("tr", has_text="Quarterly revenue")
     assert "50/200 (25%)" in row.inner_text()
     assert "Running" in row.inner_text()
+
+
+def test_operator_replays_and_purges_dead_letters(page, store) -> None:  # type: ignore[no-untyped-def]
+    """The page's buttons as a browser submits them: CSRF token, formaction, the confirmation step."""
+    from web.tests.deadletters_testing import a_queue, dead, envelope
+
+    queue = a_queue()
+    task_id, raw = envelope([["not-an-int"], {}, {}])
+    entry = dead(store, queue, "invalid-arguments", raw, task_id)
+    log_in(page)
+    page.click("#operations-deadletters a")
+    page.select_option("select[name=queue]", queue)
+    page.click("#deadletters-filter input[type=submit]")
+    row = page.locator("tr.deadletter", has_text=entry.id)
+    assert "invalid-arguments" in row.inner_text()
+
+    row.locator("input[name=ids]").check()
+    page.click("input[name=replay]")
+    refused = page.locator(".messagelist .error").inner_text()
+    assert f"Refused {entry.id}: the arguments do not fit today's contract" in refused
+
+    page.locator("tr.deadletter", has_text=entry.id).locator("input[name=ids]").check()
+    page.click("input[name=purge]")
+    assert "Delete these 1 dead letter(s) for good?" in page.locator("#purge-question").inner_text()
+    assert store.get(entry.id) is not None
+    page.click("input[value='Yes, purge 1']")
+    assert "Removed 1 dead letter(s)." in page.locator(".messagelist .success").inner_text()
+    assert store.get(entry.id) is None
