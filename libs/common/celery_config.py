@@ -54,6 +54,9 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
             "queue_order_strategy": "priority",
         },
         "broker_connection_retry_on_startup": True,
+        # A worker that cannot reconnect gives up after this many attempts and exits non-zero
+        # (common.worker) for its supervisor to restart it; None retries forever.
+        "broker_connection_max_retries": s.broker_connection_max_retries,
         "broker_connection_timeout": 4,
         # A publish to an unreachable broker fails in seconds instead of hanging.
         "task_publish_retry_policy": {

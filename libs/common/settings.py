@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     )
     dead_letter_cap: PositiveInt = Field(10_000, description="Dead letters kept per queue (oldest dropped).")
     dead_letter_retention: PositiveInt = Field(7 * 24 * 3600, description="Seconds a dead letter is kept.")
+    broker_connection_max_retries: PositiveInt | None = Field(
+        100,
+        description="Reconnection attempts after a worker loses the broker (2 s apart, growing to "
+        "30 s: 100 is about 46 minutes, Celery's default) before it gives up and exits non-zero "
+        "for its supervisor to restart it; 'forever' never gives up. 0 is refused: Celery would "
+        "give up at the first failure.",
+    )
 
     # Django
     database_url: str | None = None
@@ -118,6 +125,11 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("broker_connection_max_retries", mode="before")
+    @classmethod
+    def _forever_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "forever" else value
 
     @field_validator("database_url")
     @classmethod
