@@ -166,6 +166,20 @@ def test_replay_runs_under_the_original_task_id_and_keeps_its_callback(
     assert code == 1 and "Say which dead letters to replay" in out
 
 
+def test_an_entry_being_replayed_is_not_sent_twice(store: DeadLetters) -> None:
+    """Two operators replaying the same entry at once: the second is refused, nothing is sent."""
+    task_id, raw = envelope([[1], {}, {}])
+    entry = dead(store, a_queue(), FAILED, raw, task_id)
+    claim = replay.CLAIM_PREFIX + entry.id
+    store.client.set(claim, 1, ex=60)  # the first operator's replay, under way
+    try:
+        code, out = run("replay", entry.id)
+    finally:
+        store.client.delete(claim)
+    assert code == 1 and f"Refused {entry.id}: another replay of this entry is under way" in out
+    assert store.get(entry.id) is not None and stored_result(task_id)["status"] == states.FAILURE
+
+
 def test_exit_code_of_the_real_entry_point(store: DeadLetters) -> None:
     """`web.pex deadletters` exits non-zero on a refusal, so a script or CI step notices."""
     entry = dead(store, a_queue(), "undecodable", b"not json", None)
