@@ -46,6 +46,7 @@ def test_retries_exhausted_go_to_dead_letters_and_replay_completes_them(
     crm_sandbox.faults.fail = 0  # the CRM is back: the owed work can be finished
     outcome = replay(store, entry.id)
     assert outcome.replayed, outcome
+
     # Same task id: its result goes from the old FAILURE to the replay's SUCCESS (read
     # past this process's cache of ready results, as any other process would see it).
     def meta() -> dict:

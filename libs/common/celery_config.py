@@ -58,14 +58,22 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         # (common.worker) for its supervisor to restart it; None retries forever.
         "broker_connection_max_retries": s.broker_connection_max_retries,
         "broker_connection_timeout": 4,
-        # A publish to an unreachable broker fails in seconds instead of hanging.
+        # One reconnect, then give up: every attempt at a hung Redis costs a socket timeout,
+        # and the outbox keeps what could not be sent (common.calls).
         "task_publish_retry_policy": {
-            "max_retries": 3,
+            "max_retries": 1,
             "interval_start": 0,
             "interval_step": 0.5,
-            "interval_max": 1,
+            "interval_max": 0.5,
         },
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        # A worker keeps retrying a result write through a Redis restart (the result is owed);
+        # a producer's subscription to its task's result gives up at once, so a send
+        # to a hung Redis fails within seconds and the outbox keeps the task.
+        "result_backend_transport_options": {
+            "retry_policy": {"timeout": 5.0}
+            if worker
+            else {"max_retries": 0, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+        },
         "redis_socket_connect_timeout": 5,
         "redis_socket_timeout": s.broker_socket_timeout,
         # Running tasks keep going through a lost connection: their messages stay owned by

@@ -20,13 +20,16 @@ from datetime import datetime
 from typing import Any
 
 from celery import states
+from kombu.utils.json import dumps
 
 from common.catalogue import CATALOGUE, InvalidTaskArgumentsError
+from common.settings import get_settings
 from common.deadletters.store import (
     CONTENT_TYPE,
     DUPLICATE,
     INVALID_ARGUMENTS,
     MALFORMED,
+    TOO_LARGE,
     UNKNOWN_TASK,
     DeadLetteredError,
     Rejection,
@@ -68,6 +71,10 @@ def check(payload: dict[str, Any], queue: str) -> None:
     ):
         raise reject(MALFORMED, "body is not [args, kwargs, embed]")
     _check_headers(headers, reject)
+    size = len(dumps([body[0], body[1]]).encode())
+    limit = get_settings().task_max_payload_bytes
+    if size > limit:  # measured as the producer does (common.calls.encoded_payload)
+        raise reject(TOO_LARGE, f"arguments of {size:,} bytes as JSON, over TASK_MAX_PAYLOAD_BYTES={limit:,}")
     app = _app()
     if task not in app.tasks:
         raise reject(UNKNOWN_TASK, f"no task {task!r} on queue {queue!r} (service {app.main!r})")
@@ -106,7 +113,9 @@ def _check_headers(headers: dict[str, Any], reject: Any) -> None:
         raise reject(MALFORMED, "header 'timelimit' must be [soft, hard] seconds or null")
     for name in ("eta", "expires"):
         value = headers.get(name)
-        if value is None or (isinstance(value, int | float) and not isinstance(value, bool) and name == "expires"):
+        if value is None or (
+            isinstance(value, int | float) and not isinstance(value, bool) and name == "expires"
+        ):
             continue
         try:
             datetime.fromisoformat(value)
@@ -133,7 +142,8 @@ def _already_seen(payload: dict[str, Any], headers: dict[str, Any], task_id: str
     with app.connection_for_write() as conn:
         client = conn.default_channel.client
         if client.set(key, tag, nx=True, ex=_SEEN_TTL):
-            return bool(app.backend.get_state(task_id) not in states.UNREADY_STATES)
+            # A first copy that already succeeded (sent before the outbox kept this one).
+            return bool(app.backend.get_state(task_id) == states.SUCCESS)
         return bytes(client.get(key) or b"").decode() != tag
 
 

@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         "its in-flight tasks go back on their queues. Long tasks need no larger value.",
     )
     broker_socket_timeout: PositiveFloat = Field(
-        5, description="Seconds any broker or result-store command may take before it fails."
+        3,
+        description="Seconds any broker or result-store command may take before it fails: "
+        "a hung Redis fails a send within a few of these, and the outbox keeps the task.",
     )
     dead_letter_cap: PositiveInt = Field(10_000, description="Dead letters kept per queue (oldest dropped).")
     dead_letter_retention: PositiveInt = Field(7 * 24 * 3600, description="Seconds a dead letter is kept.")

@@ -18,7 +18,6 @@ from celery.result import AsyncResult
 from common import catalogue
 from common.celery_app import current_app
 from common.deadletters import DeadLetteredError, DeadLetters
-from common.testing.waiting import wait_until
 from common.testing.workers import Workers
 
 
@@ -80,12 +79,14 @@ POISON: dict[str, tuple[str, bytes]] = {
     "eta not a time": envelope(eta="tomorrow"),
     "unknown task": envelope(task="sync.no_such_task"),
     "another service's task": envelope(task="payments.process_payment"),
-    "pickle body": envelope(raw_body=pickle.dumps(((1,), {}, {})), content_type="application/x-python-serialize"),
+    "pickle body": envelope(
+        raw_body=pickle.dumps(((1,), {}, {})), content_type="application/x-python-serialize"
+    ),
     "xml body": envelope(raw_body=b"<args><i>1</i></args>", content_type="application/xml"),
     "truncated JSON body": envelope(raw_body=b'[[1], {"a": '),
     "argument breaks the contract": envelope(body=[["not-an-int"], {}, {}]),
     "missing argument": envelope(body=[[], {}, {}]),
-    "too large": envelope(body=[[1], {}, {"pad": "x" * 30000}]),
+    "too large": envelope(body=[[1], {"pad": "x" * 30000}, {}]),
 }
 EXPECTED_REASON = {
     "body is an object": "malformed",
@@ -115,9 +116,9 @@ def test_every_poison_shape_is_dead_lettered_and_the_worker_goes_on(worker, redi
     client = redis.Redis.from_url(redis_url)
     store = DeadLetters(client)
     before = {e.id for e in store.list("sync", limit=None)}
-    for name, raw in RAW_ITEMS.items():
+    for raw in RAW_ITEMS.values():
         client.lpush("sync", raw)
-    for name, (_, raw) in POISON.items():
+    for _, raw in POISON.values():
         client.lpush("sync", raw)
     # The next good task runs: the worker did not crash or stall on what came before it.
     assert catalogue.echo.delay(7).get(timeout=30) == 7

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
-from celery import Celery
 
 from common import calls, catalogue
 from common.celery_config import celery_config
@@ -39,10 +39,14 @@ def app(broker: RestartableRedis) -> Celery:
 
 def executed(app: Celery, worker: str) -> int:
     """How many sync.echo the worker process ran, by its own count."""
-    for attempt in range(5):
+    for _ in range(5):
         try:
             stats = app.control.inspect(destination=[worker], timeout=5).stats() or {}
-        except (OSError, RedisError, OperationalError):  # a pooled connection that died with the old Redis; kombu redials
+        except (
+            OSError,
+            RedisError,
+            OperationalError,
+        ):  # a pooled connection that died with the old Redis; kombu redials
             time.sleep(1)
             continue
         if worker in stats:
@@ -57,26 +61,11 @@ def test_redis_restarts_mid_drain_lose_nothing_and_run_nothing_twice(
     client = app.connection_for_write().default_channel.client
     stalls, lost_total, sent_total = [], 0, 0
     try:
-        for round_no in range(ROUNDS):
-            with app.producer_or_acquire() as producer:
-                results = [
-                    calls.apply_async(catalogue.echo, (i,), app=app, producer=producer) for i in range(TASKS)
-                ]
+        for _ in range(ROUNDS):
+            lost, stall = drain_through_a_restart(app, broker)
+            lost_total += lost
             sent_total += TASKS
-            wait_until(lambda: sum(1 for r in results[: TASKS // 3] if r.ready()) >= TASKS // 5, timeout=60)
-            done_before = sum(1 for r in results if r.ready())
-            broker.restart(down_for=1.0)
-            back = time.monotonic()
-            wait_until(lambda: sum(1 for r in results if r.ready()) > done_before + 10, timeout=60)
-            stalls.append(time.monotonic() - back)
-            # Read results by polling the store: this measures delivery, not the result
-            # pub/sub connection the producer also lost in the restart.
-            try:
-                wait_until(lambda: all(r.ready() for r in results), timeout=60)
-            except AssertionError:
-                pass
-            values = [r.result if r.ready() else None for r in results]
-            lost_total += TASKS - sum(1 for v, i in zip(values, range(TASKS), strict=True) if v == i)
+            stalls.append(stall)
             assert worker.proc.running, f"the worker died on a Redis restart:\n{worker.tail()}"
         wait_until(lambda: client.llen("sync") == 0, timeout=30)
         runs = executed(app, f"sync-restart@{socket.gethostname()}")
@@ -89,3 +78,27 @@ def test_redis_restarts_mid_drain_lose_nothing_and_run_nothing_twice(
         assert runs == sent_total, f"{runs} executions for {sent_total} tasks"
     finally:
         worker.terminate()
+
+
+def drain_through_a_restart(app: Celery, broker: RestartableRedis) -> tuple[int, float]:
+    """Send TASKS echoes, restart Redis a third of the way in; return (lost, stall seconds)."""
+    with app.producer_or_acquire() as producer:
+        results = [calls.apply_async(catalogue.echo, (i,), app=app, producer=producer) for i in range(TASKS)]
+
+    def done() -> int:
+        return sum(1 for r in results if r.ready())
+
+    wait_until(lambda: done() >= TASKS // 5, timeout=60)
+    before = done()
+    broker.restart(down_for=1.0)
+    back = time.monotonic()
+    wait_until(lambda: done() > before + 10, timeout=60)
+    stall = time.monotonic() - back
+    # Read results by polling the store: this measures delivery, not the result pub/sub
+    # connection the producer also lost in the restart.
+    try:
+        wait_until(lambda: done() == TASKS, timeout=60)
+    except AssertionError:
+        pass
+    values = [r.result if r.ready() else None for r in results]
+    return TASKS - sum(1 for i, v in enumerate(values) if v == i), stall

@@ -46,7 +46,11 @@ def new_doctor(tag: str) -> Doctor:
 
 
 def crm_starts(crm, doctor: Doctor) -> list[float]:  # type: ignore[no-untyped-def]
-    return [r["at"] for r in crm.requests if isinstance(r["body"], dict) and r["body"].get("reference") == str(doctor.pk)]
+    return [
+        r["at"]
+        for r in crm.requests
+        if isinstance(r["body"], dict) and r["body"].get("reference") == str(doctor.pk)
+    ]
 
 
 def holder(workers: list[NamedWorker], redis_url: str) -> NamedWorker:
@@ -76,7 +80,10 @@ def test_sigkill_mid_task_is_redelivered_within_the_bound_and_completes_once(
     wait_until(lambda: len(crm_starts(crm_sandbox, doctor)) >= 2, timeout=RECOVERY_BOUND + 10)
     recovered_in = crm_starts(crm_sandbox, doctor)[1] - killed_at
     out = result.get(timeout=30)
-    print(f"\n[sigkill/{pool}] task back on another worker {recovered_in:.1f} s after SIGKILL (bound {RECOVERY_BOUND} s)")
+    print(
+        f"\n[sigkill/{pool}] task back on another worker {recovered_in:.1f} s after SIGKILL "
+        f"(bound {RECOVERY_BOUND} s)"
+    )
     assert recovered_in <= RECOVERY_BOUND
     # Once in effect: one CRM record, the doctor synced to it, and no third delivery.
     record = crm_sandbox.doctors[str(doctor.pk)]
@@ -141,7 +148,10 @@ def test_a_delay_longer_than_every_timeout_runs_once_even_across_worker_restarts
     ran_after = crm_starts(crm_sandbox, doctor)[0] - sent
     time.sleep(3)
     starts = crm_starts(crm_sandbox, doctor)
-    print(f"\n[delayed] countdown 8 s ran after {ran_after:.1f} s, {len(starts)} delivery, its first worker killed")
+    print(
+        f"\n[delayed] countdown 8 s ran after {ran_after:.1f} s (its first worker killed, the "
+        f"next up after a restart), {len(starts)} delivery"
+    )
     assert out["status"] == "synced"
     assert ran_after >= 7.5
     assert len(starts) == 1

@@ -62,7 +62,9 @@ class Owner:
         )
         if recovered:
             self.recovered += recovered
-            logger.warning("Requeued %d message(s) held by worker processes that stopped heartbeating", recovered)
+            logger.warning(
+                "Requeued %d message(s) held by worker processes that stopped heartbeating", recovered
+            )
         self.promoted += promoted
         if self._pending_acks:
             self._flush_acks()

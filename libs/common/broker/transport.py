@@ -29,9 +29,8 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.commands.core import Script
@@ -145,8 +144,33 @@ class Channel(kombu_redis.Channel):
         return client
 
     def close(self) -> None:
+        """Close all the way even when Redis is gone or hung.
+
+        kombu's close stops at the first connection error (reading the poll in flight, or
+        deleting the pidbox reply queue) and leaves the channel open after
+        `Connection.collect` has cleared `transport.client`; the second close then died in
+        `_connparams` on `client.hostname` ("Unrecoverable error", half of Redis restarts).
+        A poll in flight is dropped unread, as reading it from a hung Redis costs a socket
+        timeout: on a task queue it holds a bell token, never a message; on a reply queue
+        (no acks) the reply was for this closing consumer anyway.
+        """
         self._sync_client = None
+        if self._in_poll:
+            self._in_poll = None
+            self._reliable_poll = False
+            try:
+                self.client.connection.disconnect()
+            except Exception:  # noqa: BLE001 - closing; the socket may be gone already
+                pass
         super().close()
+
+    def queue_delete(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().queue_delete(queue, *args, **kwargs)
+        except self.connection_errors:
+            if not self._closing:
+                raise
+            return None  # closing without Redis: the auto-delete binding is left behind
 
     # --- ownership ---------------------------------------------------------------------
     @property
@@ -175,7 +199,9 @@ class Channel(kombu_redis.Channel):
             bell = scripts.BELL_PREFIX + queue
             commands = [("lpush", (key, dumps(message))), ("lpush", (bell, 1)), ("ltrim", (bell, 0, 0))]
         if self._expires and queue in self._expires:
-            commands += [("pexpire", (self._q_for_pri(queue, p), self._expires[queue])) for p in self.priority_steps]
+            commands += [
+                ("pexpire", (self._q_for_pri(queue, p), self._expires[queue])) for p in self.priority_steps
+            ]
         if batch is not None:
             for name, args in commands:
                 batch.add(name, *args)
@@ -270,12 +296,15 @@ class Channel(kombu_redis.Channel):
 
     def _admit(self, raw: bytes, queue: str, tag: str) -> dict[str, Any]:
         """The message as kombu expects it, or a `Rejection` saying why it cannot run."""
-        if self.max_payload_bytes and len(raw) > int(self.max_payload_bytes):
-            payload = _try_loads(raw)
+        # A guard before decoding, against memory blow-ups: the arguments' own limit, which
+        # the producer applies too, is checked on the decoded body (common.intake); the whole
+        # message is larger (base64, headers, canvas), hence the margin.
+        ceiling = 2 * int(self.max_payload_bytes) + 64 * 1024 if self.max_payload_bytes else 0
+        if ceiling and len(raw) > ceiling:
             raise Rejection(
                 TOO_LARGE,
-                f"message of {len(raw)} bytes exceeds TASK_MAX_PAYLOAD_BYTES={self.max_payload_bytes}",
-                *_task_of(payload),
+                f"message of {len(raw):,} bytes, far over TASK_MAX_PAYLOAD_BYTES={self.max_payload_bytes:,}",
+                *_task_of(_try_loads(raw)),
             )
         payload = _try_loads(raw)
         if payload is None:

@@ -67,7 +67,10 @@ def as_message(task: Any, task_id: str, args: Any, kwargs: Any) -> bytes:
         "properties": {
             "correlation_id": task_id,
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": (request.delivery_info or {}).get("routing_key", "")},
+            "delivery_info": {
+                "exchange": "",
+                "routing_key": (request.delivery_info or {}).get("routing_key", ""),
+            },
             "priority": 0,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),

@@ -34,7 +34,16 @@ TOO_LARGE = "too-large"  # over TASK_MAX_PAYLOAD_BYTES
 FAILED = "failed"  # the task failed for good (retries exhausted or unexpected error)
 CRASHED_CONSUMER = "crashed-consumer"  # the worker's message handling raised
 DUPLICATE = "duplicate"  # not dead-lettered: a second copy of an outbox message, dropped
-REASONS = (UNDECODABLE, MALFORMED, CONTENT_TYPE, UNKNOWN_TASK, INVALID_ARGUMENTS, TOO_LARGE, FAILED, CRASHED_CONSUMER)
+REASONS = (
+    UNDECODABLE,
+    MALFORMED,
+    CONTENT_TYPE,
+    UNKNOWN_TASK,
+    INVALID_ARGUMENTS,
+    TOO_LARGE,
+    FAILED,
+    CRASHED_CONSUMER,
+)
 
 # KEYS[1] entries hash, KEYS[2] the queue's zset, KEYS[3] queues set, KEYS[4] (optional) the
 # in-flight hash holding the message. ARGV: id, entry JSON, time (ms), cap, retention (ms),
@@ -145,7 +154,14 @@ class DeadLetters:
             extra=extra or {},
         )
         keys = [ENTRIES, QUEUE_PREFIX + queue, QUEUES]
-        args = [entry.id, json.dumps(asdict(entry)), int(entry.time * 1000), self.cap, int(self.retention * 1000), queue]
+        args = [
+            entry.id,
+            json.dumps(asdict(entry)),
+            int(entry.time * 1000),
+            self.cap,
+            int(self.retention * 1000),
+            queue,
+        ]
         if inflight is not None:
             keys.append(inflight[0])
             args.append(inflight[1])

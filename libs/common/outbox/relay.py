@@ -117,7 +117,9 @@ def run(
             if problem != outage:
                 logger.exception("Outbox relay pass failed")
         if problem:
-            if problem != outage:
+            # Once per outage: the reason may vary while it lasts (a refused connection, then
+            # a timeout, then the result store giving up), the outage does not.
+            if outage is None:
                 logger.warning("Outbox relay cannot publish: %s; retrying every %g s", problem, interval)
             outage = problem
         elif done.published and outage:

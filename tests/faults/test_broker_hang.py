@@ -1,0 +1,75 @@
+"""Redis frozen (SIGSTOP: TCP up, no replies) at send: the publish fails within seconds,
+the outbox keeps the task, and once Redis answers again the relay sends it and it runs once."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from common import calls, catalogue
+from common.celery_config import celery_config
+from common.outbox.models import OutboxMessage
+from common.processes import ServiceProcess
+from common.settings import load_settings
+from common.testing.faults import NamedWorker, RestartableRedis
+from common.testing.waiting import wait_until
+
+# A send to a hung broker may block for the result subscription (a timeout and one retry)
+# and the publish (one timeout): three BROKER_SOCKET_TIMEOUTs (3 s each by default).
+SEND_BOUND = 3 * 3.0 + 1.5
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[RestartableRedis]:
+    with RestartableRedis() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def app(broker: RestartableRedis) -> Celery:
+    app = Celery("hang-producer", set_as_current=False)
+    app.conf.update(celery_config(load_settings(redis_url=broker.url)))
+    return app
+
+
+def test_a_send_to_a_frozen_redis_fails_fast_and_the_outbox_keeps_it(
+    app: Celery, broker: RestartableRedis, data_dir: Path
+) -> None:
+    worker = NamedWorker("sync", "sync-hang", data_dir, env={"REDIS_URL": broker.url}).start(app)
+    try:
+        assert calls.apply_async(catalogue.echo, (1,), app=app).get(timeout=30) == 1  # warm connections
+        broker.freeze()
+        try:
+            began = time.monotonic()
+            result = calls.apply_async(catalogue.echo, (42,), app=app)
+            blocked = time.monotonic() - began
+        finally:
+            broker.thaw()
+        kept = OutboxMessage.objects.filter(task_id=result.id).exists()
+        print(
+            f"\n[hung redis] send returned after {blocked:.1f} s (bound {SEND_BOUND} s); "
+            f"kept in outbox: {kept}"
+        )
+        assert blocked <= SEND_BOUND
+        assert kept, "the task was neither published nor kept"
+
+        relay = ServiceProcess(
+            "outbox-relay",
+            "web.manage",
+            ["relay_outbox", "--once"],
+            env={"REDIS_URL": broker.url},
+            log=data_dir / "hang-relay.log",
+        ).start()
+        assert relay.proc is not None and relay.proc.wait(60) == 0
+        assert result.get(timeout=30) == 42
+        wait_until(lambda: not OutboxMessage.objects.filter(task_id=result.id).exists(), timeout=10)
+        time.sleep(1)
+        runs = len(re.findall(rf"\[{re.escape(result.id)}\] succeeded", worker.log.read_text()))
+        assert runs == 1, f"ran {runs} times"
+    finally:
+        worker.terminate()
