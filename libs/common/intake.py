@@ -23,7 +23,6 @@ from celery import states
 from kombu.utils.json import dumps
 
 from common.catalogue import CATALOGUE, InvalidTaskArgumentsError
-from common.settings import get_settings
 from common.deadletters.store import (
     CONTENT_TYPE,
     DUPLICATE,
@@ -34,6 +33,7 @@ from common.deadletters.store import (
     DeadLetteredError,
     Rejection,
 )
+from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
