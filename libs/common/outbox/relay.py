@@ -103,27 +103,29 @@ def run(
     """
     stop = stop or _stop_on_signals()
     app = app or _app()
-    outage: str | None = None
+    outage: tuple[str, str] | None = None  # (what is failing, the first error seen)
     logger.info("Outbox relay started: a pass every %g s, batches of %d", interval, batch_size)
     while not stop.is_set():
         close_old_connections()  # drop a connection the database closed; CONN_MAX_AGE applies
+        problem: tuple[str, str] | None = None
         try:
             done = relay_once(app, batch_size=batch_size, stop=stop)
-            problem = done.broker_down
+            if done.broker_down:
+                problem = ("broker", done.broker_down)
         except DatabaseError as exc:
-            done, problem = Pass(), f"database error ({type(exc).__name__}: {mask_text(str(exc))[:200]})"
+            done = Pass()
+            problem = ("database", f"database error ({type(exc).__name__}: {mask_text(str(exc))[:200]})")
         except Exception as exc:  # a bug or an unexpected broker error: keep the relay alive
-            done, problem = Pass(), f"{type(exc).__name__}: {mask_text(str(exc))[:200]}"
-            if problem != outage:
+            done = Pass()
+            problem = (type(exc).__name__, f"{type(exc).__name__}: {mask_text(str(exc))[:200]}")
+            if outage is None or outage[0] != problem[0]:
                 logger.exception("Outbox relay pass failed")
         if problem:
-            # Once per outage: the reason may vary while it lasts (a refused connection, then
-            # a timeout, then the result store giving up), the outage does not.
-            if outage is None:
-                logger.warning("Outbox relay cannot publish: %s; retrying every %g s", problem, interval)
-            outage = problem
+            if outage is None or outage[0] != problem[0]:  # once per outage, not once per pass
+                logger.warning("Outbox relay cannot publish: %s; retrying every %g s", problem[1], interval)
+            outage = outage if outage and outage[0] == problem[0] else problem
         elif done.published and outage:
-            logger.warning("Outbox relay publishes again after: %s", outage)
+            logger.warning("Outbox relay publishes again after: %s", outage[1])
             outage = None
         if done.published:
             logger.info("Outbox relay published %d task(s)", done.published)
