@@ -12,9 +12,6 @@ Named by the `intake` broker transport option of worker apps (`common.celery_con
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 from celery import states
 from kombu.utils.json import dumps
 
+from common import protocol
 from common.catalogue import CATALOGUE, InvalidTaskArgumentsError
 from common.deadletters.store import (
     CONTENT_TYPE,
@@ -61,17 +59,12 @@ def check(payload: dict[str, Any], queue: str) -> None:
     content_type = payload.get("content-type")
     if content_type != "application/json":
         raise reject(CONTENT_TYPE, f"content type {content_type!r}; only application/json is accepted")
-    body = _decode_body(payload, reject)
-    if not (
-        isinstance(body, list)
-        and len(body) == 3
-        and isinstance(body[0], list)
-        and isinstance(body[1], dict)
-        and isinstance(body[2], dict | None)
-    ):
-        raise reject(MALFORMED, "body is not [args, kwargs, embed]")
+    try:
+        args, kwargs, _ = protocol.task_call(payload)
+    except protocol.MalformedMessage as exc:
+        raise reject(MALFORMED, str(exc)) from None
     _check_headers(headers, reject)
-    size = len(dumps([body[0], body[1]]).encode())
+    size = len(dumps([args, kwargs]).encode())
     limit = get_settings().task_max_payload_bytes
     if size > limit:  # measured as the producer does (common.calls.encoded_payload)
         raise reject(TOO_LARGE, f"arguments of {size:,} bytes as JSON, over TASK_MAX_PAYLOAD_BYTES={limit:,}")
@@ -80,27 +73,12 @@ def check(payload: dict[str, Any], queue: str) -> None:
         raise reject(UNKNOWN_TASK, f"no task {task!r} on queue {queue!r} (service {app.main!r})")
     if task in CATALOGUE:
         try:
-            CATALOGUE.get(task).check(tuple(body[0]), body[1])
+            CATALOGUE.get(task).check(tuple(args), kwargs)
         except InvalidTaskArgumentsError as exc:
             raise reject(INVALID_ARGUMENTS, str(exc)) from None
     if headers.get(OUTBOX_HEADER) and _already_seen(payload, headers, task_id):
         logger.info("Dropped a second copy of task %s republished by the outbox relay", task_id)
         raise Rejection(DUPLICATE, "second copy from the outbox relay", task, task_id)
-
-
-def _decode_body(payload: dict[str, Any], reject: Any) -> Any:
-    body = payload.get("body")
-    if payload.get("properties", {}).get("body_encoding") == "base64":
-        if not isinstance(body, str):
-            raise reject(MALFORMED, "base64 body is not a string")
-        try:
-            body = base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError):
-            raise reject(MALFORMED, "body is not valid base64") from None
-    try:
-        return json.loads(body) if isinstance(body, bytes | str) else body
-    except (ValueError, UnicodeDecodeError):
-        raise reject(MALFORMED, "body is not JSON") from None
 
 
 def _check_headers(headers: dict[str, Any], reject: Any) -> None:

@@ -5,36 +5,19 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from celery import Celery
 
 from common import calls, catalogue
-from common.celery_config import celery_config
 from common.outbox.models import OutboxMessage
 from common.processes import ServiceProcess
-from common.settings import load_settings
 from common.testing.faults import NamedWorker, RestartableRedis
 from common.testing.waiting import wait_until
 
 # A send to a hung broker may block for the result subscription (a timeout and one retry)
 # and the publish (one timeout): three BROKER_SOCKET_TIMEOUTs (3 s each by default).
 SEND_BOUND = 3 * 3.0 + 1.5
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[RestartableRedis]:
-    with RestartableRedis() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def app(broker: RestartableRedis) -> Celery:
-    app = Celery("hang-producer", set_as_current=False)
-    app.conf.update(celery_config(load_settings(redis_url=broker.url)))
-    return app
 
 
 def test_a_send_to_a_frozen_redis_fails_fast_and_the_outbox_keeps_it(

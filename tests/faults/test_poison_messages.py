@@ -147,6 +147,7 @@ def test_every_poison_shape_is_dead_lettered_and_the_worker_goes_on(worker, redi
     print("\n".join(f"  {line}" for line in report))
     # Nothing is left half-taken: the queue is empty and nothing is held in flight.
     assert client.llen("sync") == 0
+
     def held() -> int:  # the good task's ack follows its result by a moment
         return sum(client.hlen(k) for k in client.scan_iter("jobs.inflight:*"))
 

@@ -5,36 +5,18 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from common import calls, catalogue
-from common.celery_config import celery_config
-from common.settings import load_settings
 from common.testing.faults import NamedWorker, RestartableRedis
 from common.testing.waiting import wait_until
 
 TASKS = 2000
 ROUNDS = 3
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[RestartableRedis]:
-    with RestartableRedis() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def app(broker: RestartableRedis) -> Celery:
-    """A producer bound to the restartable Redis (the session's own Redis stays untouched)."""
-    app = Celery("fault-producer", set_as_current=False)
-    app.conf.update(celery_config(load_settings(redis_url=broker.url)))
-    return app
 
 
 def executed(app: Celery, worker: str) -> int:

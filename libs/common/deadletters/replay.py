@@ -22,8 +22,6 @@ task id that already has a final state, such as the FAILURE stored on dead-lette
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +30,7 @@ from typing import Any
 
 import redis
 
+from common import protocol
 from common.catalogue import CATALOGUE, InvalidTaskArgumentsError, UnknownTaskError
 from common.deadletters.store import FAILED, DeadLetter, DeadLetters
 from common.pii import mask, mask_text
@@ -117,35 +116,11 @@ def parse(raw: bytes) -> Message:
             f"content type {content_type!r}: only application/json can be read safely; "
             "send the task anew from its producer"
         )
-    body = decode_body(envelope)
-    if not (
-        isinstance(body, list)
-        and len(body) == 3
-        and isinstance(body[0], list)
-        and isinstance(body[1], dict)
-        and isinstance(body[2], dict | None)
-    ):
-        raise Refused("malformed: the body is not [args, kwargs, embed]")
-    return Message(task, task_id, body[0], body[1], body[2] or {}, headers, properties)
-
-
-def decode_body(envelope: dict[str, Any]) -> Any:
-    """The envelope's body as JSON data (base64 undone); `Refused` if it is not."""
-    body = envelope.get("body")
-    properties = envelope.get("properties")
-    if isinstance(properties, dict) and properties.get("body_encoding") == "base64":
-        if not isinstance(body, str):
-            raise Refused("malformed: the base64 body is not a string")
-        try:
-            body = base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError):
-            raise Refused("malformed: the body is not valid base64") from None
-    if not isinstance(body, bytes | str):
-        return body
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Refused("malformed: the body is not JSON") from None
+        args, kwargs, embed = protocol.task_call(envelope)
+    except protocol.MalformedMessage as exc:
+        raise Refused(f"malformed: {exc}") from None
+    return Message(task, task_id, args, kwargs, embed, headers, properties)
 
 
 def check(message: Message, raw_size: int, *, reason: str = "") -> tuple[dict[str, Any], list[str]]:
@@ -294,9 +269,9 @@ def readable(entry: DeadLetter) -> Any:
         return mask_text(text[:20_000])
     if isinstance(envelope, dict) and "body" in envelope:
         try:
-            body = decode_body(envelope)
-        except Refused as exc:
-            body = f"({exc})"
+            body = protocol.decode_body(envelope)
+        except protocol.MalformedMessage as exc:
+            body = f"(malformed: {exc})"
         envelope = {**envelope, "body": body}
         if isinstance(body, list) and len(body) == 3:
             envelope["body"] = {"args": body[0], "kwargs": body[1], "embed": body[2]}
