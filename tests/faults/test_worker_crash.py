@@ -7,6 +7,8 @@ started, which is what the recovery time is measured from.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +157,26 @@ def test_a_delay_longer_than_every_timeout_runs_once_even_across_worker_restarts
     assert out["status"] == "synced"
     assert ran_after >= 7.5
     assert len(starts) == 1
+
+
+def test_a_killed_prefork_child_puts_its_task_back_and_the_worker_runs_it_again(
+    start_workers, crm_sandbox, redis_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    """An OOM kill of one pool process: the parent lives, so the task is requeued at once."""
+    [worker] = start_workers("sync-child", WORKER_POOL="prefork", WORKER_CONCURRENCY="1")
+    crm_sandbox.latency = 3.0
+    doctor = new_doctor("child")
+    result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+    wait_until(lambda: crm_starts(crm_sandbox, doctor), timeout=30)
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    killed_at = time.monotonic()
+    for child in children:
+        os.kill(int(child), signal.SIGKILL)
+    wait_until(lambda: len(crm_starts(crm_sandbox, doctor)) >= 2, timeout=60)
+    again_in = crm_starts(crm_sandbox, doctor)[1] - killed_at
+    crm_sandbox.latency = 0.0
+    out = result.get(timeout=60)
+    print(f"\n[prefork child killed] task ran again {again_in:.1f} s later on the same worker")
+    assert out["status"] == "synced"
+    assert worker.proc.running
+    assert len(crm_starts(crm_sandbox, doctor)) == 2
