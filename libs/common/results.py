@@ -98,13 +98,23 @@ def refuse_non_json_results(conf: Any, serializer: str | None = None, accept: An
 
 
 class RedisBackend(CeleryRedisBackend):
-    """Celery's Redis backend with an atomic store; refuses non-JSON result settings."""
+    """Celery's Redis backend with an atomic store, no task arguments; refuses non-JSON results."""
 
     def __init__(
         self, *args: Any, app: Any, serializer: str | None = None, accept: Any = None, **kwargs: Any
     ) -> None:
         refuse_non_json_results(app.conf, serializer, accept)
         super().__init__(*args, app=app, serializer=serializer, accept=accept, **kwargs)
+
+    # What `result_extended` would store of the call itself: the arguments, which can carry
+    # personal data (names, emails in a dict payload). Task name, worker, queue, retries stay.
+    PAYLOAD_FIELDS = ("args", "kwargs", "argsrepr", "kwargsrepr")
+
+    def _get_result_meta(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        meta = super()._get_result_meta(*args, **kwargs)
+        for name in self.PAYLOAD_FIELDS:
+            meta.pop(name, None)
+        return meta
 
     @cached_property
     def _store_script(self) -> Any:
