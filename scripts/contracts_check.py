@@ -1,0 +1,268 @@
+"""Contract compatibility check: the task catalogue at REF against the working tree's.
+
+    ./scripts/check-contracts --against REF [--repo DIR]
+
+Each side's contracts are read as data by importing `common.catalogue` in a subprocess whose
+only source on the path is that side's `libs` (REF's is unpacked with `git archive`), and
+dumped as JSON: per task its name, queue and parameters in order, each with its annotation
+(the members of its union, normalised to strings) and whether it has a default.
+
+Breaking (one line each, exit 1): a task removed, a queue changed, a parameter removed,
+renamed or moved, a new parameter without a default, a default dropped, a type narrowed
+(the new annotation does not accept everything the old one did). Additive (exit 0): a new
+task, a new parameter with a default, a type widened. Exit 2: the check could not run.
+
+The module imports only the standard library: it is also the dumper (`--dump`), run by
+each side's Python path with nothing of this checkout on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOGUE_DIR = "libs/common"
+ANY = "Any"
+
+
+class CheckError(Exception):
+    """The check could not run (bad REF, no catalogue, import failed); exit 2."""
+
+
+# --- dumping (runs in the subprocess, against one side's `libs`) ---------------------------
+def type_members(annotation: Any) -> list[str]:
+    """An annotation as the sorted members of its union; `Any` (or none) accepts everything."""
+    import inspect
+    import types
+    import typing
+
+    if annotation is inspect.Parameter.empty or annotation is typing.Any:
+        return [ANY]
+    if isinstance(annotation, str):  # an annotation left unevaluated
+        return [annotation.replace("typing.", "")]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        members: set[str] = set()
+        for arg in typing.get_args(annotation):
+            members.update(type_members(arg))
+        return [ANY] if ANY in members else sorted(members)
+    if annotation is None or annotation is type(None):
+        return ["None"]
+    if isinstance(annotation, type) and origin is None:
+        module = annotation.__module__
+        name = annotation.__qualname__
+        return [name if module in ("builtins", "typing") else f"{module}.{name}"]
+    return [repr(annotation).replace("typing.", "")]
+
+
+def dump() -> dict[str, Any]:
+    """Every task's contract in `common.catalogue.CATALOGUE`, as JSON-ready data."""
+    try:
+        from common import catalogue
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which names the side
+        raise CheckError(f"cannot import common.catalogue: {type(exc).__name__}: {exc}") from None
+    registry = getattr(catalogue, "CATALOGUE", None)
+    if registry is None:
+        raise CheckError(
+            "common.catalogue has no CATALOGUE: the catalogue was reorganised; "
+            "teach scripts/contracts_check.py (dump) where the contracts live now"
+        )
+    tasks = {}
+    for contract in registry:
+        for attr in ("name", "queue", "signature"):
+            if not hasattr(contract, attr):
+                raise CheckError(f"a contract in CATALOGUE has no {attr!r}: {contract!r}")
+        tasks[contract.name] = {
+            "queue": contract.queue,
+            "parameters": [
+                {
+                    "name": p.name,
+                    "kind": p.kind.name,
+                    "annotation": " | ".join(type_members(p.annotation)),
+                    "types": type_members(p.annotation),
+                    "has_default": p.default is not p.empty,
+                }
+                for p in contract.signature.parameters.values()
+            ],
+        }
+    return {"tasks": tasks}
+
+
+# --- reading each side -------------------------------------------------------------------
+def git(repo: Path, *args: str) -> bytes:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True)
+    if proc.returncode:
+        raise CheckError(f"git {' '.join(args)}: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def extract(repo: Path, ref: str, into: Path) -> Path:
+    """`git archive REF libs/common` unpacked under `into`; returns its `libs`."""
+    try:
+        sha = git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").decode().strip()
+    except CheckError:
+        raise CheckError(f"{ref!r} is not a commit in {repo}") from None
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", sha, CATALOGUE_DIR], capture_output=True
+    )
+    if archive.returncode:
+        raise CheckError(f"{ref} has no {CATALOGUE_DIR}: {archive.stderr.decode(errors='replace').strip()}")
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "libs"
+
+
+def start_dump(libs: Path, scratch: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEX_")}
+    env.update(
+        PYTHONPATH=str(libs),
+        # Importing the catalogue needs neither; set in case it ever pulls settings in.
+        DJANGO_SETTINGS_MODULE="common.django_settings",
+        DATA_DIR=str(scratch),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-P", str(Path(__file__).resolve()), "--dump"],
+        cwd=scratch,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_dump(proc: subprocess.Popen[str], side: str) -> dict[str, Any]:
+    out, err = proc.communicate()
+    if proc.returncode:
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit {proc.returncode}"
+        raise CheckError(f"reading the contracts at {side}: {last}")
+    return json.loads(out)
+
+
+def read_both(repo: Path, ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="contracts-") as tmp:
+        scratch = Path(tmp)
+        (scratch / "old-data").mkdir()
+        (scratch / "new-data").mkdir()
+        old_libs = extract(repo, ref, scratch / "old")
+        if not (repo / CATALOGUE_DIR).is_dir():
+            raise CheckError(f"no {CATALOGUE_DIR} in the working tree {repo}")
+        old = start_dump(old_libs, scratch / "old-data")
+        new = start_dump(repo / "libs", scratch / "new-data")
+        return finish_dump(old, ref), finish_dump(new, "the working tree")
+
+
+# --- comparing ---------------------------------------------------------------------------
+def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(breaking, additive) changes from `old` to `new`, one line each."""
+    breaking: list[str] = []
+    additive: list[str] = []
+    old_tasks, new_tasks = old["tasks"], new["tasks"]
+    for name in sorted(set(new_tasks) - set(old_tasks)):
+        additive.append(f"{name}: new task (queue {new_tasks[name]['queue']})")
+    for name in sorted(old_tasks):
+        was = old_tasks[name]
+        if name not in new_tasks:
+            breaking.append(f"{name}: task removed (queue {was['queue']})")
+            continue
+        now = new_tasks[name]
+        if was["queue"] != now["queue"]:
+            breaking.append(f"{name}: queue changed from {was['queue']} to {now['queue']}")
+        b, a = compare_parameters(name, was["parameters"], now["parameters"])
+        breaking += b
+        additive += a
+    return breaking, additive
+
+
+def compare_parameters(task: str, was: list[dict], now: list[dict]) -> tuple[list[str], list[str]]:
+    breaking: list[str] = []
+    additive: list[str] = []
+    old_names = [p["name"] for p in was]
+    new_names = [p["name"] for p in now]
+    new_by_name = {p["name"]: p for p in now}
+    renamed_to: set[str] = set()
+    for i, p in enumerate(was):
+        pname = p["name"]
+        if pname not in new_by_name:
+            other = new_names[i] if i < len(now) else None
+            if other is not None and other not in old_names:
+                renamed_to.add(other)
+                breaking.append(f"{task}: parameter {pname!r} renamed to {other!r}")
+            else:
+                breaking.append(f"{task}: parameter {pname!r} removed")
+            continue
+        q = new_by_name[pname]
+        j = new_names.index(pname)
+        if j != i:
+            breaking.append(f"{task}: parameter {pname!r} moved from position {i + 1} to {j + 1}")
+        if p["has_default"] and not q["has_default"]:
+            breaking.append(f"{task}: parameter {pname!r} lost its default")
+        if p["kind"] != q["kind"]:
+            breaking.append(f"{task}: parameter {pname!r} changed from {p['kind']} to {q['kind']}")
+        change = type_change(p["types"], q["types"])
+        types = f"from {p['annotation']} to {q['annotation']}"
+        if change == "narrowed":
+            breaking.append(f"{task}: parameter {pname!r} type narrowed {types}")
+        elif change == "widened":
+            additive.append(f"{task}: parameter {pname!r} type widened {types}")
+    for q in now:
+        if q["name"] in old_names or q["name"] in renamed_to:
+            continue
+        if q["has_default"]:
+            additive.append(f"{task}: new parameter {q['name']!r} with a default")
+        else:
+            breaking.append(f"{task}: new parameter {q['name']!r} without a default")
+    return breaking, additive
+
+
+def type_change(was: list[str], now: list[str]) -> str | None:
+    """None (same), "widened" (accepts strictly more) or "narrowed" (anything else)."""
+    if set(was) == set(now):
+        return None
+    if ANY in now or set(now) > set(was):
+        return "widened"
+    return "narrowed"
+
+
+# --- command line ------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--against", metavar="REF", help="the git revision to compare with")
+    parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout (default: this one)")
+    parser.add_argument("--dump", action="store_true", help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    try:
+        if opts.dump:
+            json.dump(dump(), sys.stdout)
+            return 0
+        if not opts.against:
+            parser.error("--against REF is required")
+        old, new = read_both(opts.repo.resolve(), opts.against)
+    except CheckError as exc:
+        print(f"check-contracts: {exc}", file=sys.stderr)
+        return 2
+    breaking, additive = compare(old, new)
+    if breaking:
+        for line in breaking:
+            print(f"BREAKING {line}")
+        n = len(breaking)
+        print(f"contracts incompatible with {opts.against}: {n} breaking change{'s' * (n != 1)}")
+        return 1
+    n, m = len(new["tasks"]), len(additive)
+    print(f"contracts compatible with {opts.against}: {n} tasks, {m} additive changes")
+    for line in additive:
+        print(f"  additive {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
