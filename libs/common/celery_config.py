@@ -82,7 +82,8 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         # STARTED is stored only for tasks that declare `track_started` (payments, reports):
         # each store is a read and a write on the backend, a third of a short task's cost.
         "task_track_started": False,
-        # Results record the task name and the worker that ran it (args are ids, no PII).
+        # Results record the task name and the worker that ran it; never the arguments
+        # (common.results strips them: they may carry names and emails).
         "result_extended": True,
         # Task events cost every task a publish; Flower switches them on while it watches
         # (`enable_events`), so they are off by default and "task-sent" is not sent at all.
