@@ -98,6 +98,12 @@ def profile_summary(raw: Path, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def transport_of(app) -> str:  # type: ignore[no-untyped-def]
+    """The module of the kombu transport class `app` publishes with."""
+    with app.connection_for_write() as conn:
+        return str(conn.transport.__class__.__module__)
+
+
 def summary(values: list[float], digits: int = 1) -> str:
     med = statistics.median(values)
     return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
@@ -114,6 +120,9 @@ class Bench:
         # measure, ours, baseline, ours/baseline, target (the issue's; "-" where none)
         self.rows: list[tuple[str, str, str, str, str]] = []
         self.profiles: dict[str, str] = {}
+        self.own: Counter[str] = Counter()  # commands the bench itself sent since the reset
+        # variant -> phase -> (Redis calls per command, tasks)
+        self.commands: dict[str, dict[str, tuple[Counter[str], int]]] = {}
 
     @contextmanager
     def profiling(self, label: str, pid: int, enabled: bool = True) -> Iterator[None]:
@@ -127,8 +136,20 @@ class Bench:
             return
         out = self.data_dir / f"profile-{label}.txt"
         spy = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-             "--gil", "--nonblocking", "--output", str(out)],
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--gil",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -169,18 +190,61 @@ class Bench:
         return int(stats.get(node, {}).get("total", {}).get(task, 0))
 
     def outstanding(self, queue: str) -> int:
-        """Messages still queued or delivered-but-unacked, read from Redis.
+        """Messages still queued, delayed, or delivered but unacknowledged, read from Redis.
 
         Polling Redis instead of broadcasting `inspect` keeps the measurement from loading
-        the worker under test (each broadcast is work for its consumer).
+        the worker under test (each broadcast is work for its consumer). kombu keeps what it
+        delivered in the `unacked` hash; our transport in each worker process's in-flight
+        hash (`jobs.inflight:<owner>`), and future ETAs in `jobs.delayed`. Every command
+        sent here is counted, to be left out of the Redis commands per task.
         """
+        from common.broker import ownership, scripts
+
         r = self.redis
-        keys = [k for k in r.keys(f"{queue}*") if r.type(k) == b"list"]
+        inflight = r.keys(scripts.INFLIGHT_PREFIX + "*")
+        self.own["keys"] += 1
         pipe = r.pipeline(transaction=False)
-        for k in keys:
-            pipe.llen(k)
+        for key in (queue, *(f"{queue}{ownership.SEP}{p}" for p in range(1, 10))):  # priority lists
+            pipe.llen(key)
         pipe.hlen("unacked")
+        pipe.zcard(scripts.DELAYED)
+        for key in inflight:
+            pipe.hlen(key)
+        for args, _ in pipe.command_stack:
+            self.own[str(args[0]).lower()] += 1
         return sum(pipe.execute())
+
+    def owner_pids(self) -> set[int]:
+        """Processes heartbeating as owners of in-flight messages: those on our transport."""
+        from common.broker import scripts
+
+        return {int(owner.split(b":")[-2]) for owner in self.redis.zrange(scripts.OWNERS, 0, -1)}
+
+    def check_transport(self, name: str, procs: list, ours: bool) -> None:  # type: ignore[type-arg]
+        """Ours must run our transport (heartbeats, delayed set, intake); stock kombu's own."""
+        owners = self.owner_pids()
+        for proc in procs:
+            if (proc.proc.pid in owners) != ours:
+                on = "kombu's stock transport" if ours else "our transport"
+                raise BenchError(f"{name}: worker {proc.name} consumed on {on}")
+
+    # --- Redis commands per task ---------------------------------------------------
+    def reset_commandstats(self) -> None:
+        self.redis.config_resetstat()
+        self.own.clear()
+
+    def commandstats(self) -> Counter[str]:
+        """Calls per command since the reset, less the bench's own polling.
+
+        Redis counts the commands a Lua script runs as well as the EVALSHA that ran it.
+        """
+        calls: Counter[str] = Counter()
+        for key, value in self.redis.info("commandstats").items():
+            command = key.removeprefix("cmdstat_")
+            if not command.startswith(("config", "info")):
+                calls[command] = int(value["calls"])
+        calls.subtract(self.own)
+        return +calls
 
     def drain(self, name: str, queue: str, procs: list, deadline_s: float = 600) -> None:  # type: ignore[type-arg]
         deadline = time.monotonic() + deadline_s
@@ -197,14 +261,19 @@ class Bench:
         workers: list[tuple[str, str, list[str]]],
         task_ids: list[str],
         profile: bool = False,
+        commands: Counter[str] | None = None,
     ) -> tuple[float, list]:  # type: ignore[type-arg]
         """Start `workers` on a filled queue, wait until it is empty; their execution rate.
 
         The rate comes from the results' `date_done` (first to last), so worker start-up and
         our polling are left out; a second worker still starting counts against us. Workers
         start after the queue is filled: no cancel/add_consumer dance, which kombu's Redis
-        transport does not always survive.
+        transport does not always survive. `commands` gets the Redis calls made from the
+        workers' start until the queue is empty: a worker drains while the bench still
+        waits for its ping, so its start-up (and those pings) are counted too.
         """
+        if commands is not None:
+            self.reset_commandstats()
         procs = [
             self.start(f"{name}-{node}", module, [f"--hostname={node}@%h", *args])
             for module, node, args in workers
@@ -212,6 +281,9 @@ class Bench:
         nodes = [self.wait_up(app, node, p) for (_, node, _), p in zip(workers, procs, strict=True)]
         with self.profiling(f"{name}-drain (worker)", procs[0].proc.pid, enabled=profile):
             self.drain(name, queue, procs)
+        if commands is not None:
+            commands.update(self.commandstats())
+        self.check_transport(name, procs, ours=all(module != "bench.stock" for module, _, _ in workers))
         return self.execution_rate(name, task_ids), list(zip(procs, nodes, strict=True))
 
     def execution_rate(self, name: str, task_ids: list[str]) -> float:
@@ -256,6 +328,13 @@ class Bench:
                 "send": lambda i: stock.echo.delay(i),
             },
         }
+        stock.check_transport()
+        if transport_of(current_app()) != "common.broker.transport":
+            raise BenchError(f"our app runs on {transport_of(current_app())}, not common.broker.transport")
+        counted: dict[str, dict[str, Counter[str]]] = {
+            name: {"enqueue": Counter(), "drain": Counter()} for name in variants
+        }
+        tasks = Counter[str]()
         rounds = max(4, self.rounds)
         # With --profile, an extra round -1 runs under py-spy and is left out of the figures.
         for r in range(-1 if self.profile else 0, rounds):
@@ -263,10 +342,17 @@ class Bench:
             for name in ("ours", "stock") if r % 2 == 0 else ("stock", "ours"):
                 v = variants[name]
                 rates = results[name] if r >= 0 else {"enqueue": [], "drain": []}
+                # Redis commands are counted in the measured rounds (counting costs nothing).
+                counts = counted[name] if r >= 0 else {"enqueue": None, "drain": None}
+                if r >= 0:
+                    tasks[name] += size
+                    self.reset_commandstats()
                 with self.profiling(f"{name}-enqueue (producer)", os.getpid(), enabled=r < 0):
                     t0 = time.perf_counter()
                     ids = [v["send"](i).id for i in range(size)]
                     rates["enqueue"].append(size / (time.perf_counter() - t0))
+                if counts["enqueue"] is not None:
+                    counts["enqueue"].update(self.commandstats())
                 rate, [(proc, node)] = self.timed_drain(
                     name,
                     v["app"],
@@ -274,6 +360,7 @@ class Bench:
                     [(v["module"], f"{name}-noop", ["--pool=threads", "--concurrency=16"])],
                     ids,
                     profile=r < 0,
+                    commands=counts["drain"],
                 )
                 rates["drain"].append(rate)
                 done = self.processed(v["app"], node, v["task"])
@@ -292,6 +379,23 @@ class Bench:
                     ">= 0.95",
                 )
             )
+        per_task = {
+            name: {phase: sum(c.values()) / tasks[name] for phase, c in phases.items()}
+            for name, phases in counted.items()
+        }
+        ours_total, stock_total = (sum(per_task[name].values()) for name in ("ours", "stock"))
+        self.rows.append(
+            (
+                "Redis commands per no-op task, enqueue + drain (inside Lua counted too)",
+                f"{per_task['ours']['enqueue']:.1f} + {per_task['ours']['drain']:.1f} = {ours_total:.1f}",
+                f"{per_task['stock']['enqueue']:.1f} + {per_task['stock']['drain']:.1f} = {stock_total:.1f}",
+                f"{ours_total / stock_total:.2f}",
+                "-",
+            )
+        )
+        self.commands = {
+            name: {phase: (c, tasks[name]) for phase, c in phases.items()} for name, phases in counted.items()
+        }
 
     # --- 1b. drain per box ------------------------------------------------------------
     def box_drain(self, n: int) -> None:
@@ -509,6 +613,37 @@ class Bench:
                 (f"RSS {s} worker at rest / after (MiB)", f"{at_rest[s]:.0f} / {after[s]:.0f}", "-", "-", "-")
             )
 
+    def commands_table(self, top: int = 16) -> str:
+        """Redis calls per no-op task by command, the costliest first (the counted rounds)."""
+        if not self.commands:
+            return ""
+        columns = [(name, phase) for name in ("ours", "stock") for phase in ("enqueue", "drain")]
+        per_task = {
+            column: {cmd: calls / self.commands[column[0]][column[1]][1] for cmd, calls in c.items()}
+            for column in columns
+            for c in [self.commands[column[0]][column[1]][0]]
+        }
+        overall: Counter[str] = Counter()
+        for calls in per_task.values():
+            for cmd, n in calls.items():
+                overall[cmd] += n  # type: ignore[assignment]
+        lines = [
+            "| command | " + " | ".join(f"{name} {phase}" for name, phase in columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        shown = [cmd for cmd, _ in overall.most_common(top)]
+        for cmd in shown:
+            lines.append(
+                f"| {cmd} | " + " | ".join(f"{per_task[col].get(cmd, 0):.2f}" for col in columns) + " |"
+            )
+        rest = [sum(n for cmd, n in per_task[col].items() if cmd not in shown) for col in columns]
+        if any(rest):
+            lines.append("| (others) | " + " | ".join(f"{n:.2f}" for n in rest) + " |")
+        lines.append(
+            "| **total** | " + " | ".join(f"{sum(per_task[col].values()):.2f}" for col in columns) + " |"
+        )
+        return "\n".join(lines)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -517,7 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (a smoke run)")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
-        "--only", default="", help="comma-separated steps to run (noop,box,latency,io,chord,report,memory)"
+        "--only",
+        default="",
+        help="comma-separated steps to run (noop,box,latency,io,chord,report,memory)",
     )
     parser.add_argument(
         "--profile",
@@ -606,9 +743,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = "\n".join(lines)
     print(table)
-    profiles = "".join(
-        f"\n### {label}\n\n```\n{text}\n```\n" for label, text in bench.profiles.items()
-    )
+    commands = bench.commands_table()
+    if commands:
+        print(f"\nRedis commands per no-op task (INFO commandstats):\n{commands}")
+    profiles = "".join(f"\n### {label}\n\n```\n{text}\n```\n" for label, text in bench.profiles.items())
     if profiles:
         print(profiles)
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -620,6 +758,16 @@ def main(argv: list[str] | None = None) -> int:
             "Written by `./scripts/bench`; what each row compares is in the README (Benchmark).\n\n"
             + table
             + "\n"
+            + (
+                "\n## Redis commands per no-op task\n\n"
+                "`INFO commandstats` on the bench's redis-server over the counted no-op rounds (reset before"
+                " each enqueue and each drain; the drain from every worker up to an empty queue, heartbeats"
+                " included), divided by the tasks, the bench's own polling left out. Redis counts each"
+                " command a Lua script runs as well as the `evalsha` that ran it: ours takes a message,"
+                " renews its lease and stores a result in one round trip each.\n\n" + commands + "\n"
+                if commands
+                else ""
+            )
             + (f"\n## Where the time goes (py-spy --gil, unmeasured round)\n{profiles}" if profiles else "")
         )
         log(f"wrote {args.results}")
