@@ -534,6 +534,166 @@ class Bench:
             )
         )
 
+    # --- 3b. recovery after SIGKILL ---------------------------------------------------
+    def recovery(self, crm, with_stock: bool, task_s: float = 6.0, stock_wait_s: float = 200.0) -> None:  # type: ignore[no-untyped-def]
+        """Seconds from SIGKILL of the worker running a task until a second worker starts it.
+
+        The task is a CRM call made slow by the sandbox's latency (`task_s`), so it is surely
+        in flight when its worker's process group is killed; a second worker is running.
+        The sandbox's request log (a monotonic `at` per request) says when each delivery
+        started. Ours comes back by heartbeats (BROKER_HEARTBEAT_TIMEOUT, default 10 s).
+        Stock kombu comes back by message age: `visibility_timeout` 30 s (lower and a slow
+        task runs twice), found by the sweep for unacked messages, which with kombu's
+        defaults scans every `unacked_restore_interval` x `unacked_restore_throttle`
+        (10 x 10 s) from the worker's start. The one stock round waits (up to
+        `stock_wait_s`) while ours' rounds run: other queue, other keys.
+        """
+        import bench.stock as stock
+        from common import catalogue
+        from common.celery_app import current_app
+        from common.models import Doctor
+
+        app = current_app()
+
+        def starts(ref: str) -> list[float]:
+            return [
+                r["at"]
+                for r in crm.requests
+                if isinstance(r["body"], dict) and r["body"].get("reference") == ref
+            ]
+
+        def start_workers(name: str, module: str, app, ks: range, env: dict[str, str] | None = None) -> list:  # type: ignore[no-untyped-def, type-arg]
+            """Workers (threads/4) started together and answering: (process, node name) each."""
+            procs = [
+                (
+                    self.start(
+                        f"{name}-rec{k}",
+                        module,
+                        [f"--hostname={name}-rec{k}@%h", "--pool=threads", "--concurrency=4"],
+                        env=env,
+                    ),
+                    f"{name}-rec{k}",
+                )
+                for k in ks
+            ]
+            return [(proc, self.wait_up(app, node, proc)) for proc, node in procs]
+
+        def kill_holder(name: str, app, workers: list, result, ref: str):  # type: ignore[no-untyped-def]
+            """SIGKILL the worker running the task once it has started; when, and who is left."""
+            deadline = time.monotonic() + 60
+            while not starts(ref):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name} recovery: the task did not start; see {self.data_dir}")
+                time.sleep(0.02)
+            active = app.control.inspect(destination=[n for _, n in workers], timeout=2).active() or {}
+            holders = [w for w in workers if any(t["id"] == result.id for t in active.get(w[1]) or [])]
+            if len(holders) != 1:
+                raise BenchError(f"{name} recovery: {len(holders)} workers run the task, not 1: {active}")
+            victim = holders[0][0]
+            killed_at = time.monotonic()
+            os.killpg(victim.proc.pid, signal.SIGKILL)  # the worker and its pool: a lost host
+            victim.proc.wait()
+            crm.latency = 0.0  # the killed call sleeps on; the redelivery need not
+            if result.ready() or len(starts(ref)) != 1:
+                raise BenchError(f"{name} recovery: the task was not in flight when its worker was killed")
+            return killed_at, [w for w in workers if w is not holders[0]]
+
+        def back_after(name: str, ref: str, killed_at: float, survivors: list, bound: float) -> float | None:  # type: ignore[type-arg]
+            while len(starts(ref)) < 2:
+                if not all(p.running for p, _ in survivors):
+                    raise BenchError(f"{name} recovery: the second worker died; see {self.data_dir}")
+                if time.monotonic() > killed_at + bound:
+                    return None
+                time.sleep(0.05)
+            return starts(ref)[1] - killed_at
+
+        pending = None
+        if with_stock:
+            stock.check_transport()
+            workers = start_workers(
+                "stock", "bench.stock", stock.app, range(2), {"STOCK_VISIBILITY_TIMEOUT": "30"}
+            )
+            ref = "bench-stock-recovery"
+            crm.latency = task_s
+            result = stock.upsert.delay(
+                f"{crm.url}/api/doctors", {"reference": ref, "email": "stock@bench.example"}
+            )
+            killed_at, survivors = kill_holder("stock", stock.app, workers, result, ref)
+            pending = (ref, result, killed_at, survivors)
+            log(f"  stock: worker killed; waiting for the redelivery (up to {stock_wait_s:.0f} s) meanwhile")
+
+        times: list[float] = []
+        refs: list[str] = []
+        workers: list = []  # type: ignore[type-arg]
+        k = 0
+        for _ in range(self.rounds):
+            # The survivor of the last round stays: one start per round after the first.
+            new = range(k, k + 2 - len(workers))
+            workers += start_workers("ours", "sync.worker", app, new)
+            k = new.stop
+            doctor = Doctor.objects.create(
+                first_name="B", last_name="Recovery", email=f"rec{k}@bench.example"
+            )
+            ref = str(doctor.pk)
+            crm.latency = task_s
+            result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+            killed_at, workers = kill_holder("ours", app, workers, result, ref)
+            back = back_after("ours", ref, killed_at, workers, bound=120)
+            if back is None:
+                raise BenchError(
+                    f"ours recovery: the task was not back 120 s after SIGKILL; see {self.data_dir}"
+                )
+            times.append(back)
+            refs.append(ref)
+            if result.get(timeout=60)["status"] != "synced":
+                raise BenchError("ours recovery: the redelivered task did not sync")
+            self.check_transport("ours recovery", [p for p, _ in workers], ours=True)
+        log(f"  ours: back after {', '.join(f'{t:.1f}' for t in times)} s")
+
+        stock_s: float | None = None
+        if pending is not None:
+            ref, result, killed_at, survivors = pending
+            stock_s = back_after("stock", ref, killed_at, survivors, bound=stock_wait_s)
+            if stock_s is None:
+                log(f"  stock: not back {stock_wait_s:.0f} s after SIGKILL")
+                for key in ("unacked", "unacked_index", "unacked_mutex"):
+                    self.redis.delete(key)  # the killed worker's message: no later step may see it
+            else:
+                log(f"  stock: back after {stock_s:.1f} s")
+                if result.get(timeout=60) != 201:
+                    raise BenchError("stock recovery: the redelivered task failed")
+                refs.append(ref)
+            self.check_transport("stock recovery", [p for p, _ in survivors], ours=False)
+            for proc, _ in survivors:
+                proc.stop()
+        for proc, _ in workers:
+            proc.stop()
+        crm.latency = 0.0
+        # At least once, and no more: the killed delivery and one redelivery, one CRM record.
+        for ref in refs:
+            if len(starts(ref)) != 2 or ref not in crm.doctors:
+                raise BenchError(
+                    f"recovery: task {ref} started {len(starts(ref))} times, not twice (kill + 1)"
+                )
+
+        ours = statistics.median(times)
+        if stock_s is not None:
+            base, ratio = f"{stock_s:.1f}", f"{ours / stock_s:.2f} (stock {stock_s / ours:.1f}x)"
+        else:
+            base, ratio = (
+                (f"> {stock_wait_s:.0f}", f"< {ours / stock_wait_s:.2f}") if with_stock else ("-", "-")
+            )
+        self.rows.append(
+            (
+                f"recovery after SIGKILL, kill to restart elsewhere (s, ours n={len(times)}; "
+                "stock: visibility_timeout 30 s, default sweeps, n=1)",
+                summary(times),
+                base,
+                ratio,
+                "<= 1 (ours <= 15 s)",
+            )
+        )
+
     # --- 4. chord --------------------------------------------------------------
     def chord(self, n: int) -> None:
         from celery import chord
@@ -654,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated steps to run (noop,box,latency,io,chord,report,memory)",
+        help="comma-separated steps to run (noop,box,latency,io,recovery,chord,report,memory)",
     )
     parser.add_argument(
         "--profile",
@@ -720,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
             ("box", "no-op drain per box", lambda: bench.box_drain(sizes["box"])),
             ("latency", "round-trip latency", lambda: bench.latency(sizes["latency"])),
             ("io", "I/O-bound queue", lambda: bench.io_bound(sizes["io"], crm)),
+            ("recovery", "recovery after SIGKILL", lambda: bench.recovery(crm, with_stock=not args.quick)),
             ("chord", "chord", lambda: bench.chord(sizes["chord"])),
             ("report", "report progress", lambda: bench.progress(sizes["report"])),
             ("memory", "worker memory", lambda: bench.memory_per_service(sizes["memory"])),
