@@ -46,6 +46,9 @@ class Owner:
         self._requeue_unknown = self.client.register_script(scripts.REQUEUE_UNKNOWN)
         self.held: set[str] = set()  # tags this process has been handed and not settled
         self._pending_acks: set[str] = set()  # acks that failed while Redis was away
+        # A fetch failed on a connection error: Redis may hold a message this process never
+        # received. Set here, on the process, because the consumer reconnects on a new channel.
+        self.lost_fetch = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.recovered = 0

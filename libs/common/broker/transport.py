@@ -125,7 +125,6 @@ class Channel(kombu_redis.Channel):
     _sync_client: Any = None
     _reliable_poll = False
     _poll_queues: list[str] = []
-    _lost_fetch = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._noack_queues: set[str] = set()
@@ -253,15 +252,16 @@ class Channel(kombu_redis.Channel):
         with self.conn_or_acquire() as client:
             if self._fetch_script is None:
                 self._fetch_script = client.register_script(scripts.FETCH)
-            if self._lost_fetch:
+            if owner.lost_fetch:
                 owner.requeue_unknown()
-                self._lost_fetch = False
+                owner.lost_fetch = False
             for _ in range(100):  # poison in a row is dead-lettered; then the loop breathes
                 try:
                     reply = self._fetch_script(keys=keys, args=[self.sep, scripts.BELL_PREFIX], client=client)
                 except self.connection_errors:
-                    # Redis may have run FETCH and lost only the reply: reconcile next time.
-                    self._lost_fetch = True
+                    # Redis may have run FETCH and lost only the reply: reconcile before the
+                    # next fetch, on whichever channel the reconnected consumer opens.
+                    owner.lost_fetch = True
                     raise
                 if not reply:
                     raise virtual.Empty()
