@@ -164,3 +164,11 @@ end
 return {recovered, promoted}
 """
 )
+
+# KEYS[1]: the queue list; KEYS[2]: its bell. ARGV[1]: the message. A publish and its wake-up
+# call in one command: cheaper for the producer to build than LPUSH, LPUSH, LTRIM.
+PUT = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+if redis.call('LLEN', KEYS[2]) == 0 then redis.call('LPUSH', KEYS[2], '1') end
+return 1
+"""

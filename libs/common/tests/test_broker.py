@@ -131,3 +131,23 @@ def test_a_future_eta_waits_in_redis_and_is_moved_onto_its_queue_when_due(
         owner.tick()
         assert redis_client.llen("t-delay") == 1
         assert redis_client.llen(scripts.BELL_PREFIX + "t-delay") == 1
+
+
+def test_install_wins_over_a_redis_url_resolved_before_it() -> None:
+    """kombu caches alias lookups: an earlier `redis://` must not pin the stock transport."""
+    from kombu import Connection
+    from kombu.transport import TRANSPORT_ALIASES, _transport_cache
+
+    from common.broker import install
+
+    saved = TRANSPORT_ALIASES["redis"]
+    try:
+        TRANSPORT_ALIASES["redis"] = "kombu.transport.redis:Transport"
+        _transport_cache.pop("redis", None)
+        assert Connection("redis://127.0.0.1:1/0").transport_cls == "redis"
+        assert Connection("redis://127.0.0.1:1/0").get_transport_cls().__module__ == "kombu.transport.redis"
+        install()
+        assert Connection("redis://127.0.0.1:1/0").get_transport_cls().__module__ == "common.broker.transport"
+    finally:
+        TRANSPORT_ALIASES["redis"] = saved
+        _transport_cache.pop("redis", None)
