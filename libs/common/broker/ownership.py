@@ -84,6 +84,11 @@ class Owner:
         with self._lock:
             self.held.add(tag)
 
+    def settled(self, tag: str) -> None:
+        """Forget a tag whose in-flight record a script already removed (a dead letter)."""
+        with self._lock:
+            self.held.discard(tag)
+
     def ack(self, tag: str) -> None:
         """Forget a finished message; an ack that cannot reach Redis is retried, never dropped.
 

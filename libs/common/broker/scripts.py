@@ -45,6 +45,10 @@ local function push_front(entry, sep, prefix)
   redis.call('RPUSH', list, item)
   ring(list, sep, prefix)
 end
+local function give_back(hash, tag, entry, sep, prefix)
+  push_front(entry, sep, prefix)
+  redis.call('HDEL', hash, tag)
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -94,8 +98,7 @@ local n = 0
 for i = 3, #ARGV do
   local entry = redis.call('HGET', KEYS[1], ARGV[i])
   if entry then
-    push_front(entry, ARGV[1], ARGV[2])
-    redis.call('HDEL', KEYS[1], ARGV[i])
+    give_back(KEYS[1], ARGV[i], entry, ARGV[1], ARGV[2])
     n = n + 1
   end
 end
@@ -115,8 +118,7 @@ local entries = redis.call('HGETALL', KEYS[1])
 local n = 0
 for k = 1, #entries, 2 do
   if not known[entries[k]] then
-    push_front(entries[k + 1], ARGV[1], ARGV[2])
-    redis.call('HDEL', KEYS[1], entries[k])
+    give_back(KEYS[1], entries[k], entries[k + 1], ARGV[1], ARGV[2])
     n = n + 1
   end
 end

@@ -354,7 +354,7 @@ class Channel(kombu_redis.Channel):
             task_id=rejection.task_id,
             inflight=(owner.inflight_key, tag),
         )
-        owner.held.discard(tag)
+        owner.settled(tag)
         logger.error(
             "Dead-lettered a message from queue %s (%s, entry %s): %s",
             queue,
