@@ -38,7 +38,10 @@ def test_polling_caller_sees_progress_increase_then_the_result(worker: Workers) 
     result = catalogue.generate_large_report.delay(report.pk)
     seen: list[int] = []
     while not result.ready():
-        state, info = result.state, result.info
+        # One read of the stored meta: state and info read separately can straddle the
+        # switch from PROGRESS to SUCCESS and pair PROGRESS with the final result.
+        meta = result.backend.get_task_meta(result.id, cache=False)
+        state, info = meta["status"], meta["result"]
         if state == "PROGRESS" and (not seen or info["current"] != seen[-1]):
             assert info["total"] == 150_000
             seen.append(info["current"])
