@@ -40,7 +40,7 @@ def init_sentry(service: str) -> bool:
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
         environment=settings.environment,
-        release=f"{service}@{settings.release}",
+        release=settings.release_for(service),
         send_default_pii=False,
         # Frame locals are reprs of task arguments and rows, where names hide in free text
         # no scrubber can find: leave them out. Likewise request bodies.

@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     )
 
     environment: Literal["development", "test", "staging", "production"] = "development"
-    release: str = "0.1.0"
+    # The release Sentry reports and a worker's `inspect stats` shows: JOBS_RELEASE, the
+    # `<service>@<version>` that ./scripts/release freezes into each pex (`release_for`).
+    jobs_release: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]*@\S+$")
+    release: str | None = Field(None, description="A version alone: `<service>@<RELEASE>` if no JOBS_RELEASE.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Broker and result backend: one Redis for every service.
@@ -160,6 +163,14 @@ class Settings(BaseSettings):
                 f"({self.task_soft_time_limit} >= {self.task_time_limit})"
             )
         return self
+
+    def release_for(self, service: str) -> str:
+        """`service`'s release string: JOBS_RELEASE, else `<service>@<RELEASE>`, else `<service>@dev`.
+
+        One string everywhere (the pex, its git tag, Sentry, `inspect stats`), so an error
+        or a worker can be traced to the build that produced it.
+        """
+        return self.jobs_release or f"{service}@{self.release or 'dev'}"
 
     @property
     def results_url(self) -> str:

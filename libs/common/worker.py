@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 from celery.platforms import EX_FAILURE
 from celery.worker import WorkController
 
@@ -25,6 +25,18 @@ def worker_argv(app: Celery, *, pool: str, concurrency: int, extra: Sequence[str
         # Later flags win, so an operator's command line overrides the defaults above.
         *extra,
     ]
+
+
+class ReleaseInfo(bootsteps.StartStopStep):
+    """Adds `release` (`Settings.release_for`, e.g. `reports@1.0.1`) to `celery inspect stats`.
+
+    `stats` merges into its top level the `info()` of the worker's started steps (a plain
+    `Step` is never listed there, hence StartStopStep with nothing to start), so operators
+    see which build each worker runs: the same string Sentry tags its events with.
+    """
+
+    def info(self, worker: WorkController) -> dict[str, str]:
+        return {"release": get_settings().release_for(worker.app.main)}
 
 
 class ExitStatus:
@@ -66,6 +78,7 @@ def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] 
     """Run the worker in this process; exit non-zero (SystemExit) if it stopped on an error."""
     extra = sys.argv[1:] if argv is None else argv
     status = ExitStatus()
+    app.steps["worker"].add(ReleaseInfo)
     try:
         app.worker_main(worker_argv(app, pool=pool, concurrency=concurrency, extra=extra))
     finally:
