@@ -323,8 +323,8 @@ class Bench:
         alternating rounds they give medians and spread at the cost of one pass.
         """
         import bench.stock as stock
-        from common import catalogue
         from common.celery_app import current_app
+        from contracts import sync
 
         results: dict[str, dict[str, list[float]]] = {
             "ours": {"enqueue": [], "drain": []},
@@ -336,7 +336,7 @@ class Bench:
                 "app": current_app(),
                 "queue": "sync",
                 "task": "sync.echo",
-                "send": lambda i: catalogue.echo.delay(i),
+                "send": lambda i: sync.echo.delay(i),
             },
             "stock": {
                 "module": "bench.stock",
@@ -483,8 +483,8 @@ class Bench:
     # --- 2. round-trip latency -------------------------------------------------
     def latency(self, n: int) -> None:
         import bench.stock as stock
-        from common import catalogue
         from common.celery_app import current_app
+        from contracts import sync
 
         runs: dict[str, list[float]] = {"ours": [], "stock": []}
         procs = {
@@ -493,7 +493,7 @@ class Bench:
         }
         self.wait_up(current_app(), "sync", procs["ours"])
         self.wait_up(stock.app, "stock", procs["stock"])
-        send = {"ours": lambda: catalogue.echo.delay(1), "stock": lambda: stock.echo.delay(1)}
+        send = {"ours": lambda: sync.echo.delay(1), "stock": lambda: stock.echo.delay(1)}
         for name in runs:  # the first get() subscribes to results: not a round trip to measure
             send[name]().get(timeout=30)
         for r in range(self.rounds):
@@ -520,9 +520,9 @@ class Bench:
 
     # --- 3. I/O-bound queue ----------------------------------------------------
     def io_bound(self, n: int, crm, setups: dict[str, list[str]] | None = None) -> None:  # type: ignore[no-untyped-def]
-        from common import catalogue
         from common.celery_app import current_app
         from common.models import Doctor
+        from contracts import sync
 
         Doctor.objects.all().delete()
         ids = [
@@ -538,7 +538,7 @@ class Bench:
         runs: dict[str, list[float]] = {k: [] for k in setups}
         for r in range(self.rounds):
             for name in list(setups) if r % 2 == 0 else list(reversed(setups)):
-                results = [catalogue.sync_doctor_to_external_system.delay(i) for i in ids]
+                results = [sync.sync_doctor_to_external_system.delay(i) for i in ids]
                 rate, [(proc, _)] = self.timed_drain(
                     "io", app, "sync", [("sync.worker", "io", setups[name])], [res.id for res in results]
                 )
@@ -576,9 +576,9 @@ class Bench:
         `stock_wait_s`) while ours' rounds run: other queue, other keys.
         """
         import bench.stock as stock
-        from common import catalogue
         from common.celery_app import current_app
         from common.models import Doctor
+        from contracts import sync
 
         app = current_app()
 
@@ -663,7 +663,7 @@ class Bench:
             )
             ref = str(doctor.pk)
             crm.latency = task_s
-            result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+            result = sync.sync_doctor_to_external_system.delay(doctor.pk)
             killed_at, workers = kill_holder("ours", app, workers, result, ref)
             back = back_after("ours", ref, killed_at, workers, bound=120)
             if back is None:
@@ -725,8 +725,8 @@ class Bench:
     def chord(self, n: int) -> None:
         from celery import chord
 
-        from common import catalogue
         from common.celery_app import current_app
+        from contracts import emails, sync
 
         procs = [self.start("chord-sync", "sync.worker"), self.start("chord-emails", "emails.worker")]
         self.wait_up(current_app(), "sync", procs[0])
@@ -734,7 +734,7 @@ class Bench:
         times = []
         for _ in range(self.rounds):
             t0 = time.perf_counter()
-            out = chord((catalogue.echo.s(i) for i in range(n)), catalogue.notify_admin.s()).apply_async()
+            out = chord((sync.echo.s(i) for i in range(n)), emails.notify_admin.s()).apply_async()
             result = out.get(timeout=300)
             times.append(time.perf_counter() - t0)
             if result["items"] != n:
@@ -747,9 +747,9 @@ class Bench:
     def progress(self, n: int) -> None:
         from decimal import Decimal
 
-        from common import catalogue
         from common.celery_app import current_app
         from common.models import Report, ReportItem
+        from contracts import reports
 
         report = Report.objects.create(name="bench")
         ReportItem.objects.bulk_create(
@@ -763,7 +763,7 @@ class Bench:
                 proc = self.start("reports", "reports.worker", env={"REPORT_PROGRESS_INTERVAL": setups[name]})
                 self.wait_up(current_app(), "reports", proc)
                 t0 = time.perf_counter()
-                out = catalogue.generate_large_report.delay(report.pk).get(timeout=600)
+                out = reports.generate_large_report.delay(report.pk).get(timeout=600)
                 runs[name].append(time.perf_counter() - t0)
                 if out["processed"] != n:
                     raise BenchError("report incomplete")
@@ -781,16 +781,16 @@ class Bench:
 
     # --- 6. memory ---------------------------------------------------------------
     def memory_per_service(self, n: int) -> None:
-        from common import catalogue
-        from common.catalogue import SERVICES
         from common.celery_app import current_app
+        from common.routing import SERVICES
+        from contracts import sync
 
         procs = {s: self.start(f"mem-{s}", f"{s}.worker") for s in SERVICES}
         for s, p in procs.items():
             self.wait_up(current_app(), s, p)
         time.sleep(2)
         at_rest = {s: rss_mb(p.proc.pid) for s, p in procs.items()}
-        results = [catalogue.echo.delay(i) for i in range(n)]
+        results = [sync.echo.delay(i) for i in range(n)]
         for res in results:
             res.get(timeout=120)
         after = {s: rss_mb(p.proc.pid) for s, p in procs.items()}

@@ -1,11 +1,13 @@
-"""Contract compatibility check: the task catalogue at REF against the working tree's.
+"""Contract compatibility check: the task contracts at REF against the working tree's.
 
     ./scripts/check-contracts --against REF [--repo DIR]
 
-Each side's contracts are read as data by importing `common.catalogue` in a subprocess whose
-only source on the path is that side's `libs` (REF's is unpacked with `git archive`), and
-dumped as JSON: per task its name, queue and parameters in order, each with its annotation
-(the members of its union, normalised to strings) and whether it has a default.
+Each side's contracts are read as data by importing them (`contracts.declare`, or before the
+per-service split `common.catalogue`) in a subprocess whose only source on the path is that
+side's `libs` (REF's is unpacked with `git archive`), and dumped as JSON: per task its name,
+queue and parameters in order, each with its annotation (the members of its union,
+normalised to strings) and whether it has a default; and each TypedDict payload shape's
+fields, so a field removed or made required breaks and a new optional field is additive.
 
 Breaking (one line each, exit 1): a task removed, a queue changed, a parameter removed,
 renamed or moved, a new parameter without a default, a default dropped, a type narrowed
@@ -30,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-CATALOGUE_DIR = "libs/common"
+CATALOGUE_DIR = "libs"
+SHAPES: dict[str, dict[str, Any]] = {}  # TypedDict name -> fields, filled while dumping
 ANY = "Any"
 
 
@@ -57,6 +60,20 @@ def type_members(annotation: Any) -> list[str]:
         return [ANY] if ANY in members else sorted(members)
     if annotation is None or annotation is type(None):
         return ["None"]
+    if typing.is_typeddict(annotation) or _is_typeddict_ext(annotation):
+        name = annotation.__qualname__
+        if name not in SHAPES:
+            SHAPES[name] = {}  # before the fields: a shape may refer to itself
+            required = getattr(annotation, "__required_keys__", frozenset())
+            hints = typing.get_type_hints(annotation)
+            SHAPES[name] = {
+                f: {"types": type_members(_strip_required(t)), "required": f in required}
+                for f, t in hints.items()
+            }
+        return [name]
+    if origin is not None and typing.get_args(annotation):
+        inner = ", ".join(" | ".join(type_members(a)) for a in typing.get_args(annotation))
+        return [f"{getattr(origin, '__name__', repr(origin))}[{inner}]"]
     if isinstance(annotation, type) and origin is None:
         module = annotation.__module__
         name = annotation.__qualname__
@@ -64,23 +81,53 @@ def type_members(annotation: Any) -> list[str]:
     return [repr(annotation).replace("typing.", "")]
 
 
-def dump() -> dict[str, Any]:
-    """Every task's contract in `common.catalogue.CATALOGUE`, as JSON-ready data."""
+def _is_typeddict_ext(annotation: Any) -> bool:
     try:
+        import typing_extensions
+    except ImportError:
+        return False
+    return typing_extensions.is_typeddict(annotation)
+
+
+def _strip_required(annotation: Any) -> Any:
+    """`NotRequired[X]`/`Required[X]` -> X (requiredness is read from the TypedDict itself)."""
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is not None and getattr(origin, "_name", "") in ("NotRequired", "Required"):
+        return typing.get_args(annotation)[0]
+    return annotation
+
+
+def registry() -> Any:
+    """This side's contracts: per-service modules (`contracts`), or the older one catalogue."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("contracts") is not None:
+            from contracts.declare import all_contracts
+
+            return all_contracts()
         from common import catalogue
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which names the side
-        raise CheckError(f"cannot import common.catalogue: {type(exc).__name__}: {exc}") from None
-    registry = getattr(catalogue, "CATALOGUE", None)
-    if registry is None:
+        raise CheckError(f"cannot import the contracts: {type(exc).__name__}: {exc}") from None
+    found = getattr(catalogue, "CATALOGUE", None)
+    if found is None:
         raise CheckError(
-            "common.catalogue has no CATALOGUE: the catalogue was reorganised; "
-            "teach scripts/contracts_check.py (dump) where the contracts live now"
+            "neither contracts.declare nor common.catalogue.CATALOGUE: the contracts were "
+            "reorganised; teach scripts/contracts_check.py (registry) where they live now"
         )
+    return found
+
+
+def dump() -> dict[str, Any]:
+    """Every task's contract on this side, as JSON-ready data."""
+    registry_ = registry()
     tasks = {}
-    for contract in registry:
+    for contract in registry_:
         for attr in ("name", "queue", "signature"):
             if not hasattr(contract, attr):
-                raise CheckError(f"a contract in CATALOGUE has no {attr!r}: {contract!r}")
+                raise CheckError(f"a contract has no {attr!r}: {contract!r}")
         tasks[contract.name] = {
             "queue": contract.queue,
             "parameters": [
@@ -94,7 +141,7 @@ def dump() -> dict[str, Any]:
                 for p in contract.signature.parameters.values()
             ],
         }
-    return {"tasks": tasks}
+    return {"tasks": tasks, "shapes": SHAPES}
 
 
 # --- reading each side -------------------------------------------------------------------
@@ -106,7 +153,7 @@ def git(repo: Path, *args: str) -> bytes:
 
 
 def extract(repo: Path, ref: str, into: Path) -> Path:
-    """`git archive REF libs/common` unpacked under `into`; returns its `libs`."""
+    """`git archive REF libs` unpacked under `into`; returns its `libs`."""
     try:
         sha = git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").decode().strip()
     except CheckError:
@@ -177,13 +224,21 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[s
         now = new_tasks[name]
         if was["queue"] != now["queue"]:
             breaking.append(f"{name}: queue changed from {was['queue']} to {now['queue']}")
-        b, a = compare_parameters(name, was["parameters"], now["parameters"])
+        b, a = compare_parameters(
+            name, was["parameters"], now["parameters"], old.get("shapes", {}), new.get("shapes", {})
+        )
         breaking += b
         additive += a
     return breaking, additive
 
 
-def compare_parameters(task: str, was: list[dict], now: list[dict]) -> tuple[list[str], list[str]]:
+def compare_parameters(
+    task: str,
+    was: list[dict],
+    now: list[dict],
+    old_shapes: dict[str, Any] | None = None,
+    new_shapes: dict[str, Any] | None = None,
+) -> tuple[list[str], list[str]]:
     breaking: list[str] = []
     additive: list[str] = []
     old_names = [p["name"] for p in was]
@@ -214,6 +269,15 @@ def compare_parameters(task: str, was: list[dict], now: list[dict]) -> tuple[lis
             breaking.append(f"{task}: parameter {pname!r} type narrowed {types}")
         elif change == "widened":
             additive.append(f"{task}: parameter {pname!r} type widened {types}")
+        b, a = compare_shapes(
+            f"{task}: parameter {pname!r}",
+            p["annotation"],
+            q["annotation"],
+            old_shapes or {},
+            new_shapes or {},
+        )
+        breaking += b
+        additive += a
     for q in now:
         if q["name"] in old_names or q["name"] in renamed_to:
             continue
@@ -224,6 +288,53 @@ def compare_parameters(task: str, was: list[dict], now: list[dict]) -> tuple[lis
     return breaking, additive
 
 
+def compare_shapes(
+    where: str,
+    was: str,
+    now: str,
+    old_shapes: dict[str, Any],
+    new_shapes: dict[str, Any],
+    seen: set | None = None,
+) -> tuple[list[str], list[str]]:
+    """Field changes of the payload shapes named in both annotations (nested shapes too)."""
+    import re
+
+    breaking: list[str] = []
+    additive: list[str] = []
+    seen = set() if seen is None else seen
+    names = set(re.findall(r"[A-Za-z_][\w.]*", was)) & set(re.findall(r"[A-Za-z_][\w.]*", now))
+    for shape in sorted(n for n in names if n in old_shapes and n in new_shapes and n not in seen):
+        seen.add(shape)
+        before, after = old_shapes[shape], new_shapes[shape]
+        for field, f in before.items():
+            if field not in after:
+                breaking.append(f"{where}: {shape} field {field!r} removed")
+                continue
+            g = after[field]
+            if g["required"] and not f["required"]:
+                breaking.append(f"{where}: {shape} field {field!r} became required")
+            elif f["required"] and not g["required"]:
+                additive.append(f"{where}: {shape} field {field!r} became optional")
+            change = type_change(f["types"], g["types"])
+            types = f"from {' | '.join(f['types'])} to {' | '.join(g['types'])}"
+            if change == "narrowed":
+                breaking.append(f"{where}: {shape} field {field!r} type narrowed {types}")
+            elif change == "widened":
+                additive.append(f"{where}: {shape} field {field!r} type widened {types}")
+            b, a = compare_shapes(
+                where, " ".join(f["types"]), " ".join(g["types"]), old_shapes, new_shapes, seen
+            )
+            breaking += b
+            additive += a
+        for field, g in after.items():
+            if field not in before:
+                if g["required"]:
+                    breaking.append(f"{where}: {shape} new required field {field!r}")
+                else:
+                    additive.append(f"{where}: {shape} new optional field {field!r}")
+    return breaking, additive
+
+
 def type_change(was: list[str], now: list[str]) -> str | None:
     """None (same), "widened" (accepts strictly more) or "narrowed" (anything else)."""
     if set(was) == set(now):
@@ -231,6 +342,28 @@ def type_change(was: list[str], now: list[str]) -> str | None:
     if ANY in now or set(now) > set(was):
         return "widened"
     return "narrowed"
+
+
+ACKNOWLEDGED = "libs/contracts/ACKNOWLEDGED_BREAKS"
+
+
+def acknowledged(repo: Path) -> dict[str, str]:
+    """Breaking lines a change declares deliberate (`<line>  # why`), from the working tree.
+
+    For a break whose every producer and consumer ships together (a shape tightened to what
+    all of them already send); the file lives beside the contracts so review sees both.
+    """
+    path = repo / ACKNOWLEDGED
+    if not path.is_file():
+        return {}
+    found = {}
+    for raw in path.read_text().splitlines():
+        line, _, why = raw.partition("  # ")
+        if line.strip() and not line.lstrip().startswith("#"):
+            if not why.strip():
+                raise SystemExit(f"check-contracts: {ACKNOWLEDGED}: say why after '  # ': {raw!r}")
+            found[line.strip()] = why.strip()
+    return found
 
 
 # --- command line ------------------------------------------------------------------------
@@ -251,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check-contracts: {exc}", file=sys.stderr)
         return 2
     breaking, additive = compare(old, new)
+    accepted = acknowledged(opts.repo.resolve())
+    for line in [b for b in breaking if b in accepted]:
+        print(f"ACKNOWLEDGED {line}  ({accepted[line]})")
+        breaking.remove(line)
     if breaking:
         for line in breaking:
             print(f"BREAKING {line}")

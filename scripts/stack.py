@@ -78,8 +78,8 @@ def run_workload(peers: dict[str, object]) -> None:
     from celery import chord
     from django.utils import timezone
 
-    from common import catalogue
     from common.models import Appointment, Doctor, Patient, Report, ReportItem
+    from contracts import emails, payments, reports, sync
 
     stamp = int(time.time())
     doctors = [
@@ -97,9 +97,9 @@ def run_workload(peers: dict[str, object]) -> None:
     log("onboarding each doctor: sync.validate_doctor -> sync.create_account -> emails.send_onboarding_email")
     onboarded = [
         (
-            catalogue.validate_doctor.s(d.pk)
-            | catalogue.create_account.s()
-            | catalogue.send_onboarding_email.s()
+            sync.validate_doctor.s(d.pk)
+            | sync.create_account.s()
+            | emails.send_onboarding_email.s()
         ).apply_async()
         for d in doctors
     ]
@@ -107,7 +107,7 @@ def run_workload(peers: dict[str, object]) -> None:
         out = result.get(timeout=60)
         log(f"  doctor {out['doctor_id']}: CRM id {out.get('external_id')}, emailed={out['email_sent']}")
 
-    batch = chord((catalogue.validate_doctor.s(d.pk) for d in doctors), catalogue.notify_admin.s())
+    batch = chord((sync.validate_doctor.s(d.pk) for d in doctors), emails.notify_admin.s())
     out = batch.apply_async().get(timeout=60)
     log(f"chord validate x{len(doctors)} -> emails.notify_admin: {out}")
 
@@ -120,9 +120,9 @@ def run_workload(peers: dict[str, object]) -> None:
         amount=Decimal("80.00"),
         scheduled_at=timezone.now() + timezone.timedelta(hours=3),
     )
-    out = catalogue.process_payment.delay(appt.pk).get(timeout=60)
+    out = payments.process_payment.delay(appt.pk).get(timeout=60)
     log(f"payments.process_payment({appt.pk}): {out}")
-    catalogue.process_payment.delay(appt.pk)  # a duplicate: the worker ignores it
+    payments.process_payment.delay(appt.pk)  # a duplicate: the worker ignores it
     time.sleep(1)
     charges = getattr(peers.get("gateway"), "charges", [])
     log(f"  sent again for the same appointment: the gateway holds {len(charges)} charge(s), not 2")
@@ -131,7 +131,7 @@ def run_workload(peers: dict[str, object]) -> None:
     ReportItem.objects.bulk_create(
         ReportItem(report=report, label=f"line {i}", value=Decimal(i % 97)) for i in range(100_000)
     )
-    result = catalogue.generate_large_report.delay(report.pk)
+    result = reports.generate_large_report.delay(report.pk)
     seen = -1
     while not result.ready():
         if result.state == "PROGRESS" and result.info and result.info["current"] != seen:
@@ -141,7 +141,7 @@ def run_workload(peers: dict[str, object]) -> None:
         time.sleep(0.1)
     log(f"reports.generate_large_report({report.pk}): {result.get(timeout=5)}")
 
-    out = catalogue.sync_all_doctors.delay().get(timeout=60)
+    out = sync.sync_all_doctors.delay().get(timeout=60)
     log(f"sync.sync_all_doctors: {out}")
 
     smtp = peers.get("smtp")

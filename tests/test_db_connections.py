@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from common import catalogue
 from common.testing.workers import Workers
+from contracts import sync
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def worker_backends() -> set[tuple[int, str]]:
 
 def run_tasks(n: int) -> None:
     for _ in range(n):
-        assert catalogue.health_check.delay().get(timeout=30)["database"] == "ok"
+        assert sync.health_check.delay().get(timeout=30)["database"] == "ok"
 
 
 def test_tasks_reuse_the_workers_connections(sync_worker: None) -> None:

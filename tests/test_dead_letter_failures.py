@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from common import catalogue
 from common.celery_app import current_app
 from common.deadletters import DeadLetters
 from common.deadletters.replay import replay
 from common.models import Doctor
 from common.testing.waiting import wait_until
 from common.testing.workers import Workers
+from contracts import sync
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_retries_exhausted_go_to_dead_letters_and_replay_completes_them(
     store = DeadLetters(redis.Redis.from_url(redis_url))
     doctor = Doctor.objects.create(first_name="Dead", last_name="Letter", email="dl@faults.example")
     crm_sandbox.faults.fail = 100  # the CRM stays down through every retry
-    result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+    result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     with pytest.raises(Exception):  # noqa: B017 - the CRM's HTTPError, as the task raised it
         result.get(timeout=60)
     # Celery stores FAILURE, then signals the failure that files the dead letter.

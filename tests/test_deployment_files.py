@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.catalogue import SERVICES
+from common.routing import SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
 

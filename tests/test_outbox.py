@@ -28,7 +28,7 @@ from celery import Celery
 from django.db import connection, transaction
 from django.utils import timezone
 
-from common import calls, catalogue
+from common import calls
 from common.celery_config import celery_config
 from common.local_redis import LocalRedis
 from common.models import Appointment, Doctor, Patient
@@ -38,6 +38,7 @@ from common.processes import ServiceProcess, child_env, wait_for_workers
 from common.settings import load_settings
 from common.testing.waiting import wait_until
 from common.testing.workers import Workers
+from contracts import sync
 
 BACKEND = {"DJANGO_SETTINGS_MODULE": "common.django_settings"}
 
@@ -139,10 +140,10 @@ def test_a_rolled_back_transaction_sends_nothing_and_a_committed_one_runs_once(
     workers: Workers, data_dir: Path
 ) -> None:
     with pytest.raises(RuntimeError), transaction.atomic():
-        rolled_back = catalogue.echo.delay(1)
+        rolled_back = sync.echo.delay(1)
         raise RuntimeError("the caller's work failed")
     with transaction.atomic():
-        committed = catalogue.echo.delay(2)
+        committed = sync.echo.delay(2)
     assert committed.get(timeout=30) == 2
     time.sleep(1)
     log = data_dir / "sync-worker.log"

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from common import calls, catalogue
-from common.catalogue import SERVICES, InvalidTaskArgumentsError, UnknownTaskError
+from common import calls
 from common.celery_app import current_app
 from common.models import Doctor
+from common.routing import SERVICES
 from common.testing.workers import Workers
+from contracts import emails, sync
+from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError
 
 SYNC_CONCURRENCY_OVERRIDE = 3
 
@@ -87,7 +89,7 @@ def test_task_sent_by_name_runs_on_its_own_service_and_no_other(workers: Workers
 
 def test_chain_across_services_passes_results_between_queues(workers: Workers) -> None:
     doctor = Doctor.objects.create(first_name="Grace", last_name="Hopper", email="grace.e2e@clinic.example")
-    flow = catalogue.validate_doctor.s(doctor.pk) | catalogue.send_onboarding_email.s()
+    flow = sync.validate_doctor.s(doctor.pk) | emails.send_onboarding_email.s()
     result = flow.apply_async()
     assert result.get(timeout=30) == {
         "doctor_id": doctor.pk,

@@ -1,1 +1,1 @@
-"""Shared library of every service: settings, Celery app factory, task catalogue, models."""
+"""Shared library of every service: settings, Celery app factory, sending, transport, models."""

@@ -1,4 +1,4 @@
-"""Sending tasks by name: checked against the catalogue, routed by the one table, never lost.
+"""Sending tasks by name: checked against their contract, routed by the one table, never lost.
 
 This is how a producer (the web side, beat, or another service) calls a service it
 must not import. A call that names no known task, whose arguments do not fit the
@@ -18,6 +18,7 @@ the URL, password hidden) when the broker is unreachable, keeping nothing.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from typing import Any
@@ -29,10 +30,10 @@ from kombu.utils.json import dumps as kombu_dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.catalogue import CATALOGUE, InvalidTaskArgumentsError, TaskContract
 from common.celery_app import current_app
 from common.redaction import redact_url
 from common.settings import get_settings
+from contracts.declare import InvalidTaskArgumentsError, TaskContract, bind_sender, lookup
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class InvalidTaskOptionsError(TypeError):
 
 
 def contract(name: str | TaskContract) -> TaskContract:
-    return name if isinstance(name, TaskContract) else CATALOGUE.get(name)
+    return name if isinstance(name, TaskContract) else lookup(name)
 
 
 def apply_async(
@@ -202,7 +203,7 @@ def signature(
     app: Celery | None = None,
     **options: Any,
 ) -> Signature:
-    """A canvas signature (for chain/group/chord) of a task named in the catalogue.
+    """A canvas signature (for chain/group/chord) of a declared task.
 
     A mutable signature may leave its first parameter open: in a chain, Celery
     passes the previous step's result there.
@@ -232,3 +233,7 @@ def _check_with_parent_result(c: TaskContract, args: tuple[Any, ...], kwargs: di
     rest = dict(bound.arguments)
     rest.pop(first)
     c.check((), rest, partial=True)
+
+
+# `contract.delay(...)` and friends come here (contracts import nothing of ours).
+bind_sender(sys.modules[__name__])  # type: ignore[arg-type]

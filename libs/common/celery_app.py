@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery
 
-from common.catalogue import TaskContract
+from contracts.declare import TaskContract
 
 DJANGO_SETTINGS = "common.django_settings"
 _apps: dict[str, Celery] = {}
@@ -25,16 +25,17 @@ def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
 
     django.setup()
 
-    from common.catalogue import SERVICES
     from common.celery_config import celery_config
     from common.db_connections import install_connection_reuse
     from common.reporting import install_error_reporting
+    from common.routing import SERVICES
     from common.settings import get_settings
 
     app = Celery(service, include=list(include))
     # A queue service checks each message on receipt (common.intake); producers do not.
     app.conf.update(celery_config(get_settings(), worker=service in SERVICES))
     app.set_default()
+    import common.calls  # noqa: F401 - binds contracts' .delay() and friends to sending
     install_connection_reuse(app)
     install_error_reporting(service)
     if service in SERVICES:
@@ -56,7 +57,7 @@ def current_app() -> Celery:
 
 
 def implements(app: Celery, contract: TaskContract, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Register `fn` as the catalogue's `contract`; refuse parameters that drift from it."""
+    """Register `fn` as the task `contract` declares; refuse parameters that drift from it."""
 
     def register(fn: Callable[..., Any]) -> Any:
         params = list(inspect.signature(fn).parameters)
@@ -64,7 +65,7 @@ def implements(app: Celery, contract: TaskContract, **options: Any) -> Callable[
             params = params[1:]
         if tuple(params) != contract.parameters:
             raise TypeError(
-                f"{fn.__module__}.{fn.__qualname__}{tuple(params)} does not match the catalogue "
+                f"{fn.__module__}.{fn.__qualname__}{tuple(params)} does not match the contract "
                 f"declaration {contract.name}{contract.signature}"
             )
         return app.task(name=contract.name, shared=False, **options)(fn)

@@ -7,8 +7,8 @@ from typing import Any
 from kombu import Queue
 
 from common import broker
-from common.catalogue import CATALOGUE, SERVICES
 from common.results import BACKEND as RESULTS_BACKEND
+from common.routing import SERVICES
 from common.settings import Settings
 
 
@@ -33,8 +33,8 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         "task_soft_time_limit": s.task_soft_time_limit,
         "task_time_limit": s.task_time_limit,
         "result_expires": s.result_expires,
-        # One routing table, derived from the catalogue; each service owns one queue.
-        "task_routes": CATALOGUE.routes(),
+        # One routing rule: `<service>.<task>` to the queue `<service>` (common.routing).
+        "task_routes": ("common.routing.route",),
         "task_queues": [Queue(name, routing_key=name) for name in SERVICES],
         "broker_transport_options": {
             # In-flight messages are owned by heartbeating workers: a dead worker's come

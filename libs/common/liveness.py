@@ -11,7 +11,7 @@ import argparse
 import socket
 import sys
 
-from common.catalogue import SERVICES
+from common.routing import SERVICES
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@
 Seeded once (migration 0002, or `manage.py seed_schedules`) and never overwritten,
 so an operator's change in the admin (a new time, a disabled job) survives restarts.
 That is why they are not in `beat_schedule`, which DatabaseScheduler rewrites on start.
+Schedules name their tasks as strings, routed by prefix: beat and the migration need no
+service's contract, and a test (services/scheduler/tests) checks every name is declared.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from common.catalogue import CATALOGUE
+from common.routing import queue_for
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,12 @@ def seed(
     for sched in CHAPTER_SCHEDULES:
         if names is not None and sched.name not in names:
             continue
-        contract = CATALOGUE.get(sched.task)
+        queue = queue_for(sched.task)
+        if queue is None:
+            raise ValueError(f"schedule {sched.name!r} names {sched.task!r}, which is no service's task")
         if periodic_task.objects.filter(name=sched.name).exists():
             continue
-        fields: dict[str, Any] = {"task": contract.name, "queue": contract.queue}
+        fields: dict[str, Any] = {"task": sched.task, "queue": queue}
         if sched.crontab is not None:
             cron = {"minute": "*", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}
             cron.update(sched.crontab)

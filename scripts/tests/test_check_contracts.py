@@ -1,4 +1,4 @@
-"""The contract check, run for real against a scratch git repository holding the catalogue."""
+"""The contract check, run for real against a scratch git repository holding the contracts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import common
+import contracts
 from scripts import contracts_check
 
 CHECK = Path(contracts_check.__file__).resolve()
@@ -25,10 +25,10 @@ GIT_ENV = {
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A git repository with a copy of libs/common committed as HEAD."""
+    """A git repository with a copy of libs/contracts committed as HEAD."""
     shutil.copytree(
-        Path(common.__file__).parent,
-        tmp_path / "libs" / "common",
+        Path(contracts.__file__).parent,
+        tmp_path / "libs" / "contracts",
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     env = {**os.environ, **GIT_ENV}
@@ -38,12 +38,10 @@ def repo(tmp_path: Path) -> Path:
 
 
 def edit(repo: Path, *replacements: tuple[str, str]) -> None:
-    path = repo / "libs" / "common" / "catalogue.py"
-    text = path.read_text()
+    """Replace each `old` in whichever contracts module holds it."""
     for old, new in replacements:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    path.write_text(text)
+        [path] = [p for p in (repo / "libs" / "contracts").glob("*.py") if old in p.read_text()]
+        path.write_text(path.read_text().replace(old, new, 1))
 
 
 def check(repo: Path, ref: str = "HEAD") -> tuple[int, list[str]]:
@@ -57,8 +55,8 @@ def check(repo: Path, ref: str = "HEAD") -> tuple[int, list[str]]:
 
 
 def declared(repo: Path) -> int:
-    text = (repo / "libs" / "common" / "catalogue.py").read_text()
-    return len(re.findall(r"^@(?:emails|payments|reports|sync)$", text, re.M))
+    modules = (repo / "libs" / "contracts").glob("*.py")
+    return sum(len(re.findall(r"^@SERVICE\.task$", p.read_text(), re.M)) for p in modules)
 
 
 def test_unchanged_contracts_are_compatible(repo: Path) -> None:
@@ -72,7 +70,10 @@ def test_additive_changes_pass_and_are_listed(repo: Path) -> None:
     edit(
         repo,
         # a new task
-        ("@sync\ndef echo(", '@sync\ndef ping(value: int) -> int:\n    """New."""\n\n\n@sync\ndef echo('),
+        (
+            "@SERVICE.task\ndef echo(",
+            '@SERVICE.task\ndef ping(value: int) -> int:\n    """New."""\n\n\n@SERVICE.task\ndef echo(',
+        ),
         # a new parameter with a default
         (
             "def process_payment(appointment_id: int)",
@@ -95,30 +96,44 @@ def test_each_breaking_change_gets_its_line(repo: Path) -> None:
     edit(
         repo,
         # task removed
-        ('@sync\ndef health_check() -> dict:\n    """Every 300 s: check the broker and database answer."""\n', ""),  # noqa: E501
+        (
+            '@SERVICE.task\ndef health_check() -> dict:\n'
+            '    """Every 300 s: check the broker and database answer."""\n',
+            "",
+        ),
         # queue changed, the name kept
-        ("queue=service,", 'queue="slow" if name == "reports.generate_weekly_report" else service,'),
+        (
+            "queue=self.service,",
+            'queue="slow" if name == "reports.generate_weekly_report" else self.service,',
+        ),
         # parameter renamed
         ("def process_payment(appointment_id: int)", "def process_payment(appointment_pk: int)"),
         # a new parameter without a default, and a type narrowed
-        ("def notify_admin(data: int | dict | list)", "def notify_admin(data: dict, level: str)"),
+        (
+            "def notify_admin(data: int | AdminItem | list[int | AdminItem])",
+            "def notify_admin(data: AdminItem, level: str)",
+        ),
         # a type changed to something unrelated (treated as narrowed)
-        ("def create_account(data: dict)", "def create_account(data: int)"),
+        ("def create_account(data: DoctorCheck)", "def create_account(data: int)"),
         # parameter removed
         ("def send_welcome_email(doctor_id: int)", "def send_welcome_email()"),
         # a new task is fine even among breaking changes (not listed)
-        ("@sync\ndef echo(", '@sync\ndef ping() -> int:\n    """New."""\n\n\n@sync\ndef echo('),
+        (
+            "@SERVICE.task\ndef echo(",
+            '@SERVICE.task\ndef ping() -> int:\n    """New."""\n\n\n@SERVICE.task\ndef echo(',
+        ),
     )
     code, lines = check(repo)
     assert code == 1, lines
     assert sorted(lines[:-1]) == sorted(
         [
             "BREAKING emails.notify_admin: new parameter 'level' without a default",
-            "BREAKING emails.notify_admin: parameter 'data' type narrowed from dict | int | list to dict",
+            "BREAKING emails.notify_admin: parameter 'data' type narrowed"
+            " from AdminItem | int | list[AdminItem | int] to AdminItem",
             "BREAKING emails.send_welcome_email: parameter 'doctor_id' removed",
             "BREAKING payments.process_payment: parameter 'appointment_id' renamed to 'appointment_pk'",
             "BREAKING reports.generate_weekly_report: queue changed from reports to slow",
-            "BREAKING sync.create_account: parameter 'data' type narrowed from dict to int",
+            "BREAKING sync.create_account: parameter 'data' type narrowed from DoctorCheck to int",
             "BREAKING sync.health_check: task removed (queue sync)",
         ]
     )
@@ -159,10 +174,50 @@ def test_lost_default_and_unusable_refs(repo: Path) -> None:
     assert (code, lines) == (2, [f"check-contracts: 'no-such-ref' is not a commit in {repo.resolve()}"])
 
 
-def test_a_reorganised_catalogue_is_named(repo: Path) -> None:
-    path = repo / "libs" / "common" / "catalogue.py"
-    path.write_text(path.read_text().replace("CATALOGUE", "REGISTRY"))
+def test_payload_shapes_are_compared_field_by_field(repo: Path) -> None:
+    edit(
+        repo,
+        # a new optional field: an older worker ignores it, so additive
+        ("    email_sent: bool\n", "    email_sent: bool\n    site_id: int\n"),
+        # a field removed, and a new required field
+        ("    problems: list[str]\n\n\n@SERVICE.task", "    clinic_id: int\n\n\n@SERVICE.task"),
+        # a field's type narrowed
+        ("    external_id: NotRequired[str]\n", "    external_id: NotRequired[bool]\n"),
+    )
+    code, lines = check(repo)
+    assert code == 1, lines
+    assert sorted(lines[:-1]) == [
+        "BREAKING emails.send_onboarding_email: parameter 'data': OnboardingStep field 'external_id'"
+        " type narrowed from str to bool",
+        "BREAKING sync.create_account: parameter 'data': DoctorCheck field 'problems' removed",
+        "BREAKING sync.create_account: parameter 'data': DoctorCheck new required field 'clinic_id'",
+    ], lines
+    edit(repo, ("    clinic_id: int\n\n\n@SERVICE.task", "    problems: list[str]\n\n\n@SERVICE.task"))
+    edit(repo, ("external_id: NotRequired[bool]", "external_id: NotRequired[str]"))
+    code, lines = check(repo)
+    assert code == 0, lines
+    assert (
+        "  additive emails.notify_admin: parameter 'data': AdminItem new optional field 'site_id'" in lines
+    )
+
+
+def test_a_deliberate_break_is_acknowledged_with_its_reason(repo: Path) -> None:
+    edit(repo, ("def echo(value: int)", "def echo(value: bool)"))
+    line = "sync.echo: parameter 'value' type narrowed from int to bool"
+    assert check(repo) == (1, [f"BREAKING {line}", "contracts incompatible with HEAD: 1 breaking change"])
+    acknowledged = repo / contracts_check.ACKNOWLEDGED
+    acknowledged.write_text(f"{line}\n")
+    code, lines = check(repo)
+    assert code == 1 and "say why" in lines[-1], lines
+    acknowledged.write_text(f"# deliberate\n{line}  # every producer sends booleans\n")
+    code, lines = check(repo)
+    assert (code, lines[0]) == (0, f"ACKNOWLEDGED {line}  (every producer sends booleans)"), lines
+
+
+def test_reorganised_contracts_are_named(repo: Path) -> None:
+    path = repo / "libs" / "contracts" / "declare.py"
+    path.write_text(path.read_text().replace("def all_contracts", "def every_contract"))
     code, lines = check(repo)
     assert code == 2
-    assert "common.catalogue has no CATALOGUE" in lines[-1], lines
+    assert "cannot import the contracts" in lines[-1] and "all_contracts" in lines[-1], lines
     assert "the working tree" in lines[-1]

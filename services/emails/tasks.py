@@ -1,4 +1,4 @@
-"""The emails service's tasks, as declared in `common.catalogue`."""
+"""The emails service's tasks, as declared in `contracts.emails`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.utils import timezone
 
-from common import catalogue
 from common.celery_app import implements
 from common.models import Appointment, Doctor
+from contracts import emails as contract
 from emails.app import app
 from emails.outbox import MailBusyError, send_once
 
@@ -42,18 +42,18 @@ def _welcome(doctor_id: int) -> dict:
     return {"doctor_id": doctor_id, "status": "sent" if sent else "already_sent"}
 
 
-@implements(app, catalogue.send_welcome_email, **RETRY)
+@implements(app, contract.send_welcome_email, **RETRY)
 def send_welcome_email(doctor_id: int) -> dict:
     return _welcome(doctor_id)
 
 
-@implements(app, catalogue.send_onboarding_email, **RETRY)
+@implements(app, contract.send_onboarding_email, **RETRY)
 def send_onboarding_email(data: dict) -> dict:
     outcome = _welcome(int(data["doctor_id"]))
     return {**data, "email_sent": outcome["status"] in ("sent", "already_sent")}
 
 
-@implements(app, catalogue.send_appointment_reminder, **RETRY)
+@implements(app, contract.send_appointment_reminder, **RETRY)
 def send_appointment_reminder(appointment_id: int) -> dict:
     try:
         appt = Appointment.objects.select_related("doctor", "patient").get(pk=appointment_id)
@@ -73,7 +73,7 @@ def send_appointment_reminder(appointment_id: int) -> dict:
     return {"appointment_id": appointment_id, "status": "sent" if sent else "already_sent"}
 
 
-@implements(app, catalogue.send_daily_reminders)
+@implements(app, contract.send_daily_reminders)
 def send_daily_reminders() -> dict:
     now = timezone.now()
     due = Appointment.objects.filter(
@@ -81,11 +81,11 @@ def send_daily_reminders() -> dict:
     ).values_list("pk", flat=True)
     ids = list(due)
     for appointment_id in ids:
-        catalogue.send_appointment_reminder.delay(appointment_id)
+        contract.send_appointment_reminder.delay(appointment_id)
     return {"status": "queued", "reminders": len(ids)}
 
 
-@implements(app, catalogue.notify_admin, **RETRY)
+@implements(app, contract.notify_admin, **RETRY)
 def notify_admin(data: int | dict | list) -> dict:
     items = data if isinstance(data, list) else [data]
     lines = "\n".join(f"- {item}" for item in items)

@@ -1,4 +1,4 @@
-"""The payments service's tasks, as declared in `common.catalogue`.
+"""The payments service's tasks, as declared in `contracts.payments`.
 
 A charge goes in three steps, so no money moves without a committed row naming its key:
 
@@ -28,10 +28,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from common import catalogue
 from common.celery_app import implements
 from common.locks import task_lock
 from common.models import Appointment, Payment, validate_currency, validate_positive_amount
+from contracts import payments as contract
 from payments import gateway
 from payments.app import app
 from payments.config import get_payment_settings
@@ -182,7 +182,7 @@ def _refuse(task: Task, exc: Exception) -> NoReturn:
 
 
 # STARTED marks a payment in flight for the admin and on-call; every outcome below replaces it.
-@implements(app, catalogue.process_payment, bind=True, max_retries=3, track_started=True)
+@implements(app, contract.process_payment, bind=True, max_retries=3, track_started=True)
 def process_payment(self: Task, appointment_id: int) -> dict[str, Any]:
     """Charge an appointment once, its Payment row committed before the gateway is called.
 
@@ -248,12 +248,12 @@ def _settle(payment_id: int, appointment_id: int, key: str, charge_id: str | Non
         payment.status = Payment.Status.PENDING  # releases the claim for the delivery sent below
         payment.last_error = "reconcile: the gateway holds no charge for this key; sent again"
         payment.save()
-        transaction.on_commit(lambda: catalogue.process_payment.delay(appointment_id))
+        transaction.on_commit(lambda: contract.process_payment.delay(appointment_id))
         logger.info("Reconciled %s: no charge at the gateway, process_payment sent again", key)
         return "resent"
 
 
-@implements(app, catalogue.reconcile_payments)
+@implements(app, contract.reconcile_payments)
 def reconcile_payments() -> dict[str, Any]:
     """Settle payments left pending/processing longer than PAYMENT_RECONCILE_AFTER (300 s).
 

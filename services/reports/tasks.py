@@ -1,4 +1,4 @@
-"""The reports service's tasks, as declared in `common.catalogue`."""
+"""The reports service's tasks, as declared in `contracts.reports`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from django.conf import settings
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from common import catalogue
 from common.celery_app import implements
 from common.models import Appointment, Report, ReportItem
 from common.settings import get_settings
+from contracts import reports as contract
 from reports.app import app
 from reports.progress import Progress
 
@@ -39,7 +39,7 @@ def _write_csv(report: Report, progress: Progress) -> tuple[Path, int]:
     return path, processed
 
 
-@implements(app, catalogue.generate_large_report, bind=True, track_started=True)
+@implements(app, contract.generate_large_report, bind=True, track_started=True)
 def generate_large_report(self, report_id: int) -> dict:  # type: ignore[no-untyped-def]
     report = Report.objects.get(pk=report_id)
     total = report.items.count()
@@ -66,7 +66,7 @@ def generate_large_report(self, report_id: int) -> dict:  # type: ignore[no-unty
     return {"status": "complete", "processed": processed, "file": str(path)}
 
 
-@implements(app, catalogue.generate_weekly_report, track_started=True)
+@implements(app, contract.generate_weekly_report, track_started=True)
 def generate_weekly_report() -> dict:
     end = timezone.now()
     start = end - timedelta(days=7)
@@ -85,5 +85,5 @@ def generate_weekly_report() -> dict:
         )
         for r in rows
     )
-    result = catalogue.generate_large_report.delay(report.pk)
+    result = contract.generate_large_report.delay(report.pk)
     return {"status": "queued", "report_id": report.pk, "task_id": result.id}

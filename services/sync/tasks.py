@@ -1,4 +1,4 @@
-"""The sync service's tasks, as declared in `common.catalogue`."""
+"""The sync service's tasks, as declared in `contracts.sync`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import requests
 from django.db import connection
 from django.utils import timezone
 
-from common import catalogue
 from common.celery_app import implements
 from common.locks import redis_client, task_lock
 from common.models import Doctor
+from contracts import sync as contract
 from sync import crm
 from sync.app import app
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 @implements(
     app,
-    catalogue.sync_doctor_to_external_system,
+    contract.sync_doctor_to_external_system,
     autoretry_for=(requests.RequestException,),
     retry_backoff=True,
     retry_backoff_max=600,
@@ -38,19 +38,19 @@ def sync_doctor_to_external_system(doctor_id: int) -> dict:
     return {"status": "synced", "external_id": external_id}
 
 
-@implements(app, catalogue.sync_all_doctors, bind=True)
+@implements(app, contract.sync_all_doctors, bind=True)
 def sync_all_doctors(self) -> dict:  # type: ignore[no-untyped-def]
     with task_lock(f"task-lock-{self.name}", timeout=300) as acquired:
         if not acquired:
             return {"status": "skipped", "reason": "already running"}
         queued = 0
         for doctor_id in Doctor.objects.values_list("pk", flat=True).iterator():
-            catalogue.sync_doctor_to_external_system.delay(doctor_id)
+            contract.sync_doctor_to_external_system.delay(doctor_id)
             queued += 1
         return {"status": "success", "queued": queued}
 
 
-@implements(app, catalogue.validate_doctor)
+@implements(app, contract.validate_doctor)
 def validate_doctor(doctor_id: int) -> dict:
     doctor = Doctor.objects.filter(pk=doctor_id).first()
     problems = []
@@ -66,7 +66,7 @@ def validate_doctor(doctor_id: int) -> dict:
 
 @implements(
     app,
-    catalogue.create_account,
+    contract.create_account,
     autoretry_for=(requests.RequestException,),
     retry_backoff=True,
     retry_backoff_max=600,
@@ -82,12 +82,12 @@ def create_account(data: dict) -> dict:
     return {**data, "account_created": True, "external_id": external_id}
 
 
-@implements(app, catalogue.echo)
+@implements(app, contract.echo)
 def echo(value: int) -> int:
     return value
 
 
-@implements(app, catalogue.health_check)
+@implements(app, contract.health_check)
 def health_check() -> dict:
     redis_client().ping()
     with connection.cursor() as cursor:

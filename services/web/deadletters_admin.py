@@ -22,11 +22,11 @@ from django.shortcuts import render
 from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from common.catalogue import CATALOGUE
 from common.deadletters import REASONS, DeadLetter, DeadLetters
 from common.deadletters.replay import no_such_entry, opened_store, readable, replay
 from common.pii import mask_text
 from common.redaction import redact_url
+from contracts.declare import all_contracts
 
 SHOWN = 200  # entries on one page; the filters narrow it down
 FILTERS = ("queue", "task", "reason")
@@ -95,6 +95,7 @@ def index(request: HttpRequest) -> HttpResponse:
     with opened_store() as store:
         entries = _matching(store, filters, SHOWN + 1)
         counts = {queue: store.count(queue) for queue in store.queues()}
+    declared = all_contracts()
     context = {
         **admin.site.each_context(request),
         "title": "Dead letters",
@@ -105,8 +106,8 @@ def index(request: HttpRequest) -> HttpResponse:
         "total": sum(counts.values()),
         "filters": filters,
         "reasons": REASONS,
-        "queues": sorted(set(counts) | {c.queue for c in CATALOGUE}),
-        "tasks": CATALOGUE.names(),
+        "queues": sorted(set(counts) | {c.queue for c in declared}),
+        "tasks": sorted(c.name for c in declared),
     }
     return render(request, "web/deadletters/list.html", context)
 

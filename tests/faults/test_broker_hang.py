@@ -9,11 +9,12 @@ from pathlib import Path
 
 from celery import Celery
 
-from common import calls, catalogue
+from common import calls
 from common.outbox.models import OutboxMessage
 from common.processes import ServiceProcess
 from common.testing.faults import NamedWorker, RestartableRedis
 from common.testing.waiting import wait_until
+from contracts import sync
 
 # A send to a hung broker may block for the result subscription (a timeout and one retry)
 # and the publish (one timeout): three BROKER_SOCKET_TIMEOUTs (3 s each by default).
@@ -25,11 +26,11 @@ def test_a_send_to_a_frozen_redis_fails_fast_and_the_outbox_keeps_it(
 ) -> None:
     worker = NamedWorker("sync", "sync-hang", data_dir, env={"REDIS_URL": broker.url}).start(app)
     try:
-        assert calls.apply_async(catalogue.echo, (1,), app=app).get(timeout=30) == 1  # warm connections
+        assert calls.apply_async(sync.echo, (1,), app=app).get(timeout=30) == 1  # warm connections
         broker.freeze()
         try:
             began = time.monotonic()
-            result = calls.apply_async(catalogue.echo, (42,), app=app)
+            result = calls.apply_async(sync.echo, (42,), app=app)
             blocked = time.monotonic() - began
         finally:
             broker.thaw()

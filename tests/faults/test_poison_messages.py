@@ -15,11 +15,11 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-from common import catalogue
 from common.celery_app import current_app
 from common.deadletters import DeadLetteredError, DeadLetters
 from common.testing.waiting import wait_until
 from common.testing.workers import Workers
+from contracts import sync
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_every_poison_shape_is_dead_lettered_and_the_worker_goes_on(worker, redi
     for _, raw in POISON.values():
         client.lpush("sync", raw)
     # The next good task runs: the worker did not crash or stall on what came before it.
-    assert catalogue.echo.delay(7).get(timeout=30) == 7
+    assert sync.echo.delay(7).get(timeout=30) == 7
     assert worker.procs["sync"].running, "a poison message stopped the worker"
 
     new = [e for e in store.list("sync", limit=None) if e.id not in before]

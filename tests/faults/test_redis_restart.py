@@ -10,9 +10,10 @@ from pathlib import Path
 
 from celery import Celery
 
-from common import calls, catalogue
+from common import calls
 from common.testing.faults import NamedWorker, RestartableRedis
 from common.testing.waiting import wait_until
+from contracts import sync
 
 TASKS = 2000
 ROUNDS = 3
@@ -58,7 +59,7 @@ def drain_through_a_restart(app: Celery, broker: RestartableRedis) -> tuple[list
     Returns the task ids, how many results are missing or wrong, and the stall in seconds.
     """
     with app.producer_or_acquire() as producer:
-        results = [calls.apply_async(catalogue.echo, (i,), app=app, producer=producer) for i in range(TASKS)]
+        results = [calls.apply_async(sync.echo, (i,), app=app, producer=producer) for i in range(TASKS)]
 
     def done() -> int:
         return sum(1 for r in results if r.ready())

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from common import catalogue
 from common.celery_app import current_app
 from common.models import Doctor
 from common.testing.faults import NamedWorker
 from common.testing.waiting import wait_until
+from contracts import sync
 
 RECOVERY_BOUND = 15.0  # the README's promise at the default BROKER_HEARTBEAT_TIMEOUT (10 s)
 
@@ -74,7 +74,7 @@ def test_sigkill_mid_task_is_redelivered_within_the_bound_and_completes_once(
     workers = start_workers(f"sync-{pool}-a", f"sync-{pool}-b", WORKER_POOL=pool, WORKER_CONCURRENCY="2")
     crm_sandbox.latency = 3.0
     doctor = new_doctor(f"kill-{pool}")
-    result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+    result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     wait_until(lambda: crm_starts(crm_sandbox, doctor), timeout=30)
     victim = holder(workers, redis_url)
     killed_at = time.monotonic()
@@ -102,7 +102,7 @@ def test_sigterm_mid_task_finishes_it_and_leaves_queued_tasks_for_others(
     [first] = start_workers("sync-term-a", WORKER_CONCURRENCY="1")
     crm_sandbox.latency = 2.0
     doctors = [new_doctor(f"term-{i}") for i in range(4)]
-    results = [catalogue.sync_doctor_to_external_system.delay(d.pk) for d in doctors]
+    results = [sync.sync_doctor_to_external_system.delay(d.pk) for d in doctors]
     wait_until(lambda: any(crm_starts(crm_sandbox, d) for d in doctors), timeout=30)
     stopped_at = time.monotonic()
     code = first.terminate(timeout=30)
@@ -128,7 +128,7 @@ def test_a_task_longer_than_every_timeout_runs_once(start_workers, crm_sandbox) 
     start_workers("sync-long-a", "sync-long-b", BROKER_HEARTBEAT_TIMEOUT="2")
     crm_sandbox.latency = 8.0
     doctor = new_doctor("long")
-    out = catalogue.sync_doctor_to_external_system.delay(doctor.pk).get(timeout=40)
+    out = sync.sync_doctor_to_external_system.delay(doctor.pk).get(timeout=40)
     time.sleep(3)
     starts = crm_starts(crm_sandbox, doctor)
     print(f"\n[long task] 8 s task, 2 s heartbeat timeout, 2 workers: {len(starts)} delivery")
@@ -142,7 +142,7 @@ def test_a_delay_longer_than_every_timeout_runs_once_even_across_worker_restarts
     [a] = start_workers("sync-delay-a", BROKER_HEARTBEAT_TIMEOUT="2")
     doctor = new_doctor("delayed")
     sent = time.monotonic()
-    result = catalogue.sync_doctor_to_external_system.apply_async((doctor.pk,), countdown=8)
+    result = sync.sync_doctor_to_external_system.apply_async((doctor.pk,), countdown=8)
     time.sleep(2)
     a.kill()  # the delayed task is kept in Redis, not in this worker's memory
     start_workers("sync-delay-b", "sync-delay-c", BROKER_HEARTBEAT_TIMEOUT="2")
@@ -166,7 +166,7 @@ def test_a_killed_prefork_child_puts_its_task_back_and_the_worker_runs_it_again(
     [worker] = start_workers("sync-child", WORKER_POOL="prefork", WORKER_CONCURRENCY="1")
     crm_sandbox.latency = 3.0
     doctor = new_doctor("child")
-    result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+    result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     wait_until(lambda: crm_starts(crm_sandbox, doctor), timeout=30)
     children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
     killed_at = time.monotonic()

@@ -2,7 +2,7 @@
 
 A dead letter keeps the raw message as the worker took it. Replay decodes it (Celery
 protocol 2: a JSON envelope whose base64 body is `[args, kwargs, embed]`), checks the task
-name and arguments against the catalogue as it is *now* (the fix may have been a deploy),
+name and arguments against its contract as it is *now* (the fix may have been a deploy),
 and republishes it with `common.calls.apply_async` under the original task id, so whoever
 holds its AsyncResult sees the outcome: the result store lets SUCCESS replace the FAILURE
 that dead-lettering stored. Only then is the entry removed. Anything that cannot be
@@ -31,9 +31,9 @@ from typing import Any
 import redis
 
 from common import protocol
-from common.catalogue import CATALOGUE, InvalidTaskArgumentsError, UnknownTaskError
 from common.deadletters.store import FAILED, DeadLetter, DeadLetters
 from common.pii import mask, mask_text
+from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError, lookup
 
 # While one operator replays an entry, another's replay of it is refused (no double send).
 CLAIM_PREFIX = "jobs.dead.replaying:"
@@ -124,7 +124,7 @@ def parse(raw: bytes) -> Message:
 
 
 def check(message: Message, raw_size: int, *, reason: str = "") -> tuple[dict[str, Any], list[str]]:
-    """Check against today's catalogue and size limit; return the publish options and notes.
+    """Check against today's contract and size limit; return the publish options and notes.
 
     Raises `Refused` for an unknown task (or canvas step), arguments that do not fit the
     contract, or a message larger than workers accept.
@@ -132,8 +132,8 @@ def check(message: Message, raw_size: int, *, reason: str = "") -> tuple[dict[st
     from common.settings import get_settings
 
     try:
-        contract = CATALOGUE.get(message.task)
-        contract.check(tuple(message.args), message.kwargs)
+        contract = lookup(message.task)
+        contract.check(tuple(message.args), message.kwargs, tolerant=True)
     except UnknownTaskError as exc:
         raise Refused(f"unknown task: {exc}") from None
     except InvalidTaskArgumentsError as exc:
@@ -166,7 +166,7 @@ def _options(message: Message, reason: str) -> tuple[dict[str, Any], list[str]]:
         for step in value if isinstance(value, list) else [value]:
             step_task = step.get("task") if isinstance(step, dict) else None
             # Celery's own canvas tasks (celery.group, celery.chord, ...) exist on every worker.
-            known = isinstance(step_task, str) and (step_task in CATALOGUE or step_task.startswith("celery."))
+            known = isinstance(step_task, str) and (_declared(step_task) or step_task.startswith("celery."))
             if not known:
                 raise Refused(
                     f"its canvas ({name}) names {step_task!r}, which no service exposes today; "
@@ -223,7 +223,7 @@ def replay_entry(store: DeadLetters, entry: DeadLetter) -> Outcome:
         True,
         task=message.task,
         task_id=message.task_id,
-        queue=CATALOGUE.get(message.task).queue,
+        queue=lookup(message.task).queue,
         notes=tuple(notes),
     )
 
@@ -276,3 +276,11 @@ def readable(entry: DeadLetter) -> Any:
         if isinstance(body, list) and len(body) == 3:
             envelope["body"] = {"args": body[0], "kwargs": body[1], "embed": body[2]}
     return mask(envelope)
+
+
+def _declared(task: str) -> bool:
+    try:
+        lookup(task)
+    except UnknownTaskError:
+        return False
+    return True

@@ -5,10 +5,12 @@ import time
 import pytest
 from celery import Celery
 
-from common import calls, catalogue
-from common.catalogue import CATALOGUE, SERVICES, InvalidTaskArgumentsError, UnknownTaskError
+from common import calls
 from common.celery_app import current_app
 from common.outbox.models import OutboxMessage
+from common.routing import SERVICES
+from contracts import emails, sync
+from contracts.declare import InvalidTaskArgumentsError, ServiceContracts, UnknownTaskError, all_contracts
 
 
 def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
@@ -26,11 +28,12 @@ def empty_queues(redis_client) -> None:  # type: ignore[no-untyped-def]
     OutboxMessage.objects.all().delete()
 
 
-def test_every_catalogued_task_is_routed_to_its_own_service_queue() -> None:
-    routes = current_app().conf.task_routes
-    assert set(routes) == set(CATALOGUE.names())
-    for contract in CATALOGUE:
-        assert routes[contract.name] == {"queue": contract.name.split(".")[0]}
+def test_every_declared_task_is_routed_to_its_own_service_queue() -> None:
+    router = current_app().amqp.router
+    declared = all_contracts()
+    assert {c.queue for c in declared} == set(SERVICES)
+    for contract in declared:
+        assert router.route({}, contract.name)["queue"].name == contract.queue
 
 
 def test_send_by_name_publishes_on_the_consuming_services_queue(redis_client) -> None:  # type: ignore[no-untyped-def]
@@ -57,9 +60,9 @@ def test_unknown_task_name_is_refused_and_nothing_is_published(redis_client) -> 
         ((True,), {}, "argument 'doctor_id'"),
     ],
 )
-def test_arguments_not_matching_the_catalogue_are_refused(redis_client, args, kwargs, problem) -> None:  # type: ignore[no-untyped-def]
+def test_arguments_not_matching_the_contract_are_refused(redis_client, args, kwargs, problem) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidTaskArgumentsError) as err:
-        catalogue.send_welcome_email.apply_async(args, kwargs)
+        emails.send_welcome_email.apply_async(args, kwargs)
     assert "emails.send_welcome_email(doctor_id: int)" in str(err.value)
     assert problem in str(err.value)
     assert queued(redis_client) == 0
@@ -71,7 +74,7 @@ def test_canvas_signatures_are_checked_leaving_the_chained_argument_open() -> No
     with pytest.raises(InvalidTaskArgumentsError):
         calls.signature("sync.create_account", immutable=True)
     with pytest.raises(InvalidTaskArgumentsError):
-        catalogue.send_welcome_email.s("not-an-id")
+        emails.send_welcome_email.s("not-an-id")
 
 
 def dead_app() -> Celery:
@@ -101,15 +104,15 @@ def test_unreachable_broker_by_default_keeps_the_task_instead_of_raising() -> No
 
 
 def big(n: int) -> dict:
-    """An argument of exactly `n` bytes as the payload's JSON (`[[{"b": "..."}], {}]`)."""
-    return {"b": "x" * (n - len('[[{"b": ""}], {}]'))}
+    """An argument of exactly `n` bytes as the payload's JSON (`[[{"status": "..."}], {}]`)."""
+    return {"status": "x" * (n - len('[[{"status": ""}], {}]'))}
 
 
 def test_a_payload_over_the_limit_is_refused_before_anything_is_sent_or_kept(redis_client) -> None:  # type: ignore[no-untyped-def]
     limit = 1_048_576
-    catalogue.notify_admin.delay(big(limit))  # at the limit: sent
+    emails.notify_admin.delay(big(limit))  # at the limit: sent
     assert queued(redis_client) == 1
-    for attempt in (lambda: catalogue.notify_admin.delay(big(limit + 1)), lambda: _in_transaction(limit + 1)):
+    for attempt in (lambda: emails.notify_admin.delay(big(limit + 1)), lambda: _in_transaction(limit + 1)):
         with pytest.raises(calls.PayloadTooLargeError) as err:
             attempt()
         message = str(err.value)
@@ -126,7 +129,7 @@ def _in_transaction(size: int) -> None:
     from django.db import transaction
 
     with transaction.atomic():
-        catalogue.notify_admin.delay(big(size))
+        emails.notify_admin.delay(big(size))
 
 
 def test_the_payload_limit_is_configurable(redis_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -135,9 +138,9 @@ def test_the_payload_limit_is_configurable(redis_client, monkeypatch) -> None:  
     monkeypatch.setenv("TASK_MAX_PAYLOAD_BYTES", "100")
     reset_settings_cache()
     try:
-        catalogue.notify_admin.delay(big(100))
+        emails.notify_admin.delay(big(100))
         with pytest.raises(calls.PayloadTooLargeError, match="101 bytes as JSON, over the limit of 100"):
-            catalogue.notify_admin.delay(big(101))
+            emails.notify_admin.delay(big(101))
     finally:
         monkeypatch.undo()
         reset_settings_cache()
@@ -145,8 +148,13 @@ def test_the_payload_limit_is_configurable(redis_client, monkeypatch) -> None:  
 
 
 def test_arguments_json_cannot_carry_are_refused_clearly(redis_client) -> None:  # type: ignore[no-untyped-def]
+    # Typed parameters refuse such a value by type first; an unannotated one (Any) relies on this.
+    @ServiceContracts("sync").task
+    def anything(value) -> None:  # type: ignore[no-untyped-def]
+        """A parameter without a type."""
+
     with pytest.raises(InvalidTaskArgumentsError, match="cannot be sent as JSON.*Pass ids and plain values"):
-        catalogue.notify_admin.delay({"doctor": object()})
+        calls.delay(anything, {"doctor": object()})
     assert queued(redis_client) == 0 and not OutboxMessage.objects.exists()
 
 
@@ -168,3 +176,25 @@ def test_a_process_without_django_is_told_how_to_send() -> None:
     env.pop("DJANGO_SETTINGS_MODULE", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "set Django up first" in out.stdout and "outbox=False" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_typed_payload_refuses_what_its_shape_does_not_declare(redis_client) -> None:  # type: ignore[no-untyped-def]
+    # notify_admin's items carry ids and flags: a name or an email is refused at the producer.
+    refused = r"argument 'data' at 'AdminItem.email'.*Extra inputs"
+    with pytest.raises(InvalidTaskArgumentsError, match=refused):
+        emails.notify_admin.delay({"doctor_id": 7, "email": "someone@clinic.example"})
+    with pytest.raises(InvalidTaskArgumentsError, match=r"argument 'data' at 'doctor_id'"):
+        sync.create_account.delay({"doctor_id": "7", "valid": True, "problems": []})
+    assert queued(redis_client) == 0 and not OutboxMessage.objects.exists()
+    emails.notify_admin.delay([7, {"doctor_id": 7, "valid": True}])
+    assert queued(redis_client) == 1
+
+
+def test_a_consumer_reads_the_same_shape_tolerantly() -> None:
+    # An older worker accepts a key a newer producer added; it still refuses a wrong type.
+    newer = {"doctor_id": 7, "valid": True, "problems": [], "checked_by": "v2"}
+    sync.create_account.check((newer,), tolerant=True)
+    with pytest.raises(InvalidTaskArgumentsError):
+        sync.create_account.check((newer,))
+    with pytest.raises(InvalidTaskArgumentsError, match="'valid'"):
+        sync.create_account.check(({"doctor_id": 7, "valid": "yes", "problems": []},), tolerant=True)

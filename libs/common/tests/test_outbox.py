@@ -18,7 +18,7 @@ from celery import Celery
 from celery.signals import after_task_publish
 from django.db import transaction
 
-from common import calls, catalogue
+from common import calls
 from common.celery_app import current_app
 from common.celery_config import celery_config
 from common.local_redis import LocalRedis
@@ -26,6 +26,8 @@ from common.outbox import relay
 from common.outbox.models import OutboxMessage
 from common.ports import free_port
 from common.settings import load_settings
+from contracts import sync
+from contracts.declare import ServiceContracts
 
 
 def app_for(url: str) -> Celery:
@@ -80,7 +82,7 @@ def kept() -> list[OutboxMessage]:
 
 def test_a_task_sent_in_a_transaction_is_published_after_the_commit(published: Published) -> None:
     with transaction.atomic():
-        result = catalogue.echo.delay(7)
+        result = sync.echo.delay(7)
         assert published == [], "published before the commit"
         (row,) = kept()  # written in the caller's transaction
         assert (row.task_id, row.task_name, row.queue, row.args, row.kwargs) == (
@@ -97,25 +99,25 @@ def test_a_task_sent_in_a_transaction_is_published_after_the_commit(published: P
 
 def test_a_rolled_back_transaction_sends_nothing_and_keeps_nothing(published: Published) -> None:
     with pytest.raises(RuntimeError), transaction.atomic():
-        catalogue.echo.delay(1)
+        sync.echo.delay(1)
         raise RuntimeError("the caller's work failed")
     assert published == [] and kept() == []
 
 
 def test_a_rolled_back_savepoint_drops_only_its_own_tasks(published: Published) -> None:
     with transaction.atomic():
-        outer = catalogue.echo.delay(1)
+        outer = sync.echo.delay(1)
         with pytest.raises(RuntimeError), transaction.atomic():
-            catalogue.echo.delay(2)
+            sync.echo.delay(2)
             raise RuntimeError("inner work failed")
-        last = catalogue.echo.delay(3)
+        last = sync.echo.delay(3)
     assert published.ids() == [outer.id, last.id]
     assert kept() == []
 
 
 def test_a_fan_out_in_a_transaction_is_published_once_each_after_the_commit(published: Published) -> None:
     with transaction.atomic():
-        results = [catalogue.echo.delay(i) for i in range(50)]
+        results = [sync.echo.delay(i) for i in range(50)]
         assert published == [] and len(kept()) == 50
     assert published.ids() == [r.id for r in results], "each once, in the order sent"
     assert kept() == []
@@ -123,9 +125,9 @@ def test_a_fan_out_in_a_transaction_is_published_once_each_after_the_commit(publ
 
 def test_a_task_id_chosen_by_the_caller_is_kept_and_published_once(published: Published) -> None:
     with transaction.atomic():
-        first = catalogue.echo.apply_async((1,), task_id="order-42-echo")
-        again = catalogue.echo.apply_async((1,), task_id="order-42-echo")
-        catalogue.echo.delay(2)  # the caller's transaction is still usable
+        first = sync.echo.apply_async((1,), task_id="order-42-echo")
+        again = sync.echo.apply_async((1,), task_id="order-42-echo")
+        sync.echo.delay(2)  # the caller's transaction is still usable
     assert first.id == again.id == "order-42-echo"
     assert published.ids().count("order-42-echo") == 1 and len(published) == 2
 
@@ -141,7 +143,7 @@ def test_outbox_false_publishes_at_once_even_in_a_transaction(published: Publish
 def test_a_countdown_counts_from_the_send_not_from_a_later_publish(published: Published) -> None:
     sent = datetime.now(UTC)
     with transaction.atomic():
-        result = catalogue.echo.apply_async((1,), countdown=60, priority=3, expires=600)
+        result = sync.echo.apply_async((1,), countdown=60, priority=3, expires=600)
         (row,) = kept()
         eta = datetime.fromisoformat(row.options["eta"])
         assert sent + timedelta(seconds=59) < eta < sent + timedelta(seconds=62)
@@ -154,16 +156,16 @@ def test_a_countdown_counts_from_the_send_not_from_a_later_publish(published: Pu
 def test_an_option_json_cannot_hold_is_refused_before_anything_is_kept(published: Published) -> None:
     with transaction.atomic():
         with pytest.raises(calls.InvalidTaskOptionsError, match="shadow=object cannot be kept.*outbox=False"):
-            catalogue.echo.apply_async((1,), shadow=object())
+            sync.echo.apply_async((1,), shadow=object())
         with pytest.raises(calls.InvalidTaskOptionsError, match="ISO 8601"):
-            catalogue.echo.apply_async((1,), eta="next tuesday")
+            sync.echo.apply_async((1,), eta="next tuesday")
         assert kept() == []
     assert published == []
 
 
 def test_transport_options_are_used_but_not_stored(published: Published) -> None:
     with transaction.atomic():
-        catalogue.echo.apply_async((1,), retry=False, add_to_parent=False)
+        sync.echo.apply_async((1,), retry=False, add_to_parent=False)
         (row,) = kept()
         assert row.options == {}
     assert len(published) == 1
@@ -188,7 +190,7 @@ def test_broker_down_at_commit_keeps_the_tasks_for_the_relay(
 def test_outside_a_transaction_a_task_is_published_directly_without_the_outbox(
     published: Published,
 ) -> None:
-    result = catalogue.echo.delay(3)
+    result = sync.echo.delay(3)
     assert published.ids() == [result.id] and "x_outbox" not in published[0]
     assert kept() == []
 
@@ -291,8 +293,12 @@ def test_a_row_that_cannot_be_published_does_not_hold_up_the_others(
 def test_kept_arguments_reach_the_worker_with_their_types(dead_app: Celery, published: Published) -> None:
     from kombu.utils.json import dumps, loads
 
+    @ServiceContracts("emails").task
+    def remind_at(data: dict) -> None:
+        """A task taking a datetime inside a dict."""
+
     when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    calls.apply_async("emails.notify_admin", ({"at": when, "n": 1},), app=dead_app)
+    calls.apply_async(remind_at, ({"at": when, "n": 1},), app=dead_app)
     (row,) = kept()
     assert row.args == [{"at": {"__type__": "datetime", "__value__": when.isoformat()}, "n": 1}]
     relay.relay_once(current_app())

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from common import catalogue
 from common.models import Appointment, Doctor, Patient
 from common.testing.workers import Workers
+from contracts import emails
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,8 @@ def mail_to(smtp_sink, address: str) -> list:  # type: ignore[no-untyped-def]
 
 def test_redelivered_welcome_email_is_sent_once(worker: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
     doctor = Doctor.objects.create(first_name="Ada", last_name="Lovelace", email="ada.mail@clinic.example")
-    first = catalogue.send_welcome_email.delay(doctor.pk).get(timeout=30)
-    duplicates = [catalogue.send_welcome_email.delay(doctor.pk) for _ in range(4)]  # concurrent redeliveries
+    first = emails.send_welcome_email.delay(doctor.pk).get(timeout=30)
+    duplicates = [emails.send_welcome_email.delay(doctor.pk) for _ in range(4)]  # concurrent redeliveries
     outcomes = [r.get(timeout=60)["status"] for r in duplicates]
     assert first == {"doctor_id": doctor.pk, "status": "sent"}
     assert outcomes == ["already_sent"] * 4
@@ -41,7 +41,7 @@ def test_redelivered_welcome_email_is_sent_once(worker: Workers, smtp_sink) -> N
 
 def test_concurrent_first_deliveries_send_one_email(worker: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
     doctor = Doctor.objects.create(first_name="Bo", last_name="Race", email="bo.race@clinic.example")
-    results = [catalogue.send_welcome_email.delay(doctor.pk) for _ in range(5)]
+    results = [emails.send_welcome_email.delay(doctor.pk) for _ in range(5)]
     statuses = sorted(r.get(timeout=60)["status"] for r in results)
     assert statuses == ["already_sent"] * 4 + ["sent"]
     assert len(mail_to(smtp_sink, "bo.race@clinic.example")) == 1
@@ -60,8 +60,8 @@ def test_daily_reminders_send_one_per_appointment_due(worker: Workers, smtp_sink
     done = appointment("done@mail.example", now + timedelta(hours=5))
     Appointment.objects.filter(pk=done.pk).update(reminder_sent_at=now)
 
-    assert catalogue.send_daily_reminders.delay().get(timeout=30) == {"status": "queued", "reminders": 1}
-    catalogue.send_daily_reminders.delay().get(timeout=30)  # the job running twice sends nothing twice
+    assert emails.send_daily_reminders.delay().get(timeout=30) == {"status": "queued", "reminders": 1}
+    emails.send_daily_reminders.delay().get(timeout=30)  # the job running twice sends nothing twice
     deadline = time.monotonic() + 30
     while not mail_to(smtp_sink, "due@mail.example") and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -76,7 +76,7 @@ def test_daily_reminders_send_one_per_appointment_due(worker: Workers, smtp_sink
 
 def test_notify_admin_mails_the_admin_with_every_item(worker: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
     before = len(mail_to(smtp_sink, "ops@clinic.example"))
-    out = catalogue.notify_admin.delay([{"doctor_id": 1, "valid": True}, {"doctor_id": 2, "valid": False}])
+    out = emails.notify_admin.delay([{"doctor_id": 1, "valid": True}, {"doctor_id": 2, "valid": False}])
     assert out.get(timeout=30) == {"status": "notified", "items": 2, "admin_notified": True}
     message = mail_to(smtp_sink, "ops@clinic.example")[before]
     assert message["Subject"] == "[platform] 2 event(s) for review"

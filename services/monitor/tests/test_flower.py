@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from common.catalogue import SERVICES
 from common.ports import free_port
 from common.processes import ServiceProcess, child_env
+from common.routing import SERVICES
 from common.testing.workers import Workers
 
 PASSWORD = "s3cret-flower-pw"
@@ -103,7 +103,7 @@ def test_flower_sees_tasks_although_workers_do_not_send_events_by_default(flower
     Flower asks (`enable_events`) when it starts and every few seconds after; a task run
     while it watches must show up with its final state.
     """
-    from common import catalogue
+    from contracts import sync
 
     def state_in_flower(task_id: str) -> str | None:
         status, body = get(flower + "/api/tasks?limit=1000", ("ops", PASSWORD))
@@ -113,7 +113,7 @@ def test_flower_sees_tasks_although_workers_do_not_send_events_by_default(flower
     # The first tasks may run before Flower's enable_events reached the worker: keep going.
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
-        result = catalogue.echo.delay(7)
+        result = sync.echo.delay(7)
         assert result.get(timeout=30) == 7
         for _ in range(30):
             if state_in_flower(result.id) == "SUCCESS":

@@ -12,11 +12,11 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from common import catalogue
 from common.celery_app import current_app
 from common.models import Appointment, Payment
 from common.processes import ServiceProcess, wait_for_workers
 from common.testing.waiting import wait_until
+from contracts import payments
 
 
 def start_worker(name: str, data_dir: Path, peers_env: dict[str, str]) -> ServiceProcess:
@@ -50,7 +50,7 @@ def test_a_charge_whose_worker_was_killed_is_settled_by_reconcile(
     appt = make_appointment()
     key = f"appointment-{appt.pk}-1"
     gateway_sandbox.latency = 3
-    catalogue.process_payment.delay(appt.pk)
+    payments.process_payment.delay(appt.pk)
     wait_until(lambda: any(r["headers"].get("Idempotency-Key") == key for r in gateway_sandbox.requests))
     assert doomed.proc is not None
     os.killpg(doomed.proc.pid, signal.SIGKILL)  # mid-request: the gateway charges, nobody records it
@@ -65,7 +65,7 @@ def test_a_charge_whose_worker_was_killed_is_settled_by_reconcile(
     Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now() - timedelta(minutes=10))
     survivor = start_worker("payments-survivor", data_dir, peers_env)
     try:
-        outcome = catalogue.reconcile_payments.delay().get(timeout=60)
+        outcome = payments.reconcile_payments.delay().get(timeout=60)
         assert outcome["status"] == "done"
         # The killed delivery may also come back (broker recovery) and settle it first, under
         # the same key: either way the one charge is recorded and nothing is charged twice.

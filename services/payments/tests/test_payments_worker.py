@@ -14,7 +14,6 @@ import requests
 from django.db import connection
 from django.utils import timezone
 
-from common import catalogue
 from common.broker.scripts import DELAYED
 from common.celery_app import current_app
 from common.locks import task_lock
@@ -22,6 +21,7 @@ from common.models import Appointment, Payment
 from common.processes import ServiceProcess, wait_for_workers
 from common.testing.waiting import wait_until
 from common.testing.workers import Workers
+from contracts import payments
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +109,14 @@ def retry_etas(redis_client, task_id: str) -> list[datetime]:  # type: ignore[no
 
 
 def reconcile() -> dict:
-    return catalogue.reconcile_payments.delay().get(timeout=60)
+    return payments.reconcile_payments.delay().get(timeout=60)
 
 
 def test_success_charges_once_and_marks_the_appointment_paid(
     workers, gateway_sandbox, make_appointment
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
-    result = catalogue.process_payment.delay(appt.pk).get(timeout=30)
+    result = payments.process_payment.delay(appt.pk).get(timeout=30)
     [charge] = charges_for(gateway_sandbox, appt)
     assert result == {"status": "success", "payment_id": charge["id"]}
     assert charge["amount"] == "80.00" and charge["customer"] == "cus_ok"
@@ -131,7 +131,7 @@ def test_the_payment_row_and_its_key_are_committed_before_the_gateway_is_called(
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
     gateway_sandbox.latency = 2
-    result = catalogue.process_payment.delay(appt.pk)
+    result = payments.process_payment.delay(appt.pk)
     wait_until(lambda: requests_for(gateway_sandbox, appt))
     # The gateway has the request in hand and has not answered: the row is already visible.
     payment = Payment.objects.get(appointment=appt)
@@ -144,7 +144,7 @@ def test_duplicates_racing_on_two_workers_charge_exactly_once(
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
     gateway_sandbox.latency = 0.5  # every charge is slow, so the duplicates overlap in time
-    results = [catalogue.process_payment.delay(appt.pk) for _ in range(6)]
+    results = [payments.process_payment.delay(appt.pk) for _ in range(6)]
     outcomes = [r.get(timeout=30) for r in results]
     wait_until(lambda: queue_drained(workers))
     assert len(charges_for(gateway_sandbox, appt)) == 1
@@ -162,9 +162,9 @@ def test_a_duplicate_of_a_paid_appointment_answers_the_first_outcome_without_cal
     workers, gateway_sandbox, make_appointment
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
-    first = catalogue.process_payment.delay(appt.pk).get(timeout=30)
+    first = payments.process_payment.delay(appt.pk).get(timeout=30)
     calls_before = len(gateway_sandbox.requests)
-    again = catalogue.process_payment.delay(appt.pk)
+    again = payments.process_payment.delay(appt.pk)
     assert again.get(timeout=30) == {"status": "already_paid", "payment_id": first["payment_id"]}
     wait_until(lambda: queue_drained(workers))
     assert again.state == "SUCCESS", "a duplicate leaves no STARTED behind"
@@ -176,7 +176,7 @@ def test_a_duplicate_during_a_fresh_claim_leaves_the_gateway_alone(
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
     payment = claimed_payment(appt, age=timedelta(seconds=30))  # another worker is charging
-    result = catalogue.process_payment.delay(appt.pk)
+    result = payments.process_payment.delay(appt.pk)
     assert result.get(timeout=30) == {"status": "in_progress", "payment_id": None}
     assert result.state == "SUCCESS"
     assert not requests_for(gateway_sandbox, appt)
@@ -189,7 +189,7 @@ def test_a_stale_claim_is_taken_over_under_the_same_key(workers, gateway_sandbox
     appt = make_appointment()
     claimed_payment(appt, age=timedelta(minutes=10))
     charged = charge_directly(gateway_sandbox, appt)  # the dead worker's request got through
-    assert catalogue.process_payment.delay(appt.pk).get(timeout=30) == {
+    assert payments.process_payment.delay(appt.pk).get(timeout=30) == {
         "status": "success",
         "payment_id": charged,
     }
@@ -201,7 +201,7 @@ def test_declined_fails_at_once_without_retry_and_marks_it(
     workers, gateway_sandbox, make_appointment
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment(customer="cus_decline_1")
-    result = catalogue.process_payment.delay(appt.pk)
+    result = payments.process_payment.delay(appt.pk)
     with pytest.raises(Exception, match="card_declined") as raised:
         result.get(timeout=30)
     assert type(raised.value).__name__ == "PaymentDeclinedError"
@@ -220,14 +220,14 @@ def test_a_fixed_card_is_charged_under_a_new_key_after_a_decline(
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment(customer="cus_decline_fixable")
     with pytest.raises(Exception, match="card_declined"):
-        catalogue.process_payment.delay(appt.pk).get(timeout=30)
+        payments.process_payment.delay(appt.pk).get(timeout=30)
     # Sent again with the card unchanged, the first key would be declined again: a new key.
     with pytest.raises(Exception, match="card_declined"):
-        catalogue.process_payment.delay(appt.pk).get(timeout=30)
+        payments.process_payment.delay(appt.pk).get(timeout=30)
     assert Payment.objects.get(appointment=appt).idempotency_key == key(appt, 2)
     appt.patient.gateway_customer_id = "cus_ok_card_fixed"
     appt.patient.save()
-    result = catalogue.process_payment.delay(appt.pk).get(timeout=30)
+    result = payments.process_payment.delay(appt.pk).get(timeout=30)
     [charge] = charges_for(gateway_sandbox, appt, 3)
     assert result == {"status": "success", "payment_id": charge["id"]}
     assert [len(requests_for(gateway_sandbox, appt, n)) for n in (1, 2, 3)] == [1, 1, 1]
@@ -242,7 +242,7 @@ def test_gateway_error_is_retried_in_60_seconds_under_the_same_key(
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment()
     gateway_sandbox.faults.fail = 1
-    result = catalogue.process_payment.delay(appt.pk)
+    result = payments.process_payment.delay(appt.pk)
     wait_until(lambda: result.state == "RETRY")
     payment = Payment.objects.get(appointment=appt)
     assert payment.status == "pending" and "503" in payment.last_error
@@ -252,7 +252,7 @@ def test_gateway_error_is_retried_in_60_seconds_under_the_same_key(
     assert 50 <= (etas[0] - datetime.now(UTC)).total_seconds() <= 61
     assert not Appointment.objects.get(pk=appt.pk).is_paid
     # Any later attempt (here a fresh delivery, sooner than the retry) keeps the key.
-    assert catalogue.process_payment.delay(appt.pk).get(timeout=30)["status"] == "success"
+    assert payments.process_payment.delay(appt.pk).get(timeout=30)["status"] == "success"
     assert len(requests_for(gateway_sandbox, appt)) == 2 and len(charges_for(gateway_sandbox, appt)) == 1
     assert not requests_for(gateway_sandbox, appt, 2)
 
@@ -270,7 +270,7 @@ def test_an_invalid_amount_or_currency_is_refused_without_calling_the_gateway(
     workers, gateway_sandbox, make_appointment, amount: str, currency: str, problem: str
 ) -> None:  # type: ignore[no-untyped-def]
     appt = make_appointment(amount=amount, currency=currency)
-    result = catalogue.process_payment.delay(appt.pk)
+    result = payments.process_payment.delay(appt.pk)
     with pytest.raises(Exception, match="cannot be charged") as raised:
         result.get(timeout=30)
     assert type(raised.value).__name__ == "InvalidPaymentError"
@@ -292,7 +292,7 @@ def test_an_appointment_made_invalid_after_a_failed_attempt_fails_its_payment(
     payment = claimed_payment(appt, age=timedelta(minutes=1), status="pending")  # a retry is due
     Appointment.objects.filter(pk=appt.pk).update(amount=Decimal("0"))
     with pytest.raises(Exception, match="amount must be greater than 0"):
-        catalogue.process_payment.delay(appt.pk).get(timeout=30)
+        payments.process_payment.delay(appt.pk).get(timeout=30)
     payment.refresh_from_db()
     assert payment.status == "failed", "else the reconcile job would send it again every run"
     assert payment.last_error == "amount must be greater than 0 (got 0.00)"

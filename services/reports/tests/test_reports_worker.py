@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from common import catalogue
 from common.models import Report, ReportItem
 from common.testing.workers import Workers
+from contracts import reports
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def make_report(n: int) -> Report:
 
 def test_polling_caller_sees_progress_increase_then_the_result(worker: Workers) -> None:
     report = make_report(150_000)
-    result = catalogue.generate_large_report.delay(report.pk)
+    result = reports.generate_large_report.delay(report.pk)
     seen: list[int] = []
     while not result.ready():
         # One read of the stored meta: state and info read separately can straddle the
@@ -54,7 +54,7 @@ def test_polling_caller_sees_progress_increase_then_the_result(worker: Workers) 
 
 def test_report_is_written_as_a_csv_file_and_recorded(worker: Workers) -> None:
     report = make_report(1000)
-    out = catalogue.generate_large_report.delay(report.pk).get(timeout=60)
+    out = reports.generate_large_report.delay(report.pk).get(timeout=60)
     path = Path(out["file"])
     rows = list(csv.reader(path.open()))
     assert rows[0] == ["item", "label", "value"]
@@ -66,7 +66,7 @@ def test_report_is_written_as_a_csv_file_and_recorded(worker: Workers) -> None:
 
 
 def test_weekly_report_builds_a_report_of_the_last_week(worker: Workers) -> None:
-    out = catalogue.generate_weekly_report.delay().get(timeout=30)
+    out = reports.generate_weekly_report.delay().get(timeout=30)
     assert out["status"] == "queued"
     from celery.result import AsyncResult
 

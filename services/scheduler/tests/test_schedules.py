@@ -3,12 +3,21 @@
 from django.core.management import call_command
 from django_celery_beat.models import PeriodicTask
 
-from common.catalogue import CATALOGUE
 from common.schedules import CHAPTER_SCHEDULES
+from contracts.declare import lookup
 
 
 def chapter_tasks() -> dict[str, PeriodicTask]:
     return {t.name: t for t in PeriodicTask.objects.filter(name__in=[s.name for s in CHAPTER_SCHEDULES])}
+
+
+def test_every_schedule_names_a_declared_task_that_needs_no_arguments() -> None:
+    # Beat sends by name with no arguments: a renamed task or a new required parameter in a
+    # service's contract would fail every run in production, so it fails here first.
+    for schedule in CHAPTER_SCHEDULES:
+        contract = lookup(schedule.task)  # raises UnknownTaskError naming the task
+        contract.check((), {})
+        assert schedule.task.split(".")[0] == contract.queue
 
 
 def test_migrations_seed_the_chapter_schedules_on_their_queues() -> None:
@@ -21,7 +30,7 @@ def test_migrations_seed_the_chapter_schedules_on_their_queues() -> None:
         "payment-reconciliation",
     }
     for task in seeded.values():
-        assert task.queue == CATALOGUE.get(task.task).queue
+        assert task.queue == lookup(task.task).queue
     assert (
         seeded["daily-appointment-reminders"].crontab.hour,
         seeded["daily-appointment-reminders"].crontab.minute,

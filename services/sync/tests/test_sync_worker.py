@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from common import catalogue
 from common.locks import task_lock
 from common.models import Doctor
 from common.testing.workers import Workers
+from contracts import sync
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def crm_posts(crm_sandbox, doctor: Doctor) -> list[dict]:  # type: ignore[no-unt
 
 
 def test_sync_returns_the_crm_id_and_stores_it(worker: Workers, crm_sandbox, doctor: Doctor) -> None:  # type: ignore[no-untyped-def]
-    result = catalogue.sync_doctor_to_external_system.delay(doctor.pk).get(timeout=30)
+    result = sync.sync_doctor_to_external_system.delay(doctor.pk).get(timeout=30)
     external_id = crm_sandbox.doctors[str(doctor.pk)]["id"]
     assert result == {"status": "synced", "external_id": external_id}
     doctor.refresh_from_db()
@@ -45,21 +45,21 @@ def test_request_errors_are_retried_with_backoff_until_the_crm_answers(
     worker: Workers, crm_sandbox, doctor
 ) -> None:  # type: ignore[no-untyped-def]
     crm_sandbox.faults.fail = 2  # two HTTP 503s, then success
-    result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+    result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     assert result.get(timeout=60)["status"] == "synced"
     assert len(crm_posts(crm_sandbox, doctor)) == 3
 
 
 def test_a_crm_that_hangs_times_out_and_is_retried(worker: Workers, crm_sandbox, doctor) -> None:  # type: ignore[no-untyped-def]
     crm_sandbox.faults.hang, crm_sandbox.faults.delay = 1, 3.0  # longer than CRM_TIMEOUT=1
-    result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+    result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     assert result.get(timeout=60)["status"] == "synced"
     assert len(crm_posts(crm_sandbox, doctor)) == 2
 
 
 def test_gives_up_after_three_retries(worker: Workers, crm_sandbox, doctor) -> None:  # type: ignore[no-untyped-def]
     crm_sandbox.faults.fail = 10
-    result = catalogue.sync_doctor_to_external_system.delay(doctor.pk)
+    result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     with pytest.raises(requests.HTTPError, match="503"):
         result.get(timeout=90, propagate=True)
     assert len(crm_posts(crm_sandbox, doctor)) == 4  # the first try + max_retries=3
@@ -67,19 +67,19 @@ def test_gives_up_after_three_retries(worker: Workers, crm_sandbox, doctor) -> N
 
 def test_missing_doctor_is_skipped_without_retrying(worker: Workers, crm_sandbox) -> None:  # type: ignore[no-untyped-def]
     before = len(crm_sandbox.requests)
-    result = catalogue.sync_doctor_to_external_system.delay(10_000_000).get(timeout=30)
+    result = sync.sync_doctor_to_external_system.delay(10_000_000).get(timeout=30)
     assert result == {"status": "skipped", "reason": "doctor not found"}
     assert len(crm_sandbox.requests) == before
 
 
 def test_sync_all_fans_out_one_sync_per_doctor(worker: Workers, crm_sandbox) -> None:  # type: ignore[no-untyped-def]
-    result = catalogue.sync_all_doctors.delay().get(timeout=30)
+    result = sync.sync_all_doctors.delay().get(timeout=30)
     assert result == {"status": "success", "queued": Doctor.objects.count()}
 
 
 def test_sync_all_is_skipped_while_another_run_holds_the_lock(worker: Workers) -> None:
     with task_lock("task-lock-sync.sync_all_doctors", timeout=30) as acquired:
         assert acquired
-        result = catalogue.sync_all_doctors.delay().get(timeout=30)
+        result = sync.sync_all_doctors.delay().get(timeout=30)
     assert result == {"status": "skipped", "reason": "already running"}
-    assert catalogue.sync_all_doctors.delay().get(timeout=30)["status"] == "success"
+    assert sync.sync_all_doctors.delay().get(timeout=30)["status"] == "success"

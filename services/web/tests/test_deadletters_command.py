@@ -95,7 +95,7 @@ def test_purge_wants_a_selection_and_yes(store: DeadLetters) -> None:
 def test_replay_refuses_what_today_s_contract_or_limit_would_refuse(
     sync_worker: Workers, store: DeadLetters
 ) -> None:
-    # Dead-lettered by the real worker: a producer that bypassed the catalogue check.
+    # Dead-lettered by the real worker: a producer that bypassed the contract check.
     bad_id = current_app().send_task("sync.echo", args=["not-an-int"]).id
     found: list[DeadLetter] = []
     wait_until(

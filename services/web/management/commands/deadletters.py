@@ -1,6 +1,6 @@
 """`manage.py deadletters list|show|replay|purge`: operate the dead-letter store from a shell or CI.
 
-Replay checks each message against today's catalogue first (`common.deadletters.replay`)
+Replay checks each message against today's contract first (`common.deadletters.replay`)
 and exits non-zero if any was refused, so a script notices. Purge never prompts (CI has
 no stdin): it wants a filter, ids or `--all`, and `--yes`.
 """

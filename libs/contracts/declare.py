@@ -1,0 +1,222 @@
+"""How a service declares its tasks, and how a task name finds its declaration.
+
+A contract is data: the task's name `<service>.<function>`, its queue (the service's) and
+its parameters with their types. Sending lives elsewhere (`common.calls`), so reading a
+contract never pulls in Celery, Django or another service's contract.
+
+A contract keeps the chapter's calling API (`.delay`, `.apply_async`, `.s`, `.si`) by
+handing the call to the sender bound with `bind_sender` (common.calls binds itself), as a
+Dramatiq actor is bound to a broker it does not import.
+
+Arguments are checked twice, with two readings of the same shapes:
+- a producer is strict: a dict argument may hold only the keys its shape declares, so a
+  name or an email cannot ride along in a payload declared to carry ids;
+- a consumer is tolerant of keys it does not know, so an older worker accepts what a newer
+  producer adds (an additive change works during a rolling deploy).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import pkgutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NotRequired, Protocol
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+PRODUCER = ConfigDict(strict=True, extra="forbid")
+CONSUMER = ConfigDict(strict=True, extra="ignore")
+
+
+class UnknownTaskError(LookupError):
+    """A task name that no service in this deployable exposes."""
+
+
+class InvalidTaskArgumentsError(TypeError):
+    """Arguments that do not match the task's declared shape."""
+
+
+class Sender(Protocol):
+    def apply_async(self, name: TaskContract, args: Any, kwargs: Any, **options: Any) -> Any: ...
+    def signature(self, name: TaskContract, args: Any, kwargs: Any, **options: Any) -> Any: ...
+
+
+_sender: Sender | None = None
+
+
+def bind_sender(sender: Sender) -> None:
+    """Make `sender` the one that `.delay` and friends go through (common.calls binds itself)."""
+    global _sender
+    _sender = sender
+
+
+def _bound() -> Sender:
+    if _sender is None:
+        raise RuntimeError(
+            "A task contract sends through common.calls, which is not loaded in this process: "
+            "`import common.calls` (common.celery_app.create_app does) before calling .delay()"
+        )
+    return _sender
+
+
+@dataclass(frozen=True)
+class TaskContract:
+    name: str
+    queue: str
+    signature: inspect.Signature
+    doc: str
+    annotations: dict[str, Any] = field(repr=False, compare=False)
+    _adapters: dict[bool, TypeAdapter[Any]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    @property
+    def service(self) -> str:
+        return self.queue
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return tuple(self.signature.parameters)
+
+    def check(
+        self,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        partial: bool = False,
+        tolerant: bool = False,
+    ) -> None:
+        """Raise `InvalidTaskArgumentsError` unless args/kwargs fit the declaration.
+
+        `partial` is for canvas signatures whose leading argument is the previous step's
+        result, filled in by Celery at run time; `tolerant` is the consumer's reading.
+        """
+        kwargs = kwargs or {}
+        try:
+            binder = self.signature.bind_partial if partial else self.signature.bind
+            bound = binder(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidTaskArgumentsError(f"{self.name}{self.signature}: {exc}") from None
+        try:
+            self._adapter(tolerant).validate_python(dict(bound.arguments))
+        except ValidationError as exc:
+            # In a union, the deepest error is the branch the value was meant for.
+            error = max(exc.errors(include_url=False, include_input=False), key=lambda e: len(e["loc"]))
+            param, *path = error["loc"]
+            value = bound.arguments[param]
+            at = f" at {'.'.join(str(p) for p in path)!r}" if path else ""
+            raise InvalidTaskArgumentsError(
+                f"{self.name}{self.signature}: argument {param!r}{at}: {error['msg']} "
+                f"(got {type(value).__name__})"
+            ) from None
+
+    # The chapter's calling API, sent by name through the bound sender (common.calls).
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        return _bound().apply_async(self, args, kwargs)
+
+    def apply_async(self, args: Any = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        return _bound().apply_async(self, args, kwargs, **options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        return _bound().signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Any:
+        return _bound().signature(self, args, kwargs, immutable=True)
+
+    def _adapter(self, tolerant: bool) -> TypeAdapter[Any]:
+        adapter = self._adapters.get(tolerant)
+        if adapter is None:  # built on first use: importing a contract stays cheap
+            # One TypedDict of the parameters: its config reaches the shapes nested in them
+            # (pydantic refuses a config on a TypedDict given on its own).
+            fields = {p: NotRequired[self.annotations.get(p, Any)] for p in self.parameters}
+            arguments = TypedDict(self.name.replace(".", "_"), fields)  # type: ignore[misc]
+            arguments.__pydantic_config__ = CONSUMER if tolerant else PRODUCER  # type: ignore[attr-defined]
+            adapter = TypeAdapter(arguments)
+            self._adapters[tolerant] = adapter
+        return adapter
+
+
+class ServiceContracts:
+    """The tasks one service exposes; `@SERVICE.task` turns a stub into `<service>.<name>`."""
+
+    def __init__(self, service: str) -> None:
+        if not service.isidentifier() or service != service.lower():
+            raise ValueError(f"a service name is a lower-case identifier, not {service!r}")
+        self.service = service
+        self._contracts: dict[str, TaskContract] = {}
+
+    def task(self, stub: Callable[..., Any]) -> TaskContract:
+        name = f"{self.service}.{stub.__name__}"
+        if name in self._contracts:
+            raise ValueError(f"task {name} declared twice")
+        signature = inspect.signature(stub, eval_str=True)
+        contract = TaskContract(
+            name=name,
+            queue=self.service,
+            signature=signature.replace(return_annotation=inspect.Signature.empty),
+            doc=inspect.getdoc(stub) or "",
+            annotations={
+                p: a for p, a in inspect.get_annotations(stub, eval_str=True).items() if p != "return"
+            },
+        )
+        self._contracts[name] = contract
+        return contract
+
+    def __iter__(self) -> Iterator[TaskContract]:
+        return iter(self._contracts.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._contracts
+
+    def get(self, name: str) -> TaskContract | None:
+        return self._contracts.get(name)
+
+
+def service_contracts(service: str) -> ServiceContracts | None:
+    """The contracts of `service` if this deployable carries them, else None."""
+    module_name = f"{__package__}.{service}"
+    if not service.isidentifier() or service == "declare":
+        return None
+    try:
+        if importlib.util.find_spec(module_name) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    declared = getattr(importlib.import_module(module_name), "SERVICE", None)
+    return declared if isinstance(declared, ServiceContracts) else None
+
+
+def available_services() -> list[str]:
+    """The services whose contracts this deployable carries."""
+    package = importlib.import_module(__package__)
+    names = [m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "declare"]
+    return sorted(n for n in names if service_contracts(n) is not None)
+
+
+def all_contracts() -> list[TaskContract]:
+    return [c for s in available_services() for c in service_contracts(s) or ()]
+
+
+def lookup(name: str) -> TaskContract:
+    """The contract of the task `name`, found by its `<service>.` prefix."""
+    service, _, _ = name.partition(".")
+    contracts = service_contracts(service)
+    found = contracts.get(name) if contracts is not None else None
+    if found is not None:
+        return found
+    known = all_contracts()
+    close = [c.name for c in known if c.name.split(".")[-1] == name.split(".")[-1]]
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    where = (
+        f"service {service!r} declares no such task"
+        if contracts is not None
+        else f"this deployable carries no contracts for a service {service!r}"
+    )
+    raise UnknownTaskError(
+        f"No service exposes a task named {name!r} ({where}).{hint} "
+        f"Known tasks: {', '.join(sorted(c.name for c in known)) or 'none'}"
+    )
