@@ -6,21 +6,25 @@ name through `common`, and each task must run on its own service's worker only.
 
 from __future__ import annotations
 
+import runpy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import common
 from common import calls
 from common.celery_app import current_app
 from common.models import Doctor
 from common.routing import SERVICES
+from common.service import WorkerService
 from common.testing.workers import Workers
 from contracts import emails, sync
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError
 
 SYNC_CONCURRENCY_OVERRIDE = 3
+POOL_CLASSES = {"threads": "celery.concurrency.thread", "prefork": "celery.concurrency.prefork"}
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +60,20 @@ def test_each_worker_consumes_only_its_own_queue(workers: Workers) -> None:
         assert [q["name"] for q in active[worker]] == [service]
 
 
+def declared(service: str) -> WorkerService:
+    """A service's declaration, read from its file: this producer must not import the service."""
+    path = Path(common.__file__).resolve().parents[2] / "services" / service / "service.py"
+    return runpy.run_path(str(path))["SERVICE"]
+
+
 def test_pool_defaults_per_service_and_config_override(workers: Workers) -> None:
     stats = current_app().control.inspect(timeout=10).stats()
     concurrency = {s: stats[w]["pool"]["max-concurrency"] for s, w in workers.names.items()}
-    assert concurrency["emails"] == 8
-    assert concurrency["payments"] == 8
-    assert concurrency["reports"] == 2
-    assert concurrency["sync"] == SYNC_CONCURRENCY_OVERRIDE
+    pools = {s: stats[w]["pool"]["implementation"] for s, w in workers.names.items()}
+    for service in ("emails", "payments", "reports"):  # as each service declares itself
+        assert concurrency[service] == declared(service).concurrency
+        assert pools[service].startswith(POOL_CLASSES[declared(service).pool]), pools
+    assert concurrency["sync"] == SYNC_CONCURRENCY_OVERRIDE != declared("sync").concurrency
 
 
 def test_task_sent_by_name_runs_on_its_own_service_and_no_other(workers: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]

@@ -36,3 +36,25 @@ def test_names_of_no_service_are_left_to_celery() -> None:
     assert route("celery.chord_unlock", (), {}, {}) is None
     assert route("billing.charge", (), {}, {}) is None  # no such service: not guessed
     assert route("payments", (), {}, {}) is None
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_declares_itself_once(service: str) -> None:
+    from common.service import declared
+
+    declaration = declared(service)
+    assert (declaration.name, declaration.queue) == (service, service)
+    assert declaration.why, "say why this pool and concurrency"
+
+
+def test_a_wrong_declaration_is_refused_with_a_reason() -> None:
+    from common.service import WorkerService, declared
+
+    with pytest.raises(ValueError, match="pool 'greenlets' is not one of prefork, threads, solo"):
+        WorkerService(name="sync", pool="greenlets", concurrency=4)
+    with pytest.raises(ValueError, match="concurrency must be at least 1"):
+        WorkerService(name="sync", pool="threads", concurrency=0)
+    with pytest.raises(ValueError, match="'billing' is no worker service"):
+        WorkerService(name="billing", pool="threads", concurrency=4)
+    with pytest.raises(LookupError, match="no worker service 'billing'"):
+        declared("billing")

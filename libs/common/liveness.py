@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from common.celery_app import current_app
+    from common.service import declared
 
-    node = f"{args.service}@{args.hostname}"
+    node = declared(args.service).node(args.hostname)
     replies = current_app().control.ping(destination=[node], timeout=args.timeout)
     if any(node in reply for reply in replies or []):
         print(f"{node}: ok")

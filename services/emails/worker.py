@@ -2,13 +2,11 @@
 
 from common.worker import run_worker
 from emails.app import app
-
-# Mail is I/O-bound (SMTP round trips): threads, not processes.
-POOL, CONCURRENCY = "threads", 8
+from emails.service import SERVICE
 
 
 def main() -> None:
-    run_worker(app, pool=POOL, concurrency=CONCURRENCY)
+    run_worker(app, pool=SERVICE.pool, concurrency=SERVICE.concurrency)
 
 
 if __name__ == "__main__":

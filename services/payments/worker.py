@@ -2,13 +2,11 @@
 
 from common.worker import run_worker
 from payments.app import app
-
-# Charges wait on the gateway; each thread holds one DB connection and row lock.
-POOL, CONCURRENCY = "threads", 8
+from payments.service import SERVICE
 
 
 def main() -> None:
-    run_worker(app, pool=POOL, concurrency=CONCURRENCY)
+    run_worker(app, pool=SERVICE.pool, concurrency=SERVICE.concurrency)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,11 @@
 
 from common.worker import run_worker
 from reports.app import app
-
-# Reports are CPU-bound: processes, one per core of a 2-core box; time limits enforced.
-POOL, CONCURRENCY = "prefork", 2
+from reports.service import SERVICE
 
 
 def main() -> None:
-    run_worker(app, pool=POOL, concurrency=CONCURRENCY)
+    run_worker(app, pool=SERVICE.pool, concurrency=SERVICE.concurrency)
 
 
 if __name__ == "__main__":

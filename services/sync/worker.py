@@ -2,13 +2,11 @@
 
 from common.worker import run_worker
 from sync.app import app
-
-# Each sync waits on the CRM's HTTP round trip: threads keep many in flight cheaply.
-POOL, CONCURRENCY = "threads", 16
+from sync.service import SERVICE
 
 
 def main() -> None:
-    run_worker(app, pool=POOL, concurrency=CONCURRENCY)
+    run_worker(app, pool=SERVICE.pool, concurrency=SERVICE.concurrency)
 
 
 if __name__ == "__main__":
