@@ -198,7 +198,7 @@ class Bench:
         hash (`jobs.inflight:<owner>`), and future ETAs in `jobs.delayed`. Every command
         sent here is counted, to be left out of the Redis commands per task.
         """
-        from common.broker import ownership, scripts
+        from common.transport.broker import ownership, scripts
 
         r = self.redis
         inflight = r.keys(scripts.INFLIGHT_PREFIX + "*")
@@ -216,7 +216,7 @@ class Bench:
 
     def owner_pids(self) -> set[int]:
         """Processes heartbeating as owners of in-flight messages: those on our transport."""
-        from common.broker import scripts
+        from common.transport.broker import scripts
 
         return {int(owner.split(b":")[-2]) for owner in self.redis.zrange(scripts.OWNERS, 0, -1)}
 
@@ -347,8 +347,9 @@ class Bench:
             },
         }
         stock.check_transport()
-        if transport_of(current_app()) != "common.broker.transport":
-            raise BenchError(f"our app runs on {transport_of(current_app())}, not common.broker.transport")
+        ours = "common.transport.broker.transport"
+        if transport_of(current_app()) != ours:
+            raise BenchError(f"our app runs on {transport_of(current_app())}, not {ours}")
         counted: dict[str, dict[str, Counter[str]]] = {
             name: {"enqueue": Counter(), "drain": Counter()} for name in variants
         }

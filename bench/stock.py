@@ -1,6 +1,6 @@
 """Stock Celery, the baseline: a bare app with the same settings and no platform layer.
 
-It runs on kombu's own Redis transport, named by class: `common.broker.install()` registers
+It runs on kombu's own Redis transport, named by class: `common.transport.broker.install()` registers
 our transport under kombu's `redis` alias (and kombu caches what an alias resolved to), so
 a plain `redis://` URL would silently put the baseline on our transport in any process that
 has built one of our apps (the bench itself does). `check_transport()` proves it.

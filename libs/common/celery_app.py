@@ -32,7 +32,7 @@ def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
     from common.settings import get_settings
 
     app = Celery(service, include=list(include))
-    # A queue service checks each message on receipt (common.intake); producers do not.
+    # A queue service checks each message on receipt (common.transport.intake); producers do not.
     app.conf.update(celery_config(get_settings(), worker=service in SERVICES))
     app.set_default()
     import common.calls  # noqa: F401 - binds contracts' .delay() and friends to sending

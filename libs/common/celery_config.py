@@ -6,19 +6,19 @@ from typing import Any
 
 from kombu import Queue
 
-from common import broker
-from common.results import BACKEND as RESULTS_BACKEND
 from common.routing import SERVICES
 from common.settings import Settings
+from common.transport import broker
+from common.transport.results import BACKEND as RESULTS_BACKEND
 
 
 def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
     """The Celery config; `worker` adds the receipt checks a consuming service applies."""
-    # redis:// and rediss:// URLs select our reliable transport (common.broker), TLS intact.
+    # redis:// and rediss:// URLs select our reliable transport (common.transport.broker), TLS intact.
     broker.install()
     return {
         "broker_url": s.redis_url,
-        # Celery's Redis backend, storing each result in one atomic round trip (common.results).
+        # Celery's Redis backend, storing each result in one atomic round trip (common.transport.results).
         "result_backend": f"{RESULTS_BACKEND}+{s.results_url}",
         # JSON only: a pickle payload from the broker would be code execution.
         "accept_content": ["json"],
@@ -38,7 +38,7 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         "task_queues": [Queue(name, routing_key=name) for name in SERVICES],
         "broker_transport_options": {
             # In-flight messages are owned by heartbeating workers: a dead worker's come
-            # back after this many seconds without a heartbeat (common.broker.ownership).
+            # back after this many seconds without a heartbeat (common.transport.broker.ownership).
             "heartbeat_timeout": s.broker_heartbeat_timeout,
             # Every command bounded: a hung Redis fails a publish in seconds, not forever.
             "socket_timeout": s.broker_socket_timeout,
@@ -48,7 +48,7 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
             "max_payload_bytes": s.task_max_payload_bytes,
             "dead_letter_cap": s.dead_letter_cap,
             "dead_letter_retention": s.dead_letter_retention,
-            **({"intake": "common.intake"} if worker else {}),
+            **({"intake": "common.transport.intake"} if worker else {}),
             # Honour every priority 0 (first) .. 9 (last), not kombu's 4 buckets.
             "priority_steps": list(range(10)),
             "queue_order_strategy": "priority",
@@ -83,7 +83,7 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         # each store is a read and a write on the backend, a third of a short task's cost.
         "task_track_started": False,
         # Results record the task name and the worker that ran it; never the arguments
-        # (common.results strips them: they may carry names and emails).
+        # (common.transport.results strips them: they may carry names and emails).
         "result_extended": True,
         # Task events cost every task a publish; Flower switches them on while it watches
         # (`enable_events`), so they are off by default and "task-sent" is not sent at all.

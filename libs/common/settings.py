@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # The release Sentry reports and a worker's `inspect stats` shows: JOBS_RELEASE, the
     # `<service>@<version>` that ./scripts/release freezes into each pex (`release_for`).
     jobs_release: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]*@\S+$")
-    release: str | None = Field(None, description="A version alone: `<service>@<RELEASE>` if no JOBS_RELEASE.")
+    release: str | None = Field(None, description="A version alone: <service>@<RELEASE> if no JOBS_RELEASE.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Broker and result backend: one Redis for every service.

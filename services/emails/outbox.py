@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.core.mail import send_mail
 from django.utils import timezone
 
-from common.locks import task_lock
 from common.models import SentEmail
+from common.transport.locks import task_lock
 
 
 class MailBusyError(RuntimeError):

@@ -29,8 +29,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from common.celery_app import implements
-from common.locks import task_lock
 from common.models import Appointment, Payment, validate_currency, validate_positive_amount
+from common.transport.locks import task_lock
 from contracts import payments as contract
 from payments import gateway
 from payments.app import app

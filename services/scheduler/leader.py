@@ -13,7 +13,7 @@ from typing import Any
 from django_celery_beat.schedulers import DatabaseScheduler
 from redis.exceptions import LockError, RedisError
 
-from common.locks import PREFIX, redis_client
+from common.transport.locks import PREFIX, redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from django.db import connection
 from django.utils import timezone
 
 from common.celery_app import implements
-from common.locks import redis_client, task_lock
 from common.models import Doctor
+from common.transport.locks import redis_client, task_lock
 from contracts import sync as contract
 from sync import crm
 from sync.app import app

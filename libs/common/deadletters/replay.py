@@ -30,9 +30,9 @@ from typing import Any
 
 import redis
 
-from common import protocol
 from common.deadletters.store import FAILED, DeadLetter, DeadLetters
 from common.pii import mask, mask_text
+from common.transport import protocol
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError, lookup
 
 # While one operator replays an entry, another's replay of it is refused (no double send).

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from celery import Celery
 
-from common.broker import Channel
 from common.celery_app import current_app
 from common.celery_config import celery_config
 from common.settings import Settings
+from common.transport.broker import Channel
 
 
 def test_one_client_serves_every_command_and_follows_a_new_pool(redis_url: str) -> None:
     with current_app().connection_for_write() as conn:
         channel = conn.default_channel
-        assert isinstance(channel, Channel), "broker_transport must select common.broker"
+        assert isinstance(channel, Channel), "broker_transport must select common.transport.broker"
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
         channel._put("test-broker", {"body": "one"})
@@ -40,7 +40,7 @@ import time  # noqa: E402
 
 import redis  # noqa: E402
 
-from common.broker import ownership, scripts  # noqa: E402
+from common.transport.broker import ownership, scripts  # noqa: E402
 
 
 def _owner(redis_url: str, dead_after: float = 1.0) -> ownership.Owner:
@@ -138,7 +138,7 @@ def test_install_wins_over_a_redis_url_resolved_before_it() -> None:
     from kombu import Connection
     from kombu.transport import TRANSPORT_ALIASES, _transport_cache
 
-    from common.broker import install
+    from common.transport.broker import install
 
     saved = TRANSPORT_ALIASES["redis"]
     try:
@@ -147,7 +147,8 @@ def test_install_wins_over_a_redis_url_resolved_before_it() -> None:
         assert Connection("redis://127.0.0.1:1/0").transport_cls == "redis"
         assert Connection("redis://127.0.0.1:1/0").get_transport_cls().__module__ == "kombu.transport.redis"
         install()
-        assert Connection("redis://127.0.0.1:1/0").get_transport_cls().__module__ == "common.broker.transport"
+        ours = "common.transport.broker.transport"
+        assert Connection("redis://127.0.0.1:1/0").get_transport_cls().__module__ == ours
     finally:
         TRANSPORT_ALIASES["redis"] = saved
         _transport_cache.pop("redis", None)

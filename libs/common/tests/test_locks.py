@@ -2,7 +2,7 @@
 
 import time
 
-from common.locks import PREFIX, task_lock
+from common.transport.locks import PREFIX, task_lock
 
 
 def test_second_caller_does_not_get_a_held_lock(redis_client) -> None:  # type: ignore[no-untyped-def]

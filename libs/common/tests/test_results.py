@@ -13,13 +13,13 @@ from celery.result import AsyncResult
 
 from common.celery_app import current_app
 from common.celery_config import celery_config
-from common.results import RedisBackend
 from common.settings import get_settings
+from common.transport.results import RedisBackend
 
 
 def backend() -> RedisBackend:
     b = current_app().backend
-    assert isinstance(b, RedisBackend), f"result_backend selects {type(b)}, not common.results"
+    assert isinstance(b, RedisBackend), f"result_backend selects {type(b)}, not common.transport.results"
     return b
 
 

@@ -14,13 +14,13 @@ import requests
 from django.db import connection
 from django.utils import timezone
 
-from common.broker.scripts import DELAYED
 from common.celery_app import current_app
-from common.locks import task_lock
 from common.models import Appointment, Payment
 from common.processes import ServiceProcess, wait_for_workers
 from common.testing.waiting import wait_until
 from common.testing.workers import Workers
+from common.transport.broker.scripts import DELAYED
+from common.transport.locks import task_lock
 from contracts import payments
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from common.locks import task_lock
 from common.models import Doctor
 from common.testing.workers import Workers
+from common.transport.locks import task_lock
 from contracts import sync
 
 

@@ -11,7 +11,7 @@ import redis
 
 from common.celery_app import current_app
 from common.deadletters import DeadLetter, DeadLetters, Rejection
-from common.intake import settle
+from common.transport.intake import settle
 
 
 def a_queue() -> str:

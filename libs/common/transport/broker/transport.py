@@ -36,7 +36,6 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.commands.core import Script
 
-from common.broker import ownership, scripts
 from common.deadletters.store import (
     CRASHED_CONSUMER,
     DUPLICATE,
@@ -45,6 +44,7 @@ from common.deadletters.store import (
     DeadLetters,
     Rejection,
 )
+from common.transport.broker import ownership, scripts
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class Channel(kombu_redis.Channel):
     def _admit(self, raw: bytes, queue: str, tag: str) -> dict[str, Any]:
         """The message as kombu expects it, or a `Rejection` saying why it cannot run."""
         # A guard before decoding, against memory blow-ups: the arguments' own limit, which
-        # the producer applies too, is checked on the decoded body (common.intake); the whole
+        # the producer applies too, is checked on the decoded body (common.transport.intake); the whole
         # message is larger (base64, headers, canvas), hence the margin.
         ceiling = 2 * int(self.max_payload_bytes) + 64 * 1024 if self.max_payload_bytes else 0
         if ceiling and len(raw) > ceiling:

@@ -19,7 +19,6 @@ from typing import Any
 from celery import states
 from kombu.utils.json import dumps
 
-from common import protocol
 from common.deadletters.store import (
     CONTENT_TYPE,
     DUPLICATE,
@@ -31,6 +30,7 @@ from common.deadletters.store import (
     Rejection,
 )
 from common.settings import get_settings
+from common.transport import protocol
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError, lookup
 
 logger = logging.getLogger(__name__)

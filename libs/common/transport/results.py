@@ -15,7 +15,7 @@ losing the guarantee. For the one JSON value Lua's cjson rejects (a string holdi
 surrogate) the script also recognises SUCCESS by the meta's first key, which Celery always
 writes first.
 
-Selected by `result_backend` in `common.celery_config` (`common.results:RedisBackend+redis://…`).
+Selected by `result_backend` in `common.celery_config` (`common.transport.results:RedisBackend+redis://…`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from common.broker import scripts
+from common.transport.broker import scripts
 
 logger = logging.getLogger(__name__)
 
