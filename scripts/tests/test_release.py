@@ -59,8 +59,16 @@ def kill_pantsd(repo: Path) -> None:
         except (OSError, ValueError):
             pass
     deadline = time.monotonic() + 10
-    while any(p.exists() for p in pids) and time.monotonic() < deadline:  # before removing its files
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:  # before removing its files
         time.sleep(0.1)
+
+
+def alive(proc: Path) -> bool:
+    """Still running: a daemon's exit leaves a zombie until something reaps it."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @pytest.fixture(scope="module")
