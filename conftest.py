@@ -1,1 +1,1 @@
-pytest_plugins = ["common.testing.plugin"]
+pytest_plugins = ["devtools.testing.plugin"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -164,16 +163,10 @@ class Bench:
 
     # --- processes -------------------------------------------------------------
     def start(self, name: str, module: str, args: list[str] | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-        from common.processes import ServiceProcess
+        from devtools.platform import platform_process
 
-        proc = ServiceProcess(
-            name,
-            module,
-            ["--without-mingle", "--without-gossip", "--loglevel=WARNING", *(args or [])],
-            env={"DJANGO_SETTINGS_MODULE": "common.django_settings", **(env or {})},
-            log=self.data_dir / f"{name}.log",
-        ).start()
-        return proc
+        args = ["--without-mingle", "--without-gossip", "--loglevel=WARNING", *(args or [])]
+        return platform_process(name, module, self.data_dir / f"{name}.log", args, env).start()
 
     def wait_up(self, app, node_prefix: str, proc) -> str:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + 90
@@ -873,19 +866,13 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="jobs-bench-"))
     started = time.perf_counter()
     with ExitStack() as stack:
-        from common.local_redis import LocalRedis
-        from common.sandboxes.crm import CRMSandbox
-        from common.sandboxes.smtp import SMTPSink
+        from devtools.platform import LocalPlatform
 
-        redis = stack.enter_context(LocalRedis())
-        smtp = stack.enter_context(SMTPSink())
-        crm = stack.enter_context(CRMSandbox())
+        # Peers of its own, never the environment's: nothing measured reaches a real service.
+        platform = stack.enter_context(LocalPlatform(data_dir, use_environment=False))
+        platform.start("redis", "smtp", "crm")
+        redis, crm = platform.peer("redis"), platform.peer("crm")
         os.environ.update(
-            REDIS_URL=redis.url,
-            DATA_DIR=str(data_dir),
-            EMAIL_HOST=smtp.host,
-            EMAIL_PORT=str(smtp.port),
-            CRM_URL=crm.url,
             DJANGO_SETTINGS_MODULE="common.django_settings",
             LOG_LEVEL="WARNING",
         )

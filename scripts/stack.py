@@ -18,44 +18,33 @@ from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 
-SERVICES = ("emails", "payments", "reports", "sync")
+from common.routing import SERVICES
 
 
 def log(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
 
 
-def start_peers(stack: ExitStack) -> dict[str, object]:
-    """Start a local stand-in for every peer the environment does not name; return them."""
-    from common.local_redis import LocalRedis
-    from common.sandboxes.crm import CRMSandbox
-    from common.sandboxes.gateway import GatewaySandbox
-    from common.sandboxes.smtp import SMTPSink
+LABELS = {
+    "redis": "redis-server",
+    "smtp": "an SMTP sink",
+    "crm": "a CRM sandbox",
+    "gateway": "a payment gateway sandbox",
+}
 
-    env: dict[str, str] = {}
-    peers: dict[str, object] = {}
-    if "REDIS_URL" not in os.environ:
-        redis = stack.enter_context(LocalRedis())
-        env["REDIS_URL"] = redis.url
-        log(f"started redis-server at {redis.url}")
-    if "EMAIL_PORT" not in os.environ and "EMAIL_HOST" not in os.environ:
-        smtp = stack.enter_context(SMTPSink())
-        env.update(EMAIL_HOST=smtp.host, EMAIL_PORT=str(smtp.port))
-        peers["smtp"] = smtp
-        log(f"SMTP sink on {smtp.host}:{smtp.port}")
-    if "CRM_URL" not in os.environ:
-        crm = stack.enter_context(CRMSandbox())
-        env["CRM_URL"] = crm.url
-        peers["crm"] = crm
-        log(f"CRM sandbox at {crm.url}")
-    if "PAYMENT_GATEWAY_URL" not in os.environ:
-        gateway = stack.enter_context(GatewaySandbox())
-        env["PAYMENT_GATEWAY_URL"] = gateway.url
-        peers["gateway"] = gateway
-        log(f"payment gateway sandbox at {gateway.url}")
+
+def start_peers(stack: ExitStack, data_dir: Path) -> dict[str, object]:
+    """Start a local stand-in for every peer the environment does not name; return them."""
+    from devtools.platform import LocalPlatform
+
+    platform = stack.enter_context(LocalPlatform(data_dir, use_environment=True))
+    platform.start()
+    peers = platform.started()
+    for name, peer in peers.items():
+        where = getattr(peer, "url", None) or f"{peer.host}:{peer.port}"
+        log(f"started {LABELS[name]} at {where}")
     if "FLOWER_PASSWORD" not in os.environ:
-        env["FLOWER_PASSWORD"] = secrets.token_urlsafe(12)
-    os.environ.update(env)
+        os.environ["FLOWER_PASSWORD"] = secrets.token_urlsafe(12)
     return peers
 
 
@@ -97,9 +86,7 @@ def run_workload(peers: dict[str, object]) -> None:
     log("onboarding each doctor: sync.validate_doctor -> sync.create_account -> emails.send_onboarding_email")
     onboarded = [
         (
-            sync.validate_doctor.s(d.pk)
-            | sync.create_account.s()
-            | emails.send_onboarding_email.s()
+            sync.validate_doctor.s(d.pk) | sync.create_account.s() | emails.send_onboarding_email.s()
         ).apply_async()
         for d in doctors
     ]
@@ -200,28 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     with ExitStack() as stack:
         try:
-            peers = start_peers(stack)
+            peers = start_peers(stack, Path(os.environ["DATA_DIR"]))
             import django
 
             django.setup()
             login = prepare_database()
 
             from common.celery_app import current_app
-            from common.ports import free_port
-            from common.processes import ServiceProcess, wait_for_workers
             from common.settings import get_settings
+            from devtools.platform import platform_process, worker_process
+            from devtools.ports import free_port
+            from devtools.processes import ServiceProcess, wait_for_workers
 
             web_port = os.environ.get("WEB_PORT") or str(free_port())
             flower_port = os.environ.get("FLOWER_PORT") or str(free_port())
-            backend = {"DJANGO_SETTINGS_MODULE": "common.django_settings"}  # all but web: no admin
+            # Workers, beat and flower run on the backend's settings (no admin); web on its own.
             procs = [
-                *(ServiceProcess(s, f"{s}.worker", env=backend, log=logs / f"{s}.log") for s in SERVICES),
-                ServiceProcess("beat", "scheduler.beat", env=backend, log=logs / "beat.log"),
-                ServiceProcess(
-                    "flower",
-                    "monitor.flower",
-                    env={**backend, "FLOWER_PORT": flower_port},
-                    log=logs / "flower.log",
+                *(worker_process(s, logs / f"{s}.log") for s in SERVICES),
+                platform_process("beat", "scheduler.beat", logs / "beat.log"),
+                platform_process(
+                    "flower", "monitor.flower", logs / "flower.log", env={"FLOWER_PORT": flower_port}
                 ),
                 ServiceProcess(
                     "web", "web.manage", ["serve", "--bind", f"127.0.0.1:{web_port}"], log=logs / "web.log"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from common.testing.workers import Workers
 from contracts import sync
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

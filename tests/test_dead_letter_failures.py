@@ -12,9 +12,9 @@ from common.celery_app import current_app
 from common.deadletters import DeadLetters
 from common.deadletters.replay import replay
 from common.models import Doctor
-from common.testing.waiting import wait_until
-from common.testing.workers import Workers
 from contracts import sync
+from devtools.testing.waiting import wait_until
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

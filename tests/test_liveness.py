@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.processes import child_env
-from common.testing.workers import Workers
+from devtools.processes import child_env
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

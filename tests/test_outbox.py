@@ -30,15 +30,15 @@ from django.utils import timezone
 
 from common import calls
 from common.celery_config import celery_config
-from common.local_redis import LocalRedis
 from common.models import Appointment, Doctor, Patient
 from common.outbox.models import OutboxMessage
-from common.ports import free_port
-from common.processes import ServiceProcess, child_env, wait_for_workers
 from common.settings import load_settings
-from common.testing.waiting import wait_until
-from common.testing.workers import Workers
 from contracts import sync
+from devtools.local_redis import LocalRedis
+from devtools.ports import free_port
+from devtools.processes import ServiceProcess, child_env, wait_for_workers
+from devtools.testing.waiting import wait_until
+from devtools.testing.workers import Workers
 
 BACKEND = {"DJANGO_SETTINGS_MODULE": "common.django_settings"}
 

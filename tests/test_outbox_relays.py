@@ -15,9 +15,9 @@ import redis
 from django.db import connection, transaction
 
 from common import calls
-from common.local_redis import LocalRedis
 from common.outbox.models import OutboxMessage
-from common.testing.waiting import wait_until
+from devtools.local_redis import LocalRedis
+from devtools.testing.waiting import wait_until
 from tests.test_outbox import app_for, dead_url, relay_process
 
 

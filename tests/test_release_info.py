@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.celery_app import current_app
-from common.testing.workers import Workers
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from celery.result import AsyncResult
 
 from common.celery_app import current_app
 from common.models import Doctor
-from common.testing.waiting import wait_until
-from common.testing.workers import Workers
 from contracts import emails, sync
+from devtools.testing.waiting import wait_until
+from devtools.testing.workers import Workers
 
 NAME = ("Zebulon", "Quixotewright")
 EMAIL = "zebulon.quixotewright@payload-probe.example"

@@ -13,10 +13,10 @@ import pytest
 
 from common.celery_app import current_app
 from common.models import Appointment, Doctor, Patient
-from common.sandboxes.sentry import SentrySink
-from common.testing.waiting import wait_until
-from common.testing.workers import Workers
 from contracts import payments
+from devtools.sandboxes.sentry import SentrySink
+from devtools.testing.waiting import wait_until
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

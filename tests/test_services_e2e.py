@@ -19,9 +19,9 @@ from common.celery_app import current_app
 from common.models import Doctor
 from common.routing import SERVICES
 from common.service import WorkerService
-from common.testing.workers import Workers
 from contracts import emails, sync
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError
+from devtools.testing.workers import Workers
 
 SYNC_CONCURRENCY_OVERRIDE = 3
 POOL_CLASSES = {"threads": "celery.concurrency.thread", "prefork": "celery.concurrency.prefork"}

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from common.celery_config import celery_config
-from common.local_redis import LocalRedis
-from common.processes import ServiceProcess
 from common.settings import SettingsError, load_settings
+from devtools.local_redis import LocalRedis
+from devtools.processes import ServiceProcess
 
 
 @pytest.fixture

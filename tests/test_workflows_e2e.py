@@ -15,8 +15,8 @@ from celery.exceptions import TimeoutError as ResultTimeout
 from common.celery_app import current_app
 from common.models import Doctor
 from common.routing import SERVICES
-from common.testing.workers import Workers
 from contracts import emails, sync
+from devtools.testing.workers import Workers
 
 ADMIN = "ops-workflows@clinic.example"
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.processes import child_env
+from devtools.processes import child_env
 
 
 def stack_env(data_dir: Path) -> dict[str, str]:

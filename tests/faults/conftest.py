@@ -9,7 +9,7 @@ from celery import Celery
 
 from common.celery_config import celery_config
 from common.settings import load_settings
-from common.testing.faults import RestartableRedis
+from devtools.testing.faults import RestartableRedis
 
 
 @pytest.fixture(scope="module")

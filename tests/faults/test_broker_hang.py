@@ -11,10 +11,10 @@ from celery import Celery
 
 from common import calls
 from common.outbox.models import OutboxMessage
-from common.processes import ServiceProcess
-from common.testing.faults import NamedWorker, RestartableRedis
-from common.testing.waiting import wait_until
 from contracts import sync
+from devtools.processes import ServiceProcess
+from devtools.testing.faults import NamedWorker, RestartableRedis
+from devtools.testing.waiting import wait_until
 
 # A send to a hung broker may block for the result subscription (a timeout and one retry)
 # and the publish (one timeout): three BROKER_SOCKET_TIMEOUTs (3 s each by default).

@@ -17,9 +17,9 @@ from celery.result import AsyncResult
 
 from common.celery_app import current_app
 from common.deadletters import DeadLetteredError, DeadLetters
-from common.testing.waiting import wait_until
-from common.testing.workers import Workers
 from contracts import sync
+from devtools.testing.waiting import wait_until
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 from celery import Celery
 
 from common import calls
-from common.testing.faults import NamedWorker, RestartableRedis
-from common.testing.waiting import wait_until
 from contracts import sync
+from devtools.testing.faults import NamedWorker, RestartableRedis
+from devtools.testing.waiting import wait_until
 
 TASKS = 2000
 ROUNDS = 3

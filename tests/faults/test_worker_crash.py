@@ -18,9 +18,9 @@ import redis
 
 from common.celery_app import current_app
 from common.models import Doctor
-from common.testing.faults import NamedWorker
-from common.testing.waiting import wait_until
 from contracts import sync
+from devtools.testing.faults import NamedWorker
+from devtools.testing.waiting import wait_until
 
 RECOVERY_BOUND = 15.0  # the README's promise at the default BROKER_HEARTBEAT_TIMEOUT (10 s)
 

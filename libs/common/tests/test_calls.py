@@ -79,8 +79,8 @@ def test_canvas_signatures_are_checked_leaving_the_chained_argument_open() -> No
 
 def dead_app() -> Celery:
     from common.celery_config import celery_config
-    from common.ports import free_port
     from common.settings import load_settings
+    from devtools.ports import free_port
 
     dead = Celery("dead")
     dead.conf.update(celery_config(load_settings(redis_url=f"redis://:s3cret@127.0.0.1:{free_port()}/0")))
@@ -162,7 +162,7 @@ def test_a_process_without_django_is_told_how_to_send() -> None:
     import subprocess
     import sys
 
-    from common.processes import child_env
+    from devtools.processes import child_env
 
     code = (
         "from celery import Celery\n"

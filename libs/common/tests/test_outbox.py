@@ -21,13 +21,13 @@ from django.db import transaction
 from common import calls
 from common.celery_app import current_app
 from common.celery_config import celery_config
-from common.local_redis import LocalRedis
 from common.outbox import relay
 from common.outbox.models import OutboxMessage
-from common.ports import free_port
 from common.settings import load_settings
 from contracts import sync
 from contracts.declare import ServiceContracts
+from devtools.local_redis import LocalRedis
+from devtools.ports import free_port
 
 
 def app_for(url: str) -> Celery:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from common.models import Appointment, Doctor, Patient
-from common.testing.workers import Workers
 from contracts import emails
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from common.ports import free_port
-from common.processes import ServiceProcess, child_env
 from common.routing import SERVICES
-from common.testing.workers import Workers
+from devtools.ports import free_port
+from devtools.processes import ServiceProcess, child_env
+from devtools.testing.workers import Workers
 
 PASSWORD = "s3cret-flower-pw"
 

@@ -14,9 +14,9 @@ from django.utils import timezone
 
 from common.celery_app import current_app
 from common.models import Appointment, Payment
-from common.processes import ServiceProcess, wait_for_workers
-from common.testing.waiting import wait_until
 from contracts import payments
+from devtools.processes import ServiceProcess, wait_for_workers
+from devtools.testing.waiting import wait_until
 
 
 def start_worker(name: str, data_dir: Path, peers_env: dict[str, str]) -> ServiceProcess:

@@ -16,12 +16,12 @@ from django.utils import timezone
 
 from common.celery_app import current_app
 from common.models import Appointment, Payment
-from common.processes import ServiceProcess, wait_for_workers
-from common.testing.waiting import wait_until
-from common.testing.workers import Workers
 from common.transport.broker.scripts import DELAYED
 from common.transport.locks import task_lock
 from contracts import payments
+from devtools.processes import ServiceProcess, wait_for_workers
+from devtools.testing.waiting import wait_until
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

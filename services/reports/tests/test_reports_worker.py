@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from common.models import Report, ReportItem
-from common.testing.workers import Workers
 from contracts import reports
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from common.processes import ServiceProcess
-from common.testing.waiting import wait_until
+from devtools.processes import ServiceProcess
+from devtools.testing.waiting import wait_until
 
 QUEUE = "sync"
 

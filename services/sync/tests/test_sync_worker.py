@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from common.models import Doctor
-from common.testing.workers import Workers
 from common.transport.locks import task_lock
 from contracts import sync
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

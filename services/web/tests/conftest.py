@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from common.deadletters import DeadLetters
-from common.testing.workers import Workers
+from devtools.testing.workers import Workers
 
 
 @pytest.fixture(scope="module")

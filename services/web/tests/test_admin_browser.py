@@ -16,8 +16,8 @@ from django.contrib.auth import get_user_model
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from common.models import Report
-from common.ports import free_port
-from common.processes import ServiceProcess
+from devtools.ports import free_port
+from devtools.processes import ServiceProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # No background traffic: this machine's network is closed (see the machine notes).

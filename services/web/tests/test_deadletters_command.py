@@ -18,9 +18,9 @@ from common import calls
 from common.celery_app import current_app
 from common.deadletters import DeadLetter, DeadLetters, replay
 from common.deadletters.store import FAILED, INVALID_ARGUMENTS, UNKNOWN_TASK
-from common.processes import child_env
-from common.testing.waiting import wait_until
-from common.testing.workers import Workers
+from devtools.processes import child_env
+from devtools.testing.waiting import wait_until
+from devtools.testing.workers import Workers
 from web.tests.deadletters_testing import a_queue, dead, envelope, real_message, stored_result
 
 

@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from common.celery_app import current_app
-from common.processes import ServiceProcess, wait_for_workers
+from devtools.platform import worker_process
+from devtools.processes import ServiceProcess, wait_for_workers
 
 
 class Workers:
@@ -24,12 +25,11 @@ class Workers:
         services = list(services)
         env = env or {}
         for service in services:
-            proc = ServiceProcess(
+            proc = worker_process(
                 service,
-                f"{service}.worker",
+                self.log_dir / f"{service}-worker.log",
                 ["--without-mingle", "--without-gossip"],
-                env={"DJANGO_SETTINGS_MODULE": "common.django_settings", **env.get(service, {})},
-                log=self.log_dir / f"{service}-worker.log",
+                env.get(service, {}),
             )
             self.procs[service] = proc.start()
         deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from common.ports import free_port
+from devtools.ports import free_port
 
 
 class _Collector:

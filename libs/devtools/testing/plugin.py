@@ -16,24 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from common.local_redis import LocalRedis
-from common.sandboxes.crm import CRMSandbox
-from common.sandboxes.gateway import GatewaySandbox
-from common.sandboxes.smtp import SMTPSink
+from devtools.platform import LocalPlatform
+from devtools.sandboxes.crm import CRMSandbox
+from devtools.sandboxes.gateway import GatewaySandbox
+from devtools.sandboxes.smtp import SMTPSink
 
-_redis: LocalRedis | None = None
+_platform: LocalPlatform | None = None
 _data_dir: Path | None = None
 _pg_database: str | None = None
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _redis, _data_dir
+    global _platform, _data_dir
     _data_dir = Path(tempfile.mkdtemp(prefix="jobs-test-"))
-    _redis = LocalRedis().start()
+    # The session's own Redis now; the SMTP, CRM and gateway sandboxes when a test asks.
+    _platform = LocalPlatform(_data_dir, use_environment=False)
+    _platform.start("redis")
     os.environ.update(
-        REDIS_URL=_redis.url,
-        DATA_DIR=str(_data_dir),
         ENVIRONMENT="test",
         DJANGO_SETTINGS_MODULE="web.settings" if _importable("web") else "common.django_settings",
     )
@@ -72,8 +72,8 @@ def _drop_pg_database() -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _pg_database is not None:
         _drop_pg_database()
-    if _redis is not None:
-        _redis.stop()
+    if _platform is not None:
+        _platform.stop()
     if _data_dir is not None:
         shutil.rmtree(_data_dir, ignore_errors=True)
 
@@ -86,8 +86,8 @@ def _importable(module: str) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    assert _redis is not None
-    return _redis.url
+    assert _platform is not None
+    return _platform.peer("redis").url
 
 
 @pytest.fixture
@@ -106,21 +106,25 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smtp_sink() -> Iterator[SMTPSink]:
-    with SMTPSink() as sink:
-        yield sink
+def platform() -> LocalPlatform:
+    """The session's local platform (devtools.platform): its peers and its processes."""
+    assert _platform is not None
+    return _platform
 
 
 @pytest.fixture(scope="session")
-def crm_sandbox() -> Iterator[CRMSandbox]:
-    with CRMSandbox() as crm:
-        yield crm
+def smtp_sink(platform: LocalPlatform) -> SMTPSink:
+    return platform.peer("smtp")
 
 
 @pytest.fixture(scope="session")
-def gateway_sandbox() -> Iterator[GatewaySandbox]:
-    with GatewaySandbox() as gateway:
-        yield gateway
+def crm_sandbox(platform: LocalPlatform) -> CRMSandbox:
+    return platform.peer("crm")
+
+
+@pytest.fixture(scope="session")
+def gateway_sandbox(platform: LocalPlatform) -> GatewaySandbox:
+    return platform.peer("gateway")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,10 @@
-"""Check that a change to one service's contract rebuilds that service and its callers only.
+"""Check what each deployable carries: its own contracts' callers only, and no dev tooling.
 
-    ./scripts/check-deploy-independence
+    ./scripts/check-deployables
+
+1. No pex_binary depends, however indirectly, on development tooling (`libs/devtools`: the
+   sandboxes, the local redis-server, the pytest plugin) or on tests, scripts or the bench.
+2. Editing one service's contract rebuilds that service and its callers only:
 
 For each `libs/contracts/<service>.py`, Pants lists the deployables that depend on it
 transitively (what `--changed-since=REF --changed-dependents=transitive` would release
@@ -55,13 +59,29 @@ def callers(service: str, where: dict[str, str]) -> set[str]:
 def pants(*args: str) -> list[str]:
     proc = subprocess.run(["./pants", *args], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
-        sys.exit(f"check-deploy-independence: ./pants {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+        sys.exit(f"check-deployables: ./pants {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+
+
+DEV_ONLY = ("libs/devtools/", "tests/", "scripts/", "bench/")
+
+
+def carried_dev_tooling(where: dict[str, str]) -> list[str]:
+    """One line per deployable that depends on development tooling, naming what it pulls in."""
+    lines = []
+    for address in sorted(where):
+        deps = pants("dependencies", "--transitive", address)
+        dev = sorted(d for d in deps if d.startswith(DEV_ONLY) or "/tests/" in d or "/tests:" in d)
+        if dev:
+            lines.append(f"{address} carries development tooling: {', '.join(dev[:5])}")
+        else:
+            print(f"{short(address)}: {len(deps)} dependencies, no development tooling")
+    return lines
 
 
 def main() -> int:
     where = deployables()
-    failures = []
+    failures = carried_dev_tooling(where)
     services = sorted(p.stem for p in CONTRACTS.glob("*.py") if p.stem not in ("__init__", "declare"))
     for service in services:
         got = rebuilt_by(CONTRACTS / f"{service}.py", where)

@@ -12,7 +12,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from common.sandboxes.http import JSONServer
+from devtools.sandboxes.http import JSONServer
 
 
 class GatewaySandbox(JSONServer):

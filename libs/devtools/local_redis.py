@@ -10,8 +10,8 @@ from pathlib import Path
 
 import redis
 
-from common.ports import free_port
-from common.processes import die_with_parent
+from devtools.ports import free_port
+from devtools.processes import die_with_parent
 
 
 class RedisNotFoundError(RuntimeError):

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from celery import Celery
 
-from common.local_redis import LocalRedis
-from common.processes import ServiceProcess, wait_for_workers
+from devtools.local_redis import LocalRedis
+from devtools.platform import worker_process
+from devtools.processes import wait_for_workers
 
 
 class NamedWorker:
@@ -21,12 +22,8 @@ class NamedWorker:
     def __init__(self, service: str, name: str, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.log = log_dir / f"{name}-worker.log"
-        self.proc = ServiceProcess(
-            name,
-            f"{service}.worker",
-            [f"--hostname={name}@%h", "--without-mingle", "--without-gossip"],
-            env={"DJANGO_SETTINGS_MODULE": "common.django_settings", **(env or {})},
-            log=self.log,
+        self.proc = worker_process(
+            service, self.log, [f"--hostname={name}@%h", "--without-mingle", "--without-gossip"], env, name
         )
 
     def start(self, app: Celery, timeout: float = 90) -> NamedWorker:

@@ -6,7 +6,7 @@ import itertools
 import threading
 from typing import Any
 
-from common.sandboxes.http import JSONServer
+from devtools.sandboxes.http import JSONServer
 
 
 class CRMSandbox(JSONServer):
