@@ -27,7 +27,7 @@ def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
 
     from common.celery_config import celery_config
     from common.db_connections import install_connection_reuse
-    from common.reporting import install_error_reporting
+    from common.observability.reporting import install_error_reporting
     from common.routing import SERVICES
     from common.settings import get_settings
 

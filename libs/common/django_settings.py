@@ -2,7 +2,7 @@
 
 import dj_database_url
 
-from common.logging_config import logging_dict
+from common.observability.logging_config import logging_dict
 from common.settings import get_settings
 
 _s = get_settings()

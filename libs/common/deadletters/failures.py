@@ -21,7 +21,7 @@ import redis
 from celery.signals import task_failure
 
 from common.deadletters.store import FAILED, DeadLetters
-from common.pii import mask_text
+from common.observability.pii import mask_text
 
 logger = logging.getLogger(__name__)
 _store: DeadLetters | None = None

@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from common.deadletters.store import FAILED, DeadLetter, DeadLetters
-from common.pii import mask, mask_text
+from common.observability.pii import mask, mask_text
 from common.transport import protocol
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError, lookup
 

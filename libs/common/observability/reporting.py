@@ -11,7 +11,7 @@ from typing import Any
 
 from celery.signals import after_setup_logger, after_setup_task_logger, task_failure
 
-from common.pii import mask, mask_handlers, mask_text
+from common.observability.pii import mask, mask_handlers, mask_text
 
 logger = logging.getLogger("common.task_failure")
 _installed: set[str] = set()
@@ -59,6 +59,6 @@ def install_error_reporting(service: str) -> None:
     for signal in (after_setup_logger, after_setup_task_logger):
         signal.connect(_mask_celery_logging, weak=False, dispatch_uid=f"common.mask.{signal.name}")
     mask_handlers(logging.getLogger())
-    from common.sentry import init_sentry
+    from common.observability.sentry import init_sentry
 
     init_sentry(service)

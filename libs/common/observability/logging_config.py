@@ -7,7 +7,7 @@ def logging_dict(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"mask_pii": {"()": "common.pii.MaskPIIFilter"}},
+        "filters": {"mask_pii": {"()": "common.observability.pii.MaskPIIFilter"}},
         "formatters": {
             "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"}
         },

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from common.pii import PII_KEYS, mask
+from common.observability.pii import PII_KEYS, mask
 from common.settings import get_settings
 
 _initialised = False
