@@ -152,6 +152,25 @@ def test_release_writes_manifest_stamps_the_pex_and_tags(scratch: Path) -> None:
     assert (again.returncode, again.stdout) == (0, ""), again.stderr
 
 
+@needs_checkout
+def test_a_contract_change_releases_its_service_and_its_callers_not_everyone(scratch: Path) -> None:
+    # Issue 9's measure: editing one service's contract (a docstring) once listed all seven.
+    contract = scratch / "libs" / "contracts" / "payments.py"
+    contract.write_text(contract.read_text().replace('"""Charge an appointment', '"""Charge one appointment'))
+    sh(scratch, "git", "commit", "-q", "-am", "payments: a contract docstring")
+    listed = sh(
+        scratch,
+        "./pants",
+        "--changed-since=HEAD~1",
+        "--changed-dependents=transitive",
+        "--filter-target-type=pex_binary",
+        "list",
+    ).stdout.split()
+    assert sorted(a.split(":")[-1] for a in listed) == ["payments", "web"], listed
+    dry = release_cmd(scratch, "--dry-run")
+    assert (dry.returncode, dry.stdout) == (0, "payments\nweb\n"), dry.stderr
+
+
 def test_versions() -> None:
     assert release.next_version(None, grew=False) == "1.0.0"
     assert release.next_version("reports@1.4.2".partition("@")[2], grew=False) == "1.4.3"
