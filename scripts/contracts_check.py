@@ -263,12 +263,10 @@ def compare_parameters(
             breaking.append(f"{task}: parameter {pname!r} lost its default")
         if p["kind"] != q["kind"]:
             breaking.append(f"{task}: parameter {pname!r} changed from {p['kind']} to {q['kind']}")
-        change = type_change(p["types"], q["types"])
-        types = f"from {p['annotation']} to {q['annotation']}"
-        if change == "narrowed":
-            breaking.append(f"{task}: parameter {pname!r} type narrowed {types}")
-        elif change == "widened":
-            additive.append(f"{task}: parameter {pname!r} type widened {types}")
+        typed = f"from {p['annotation']} to {q['annotation']}"
+        b, a = type_lines(f"{task}: parameter {pname!r}", p["types"], q["types"], typed)
+        breaking += b
+        additive += a
         b, a = compare_shapes(
             f"{task}: parameter {pname!r}",
             p["annotation"],
@@ -315,12 +313,10 @@ def compare_shapes(
                 breaking.append(f"{where}: {shape} field {field!r} became required")
             elif f["required"] and not g["required"]:
                 additive.append(f"{where}: {shape} field {field!r} became optional")
-            change = type_change(f["types"], g["types"])
-            types = f"from {' | '.join(f['types'])} to {' | '.join(g['types'])}"
-            if change == "narrowed":
-                breaking.append(f"{where}: {shape} field {field!r} type narrowed {types}")
-            elif change == "widened":
-                additive.append(f"{where}: {shape} field {field!r} type widened {types}")
+            typed = f"from {' | '.join(f['types'])} to {' | '.join(g['types'])}"
+            b, a = type_lines(f"{where}: {shape} field {field!r}", f["types"], g["types"], typed)
+            breaking += b
+            additive += a
             b, a = compare_shapes(
                 where, " ".join(f["types"]), " ".join(g["types"]), old_shapes, new_shapes, seen
             )
@@ -333,6 +329,16 @@ def compare_shapes(
                 else:
                     additive.append(f"{where}: {shape} new optional field {field!r}")
     return breaking, additive
+
+
+def type_lines(what: str, was: list[str], now: list[str], typed: str) -> tuple[list[str], list[str]]:
+    """([breaking], [additive]) for one type change of `what` (a parameter or a shape's field)."""
+    change = type_change(was, now)
+    if change == "narrowed":
+        return [f"{what} type narrowed {typed}"], []
+    if change == "widened":
+        return [], [f"{what} type widened {typed}"]
+    return [], []
 
 
 def type_change(was: list[str], now: list[str]) -> str | None:
