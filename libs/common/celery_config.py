@@ -10,16 +10,23 @@ from common.routing import SERVICES
 from common.settings import Settings
 from common.transport import broker
 from common.transport.results import BACKEND as RESULTS_BACKEND
+from common.transport.tls import split_tls
 
 
 def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
     """The Celery config; `worker` adds the receipt checks a consuming service applies."""
     # redis:// and rediss:// URLs select our reliable transport (common.transport.broker), TLS intact.
     broker.install()
+    # rediss://: the certificate verified by the broker, the result backend and the locks alike,
+    # with the CA/cert/key the URL names (common.transport.tls); kombu alone would not verify.
+    broker_url, broker_tls = split_tls(s.redis_url)
+    results_url, results_tls = split_tls(s.results_url)
     return {
-        "broker_url": s.redis_url,
+        "broker_url": broker_url,
+        "broker_use_ssl": broker_tls,
         # Celery's Redis backend, storing each result in one atomic round trip (common.transport.results).
-        "result_backend": f"{RESULTS_BACKEND}+{s.results_url}",
+        "result_backend": f"{RESULTS_BACKEND}+{results_url}",
+        "redis_backend_use_ssl": results_tls,
         # JSON only: a pickle payload from the broker would be code execution.
         "accept_content": ["json"],
         "result_accept_content": ["json"],

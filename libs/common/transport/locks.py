@@ -16,6 +16,7 @@ import redis
 from redis.exceptions import LockError
 
 from common.settings import get_settings
+from common.transport.tls import redis_from_url
 
 logger = logging.getLogger(__name__)
 PREFIX = "lock:"
@@ -23,7 +24,8 @@ PREFIX = "lock:"
 
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    # rediss://: the broker's TLS, certificate verified (the beat leader lock uses this client too).
+    return redis_from_url(url, socket_connect_timeout=5, socket_timeout=10)
 
 
 def redis_client() -> redis.Redis:
