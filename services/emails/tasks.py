@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.utils import timezone
 
+from common import calls
 from common.celery_app import implements
 from common.models import Appointment, Doctor
 from contracts import emails as contract
@@ -80,8 +81,7 @@ def send_daily_reminders() -> dict:
         scheduled_at__gte=now, scheduled_at__lt=now + timedelta(days=1), reminder_sent_at__isnull=True
     ).values_list("pk", flat=True)
     ids = list(due)
-    for appointment_id in ids:
-        contract.send_appointment_reminder.delay(appointment_id)
+    calls.send_many(contract.send_appointment_reminder, [(i,) for i in ids])  # pipelined batches
     return {"status": "queued", "reminders": len(ids)}
 
 

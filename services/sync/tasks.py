@@ -8,6 +8,7 @@ import requests
 from django.db import connection
 from django.utils import timezone
 
+from common import calls
 from common.celery_app import implements
 from common.models import Doctor
 from common.transport.locks import redis_client, task_lock
@@ -43,11 +44,9 @@ def sync_all_doctors(self) -> dict:  # type: ignore[no-untyped-def]
     with task_lock(f"task-lock-{self.name}", timeout=300) as acquired:
         if not acquired:
             return {"status": "skipped", "reason": "already running"}
-        queued = 0
-        for doctor_id in Doctor.objects.values_list("pk", flat=True).iterator():
-            contract.sync_doctor_to_external_system.delay(doctor_id)
-            queued += 1
-        return {"status": "success", "queued": queued}
+        doctor_ids = list(Doctor.objects.values_list("pk", flat=True))
+        calls.send_many(contract.sync_doctor_to_external_system, [(i,) for i in doctor_ids])
+        return {"status": "success", "queued": len(doctor_ids)}
 
 
 @implements(app, contract.validate_doctor)

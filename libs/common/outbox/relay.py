@@ -13,8 +13,9 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from django.db import DatabaseError, close_old_connections, connection, transaction
@@ -134,34 +135,60 @@ def run(
 
 
 def _publish(app: Celery, rows: list[OutboxMessage], done: Pass) -> None:
-    """Publish each row in order, delete the published ones; stop at the first broker outage."""
-    published = []
-    for row in rows:
-        try:
-            calls.publish(
-                app,
-                row.task_name,
-                row.args,
-                row.kwargs,
-                task_id=row.task_id,
-                queue=row.queue,
-                **decode_options(row.options),
-            )
-        except calls.BrokerUnavailableError as exc:
-            done.broker_down = exc.reason
-            _failed(row, exc.reason)
-            break
-        except Exception as exc:  # this row cannot be published: record why, go on with the rest
-            error = mask_text(f"{type(exc).__name__}: {exc}")
-            if not row.attempts:
-                logger.error("Outbox cannot publish %s[%s]: %s", row.task_name, row.task_id, error)
-            done.failed += 1
-            _failed(row, error)
-            continue
-        published.append(row.pk)
+    """Publish the rows in order in one round trip, then delete them; stop at a broker outage.
+
+    All or none of the batch counts as published: when the pipeline fails, some messages may
+    have reached Redis, and their rows stay to be published again; each copy carries the
+    `x_outbox` header, and the workers run only one copy of a task id.
+    """
+    published: list[int] = []
+    try:
+        with app.producer_or_acquire() as producer, _one_round_trip(producer):
+            for row in rows:
+                try:
+                    calls.publish(
+                        app,
+                        row.task_name,
+                        row.args,
+                        row.kwargs,
+                        task_id=row.task_id,
+                        queue=row.queue,
+                        producer=producer,
+                        **decode_options(row.options),
+                    )
+                except calls.BrokerUnavailableError:
+                    raise
+                except Exception as exc:  # this row cannot be published: record why, go on with the rest
+                    error = mask_text(f"{type(exc).__name__}: {exc}")
+                    if not row.attempts:
+                        logger.error("Outbox cannot publish %s[%s]: %s", row.task_name, row.task_id, error)
+                    done.failed += 1
+                    _failed(row, error)
+                    continue
+                published.append(row.pk)
+    except calls.BrokerUnavailableError as exc:
+        _broker_down(rows, exc.reason, done)
+        return
+    except calls.BROKER_ERRORS as exc:  # the pipeline itself failed
+        reason = calls.broker_unavailable(app, exc).reason
+        _broker_down(rows, reason, done)
+        return
     if published:
         OutboxMessage.objects.filter(pk__in=published).delete()
         done.published += len(published)
+
+
+def _broker_down(rows: list[OutboxMessage], reason: str, done: Pass) -> None:
+    done.broker_down = reason
+    OutboxMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
+        attempts=F("attempts") + 1, last_error=reason[:2000]
+    )
+
+
+def _one_round_trip(producer: Any) -> AbstractContextManager[None]:
+    """Our transport's pipelined publishing (common.transport.broker), where the channel has it."""
+    batched = getattr(producer.channel, "publishing_in_one_round_trip", None)
+    return batched() if batched is not None else nullcontext()
 
 
 def _failed(row: OutboxMessage, error: str) -> None:

@@ -116,6 +116,24 @@ def keep(row: Row) -> bool:
     return True
 
 
+def keep_many(rows: list[Row]) -> None:
+    """Write fresh-id rows to the outbox in the current transaction, in few INSERTs."""
+    messages = []
+    for row in rows:
+        args, kwargs = json.loads(row.payload)
+        messages.append(
+            OutboxMessage(
+                task_id=row.task_id,
+                task_name=row.name,
+                queue=row.queue,
+                args=args,
+                kwargs=kwargs,
+                options=row.options,
+            )
+        )
+    OutboxMessage.objects.bulk_create(messages, batch_size=500)
+
+
 def publish_after_commit(app: Celery, task_id: str) -> None:
     """Publish the task once the caller's transaction commits; a rollback drops it.
 
@@ -123,11 +141,17 @@ def publish_after_commit(app: Celery, task_id: str) -> None:
     transaction's tasks in one batch (the others find nothing left). Ids from a rolled-back
     savepoint are in the batch too, but their rows are gone, so nothing is published for them.
     """
+    publish_after_commit_many(app, [task_id])
+
+
+def publish_after_commit_many(app: Celery, task_ids: list[str]) -> None:
+    """`publish_after_commit` for many tasks: one hook, one batch."""
     conn = transaction.get_connection()
     pending: dict[str, Celery] | None = getattr(conn, "outbox_pending", None)
     if pending is None or not conn.run_on_commit:
         pending = conn.outbox_pending = {}  # no hook left from before: those ids were rolled back
-    pending[task_id] = app
+    for task_id in task_ids:
+        pending[task_id] = app
     transaction.on_commit(lambda: _flush(conn))
 
 

@@ -273,9 +273,10 @@ def test_the_relay_stops_a_pass_while_the_broker_is_down_and_records_why(dead_ap
         calls.apply_async("sync.echo", (i,), app=dead_app)
     done = relay.relay_once(dead_app)
     assert done.published == 0 and "unreachable" in (done.broker_down or "")
-    first, *rest = kept()
-    assert first.attempts == 1 and "unreachable" in first.last_error and "s3cret" not in first.last_error
-    assert [r.attempts for r in rest] == [0, 0], "the pass stopped at the first outage"
+    rows = kept()
+    # One batch, one round trip: each of its rows records the outage, none is lost.
+    assert [r.attempts for r in rows] == [1, 1, 1]
+    assert all("unreachable" in r.last_error and "s3cret" not in r.last_error for r in rows)
 
 
 def test_a_row_that_cannot_be_published_does_not_hold_up_the_others(
@@ -336,3 +337,46 @@ def test_the_relay_loop_logs_an_outage_once_and_publishes_when_the_broker_is_bac
         stop.set()
         loop.join(30)
     assert published.ids() == kept_ids and kept() == []
+
+
+# --- fan-outs: send_many -------------------------------------------------------------------
+def queued_ids(redis_client) -> list[str]:  # type: ignore[no-untyped-def]
+    import json
+
+    keys = [k for k in redis_client.keys("sync*") if k.decode().split("\x06\x16")[0] == "sync"]
+    return [json.loads(raw)["headers"]["id"] for key in keys for raw in redis_client.lrange(key, 0, -1)]
+
+
+def test_send_many_publishes_every_call_once_and_keeps_nothing(redis_client) -> None:  # type: ignore[no-untyped-def]
+    results = calls.send_many(sync.echo, [(i,) for i in range(1200)])  # three pipelined batches
+    ids = [r.id for r in results]
+    assert len(set(ids)) == 1200
+    assert sorted(queued_ids(redis_client)) == sorted(ids)
+    assert not kept(), "published rows are deleted"
+
+
+def test_send_many_sends_none_unless_every_call_fits(redis_client) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(calls.InvalidTaskArgumentsError, match="argument 'value'"):
+        calls.send_many(sync.echo, [(1,), (2,), ("three",)])
+    assert queued_ids(redis_client) == [] and not kept()
+
+
+def test_send_many_in_a_transaction_waits_for_the_commit(redis_client) -> None:  # type: ignore[no-untyped-def]
+    with transaction.atomic():
+        calls.send_many(sync.echo, [(i,) for i in range(10)])
+        assert queued_ids(redis_client) == [] and len(kept()) == 10
+    assert len(queued_ids(redis_client)) == 10 and not kept()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        calls.send_many(sync.echo, [(i,) for i in range(10)])
+        raise RuntimeError("rolled back")
+    assert len(queued_ids(redis_client)) == 10 and not kept(), "a rollback sends nothing"
+
+
+def test_send_many_keeps_everything_while_the_broker_is_down(  # type: ignore[no-untyped-def]
+    dead_app: Celery, redis_client
+) -> None:
+    ids = [r.id for r in calls.send_many(sync.echo, [(i,) for i in range(30)], app=dead_app)]
+    rows = kept()
+    assert [r.task_id for r in rows] == ids and all("unreachable" in r.last_error for r in rows)
+    assert relay.relay_once(current_app()).published == 30  # the broker is back: the relay sends them
+    assert sorted(queued_ids(redis_client)) == sorted(ids) and not kept()

@@ -26,6 +26,8 @@ import importlib
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -132,6 +134,7 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         self._fetch_script: Script | None = None
         self._put_script: Script | None = None
+        self._batch: Any = None  # a redis pipeline while `publishing_in_one_round_trip` is open
         self._intake_module: ModuleType | None = importlib.import_module(self.intake) if self.intake else None
 
     # --- one client per channel --------------------------------------------------------
@@ -196,20 +199,41 @@ class Channel(kombu_redis.Channel):
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     # --- publishing ----------------------------------------------------------------------
+    @contextmanager
+    def publishing_in_one_round_trip(self) -> Iterator[None]:
+        """Publish the messages put inside the block through one pipeline, sent on exit.
+
+        A fan-out of 500 tasks then costs one round trip instead of 500. Nothing is sent if
+        the block raises; if sending fails, it raises here, and some of the messages may have
+        reached Redis: callers send the whole batch again with the `x_outbox` header, whose
+        second copies the workers drop (common.outbox).
+        """
+        if self._batch is not None:  # nested: the outer block sends it
+            yield
+            return
+        with self.conn_or_acquire() as client:
+            self._batch = client.pipeline(transaction=False)
+            try:
+                yield
+                if len(self._batch):
+                    self._batch.execute()
+            finally:
+                self._batch = None
+
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         pri = self._get_message_priority(message, reverse=False)
         key = self._q_for_pri(queue, pri)
-        batch = kwargs.pop("_publish_batch", None)
         payload = dumps(message)
         bell = scripts.BELL_PREFIX + queue
         due = _due_ms(message)
         expires = self._expires.get(queue) if self._expires else None
-        if batch is None and due is None and expires is None:
+        if due is None and expires is None:
             # The common case: the message and its queue's wake-up call in one EVALSHA.
+            if self._batch is not None:
+                self._put_script_on(self._batch)(keys=[key, bell], args=[payload], client=self._batch)
+                return
             with self.conn_or_acquire() as client:
-                if self._put_script is None:
-                    self._put_script = client.register_script(scripts.PUT)
-                self._put_script(keys=[key, bell], args=[payload], client=client)
+                self._put_script_on(client)(keys=[key, bell], args=[payload], client=client)
             return
         commands: list[tuple[str, tuple[Any, ...]]]
         if due is not None:
@@ -218,15 +242,20 @@ class Channel(kombu_redis.Channel):
             commands = [("lpush", (key, payload)), ("lpush", (bell, 1)), ("ltrim", (bell, 0, 0))]
         if expires is not None:
             commands += [("pexpire", (self._q_for_pri(queue, p), expires)) for p in self.priority_steps]
-        if batch is not None:
+        if self._batch is not None:
             for name, args in commands:
-                batch.add(name, *args)
+                getattr(self._batch, name)(*args)
             return
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             for name, args in commands:
                 getattr(pipe, name)(*args)
             pipe.execute()
+
+    def _put_script_on(self, client: Any) -> Script:
+        if self._put_script is None:
+            self._put_script = client.register_script(scripts.PUT)
+        return self._put_script
 
     # --- consuming -----------------------------------------------------------------------
     def _brpop_start(self, timeout: float | None = None) -> None:
