@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celery import Celery, bootsteps, signals
 from celery.platforms import EX_FAILURE
 from celery.worker import WorkController
+from celery.worker.control import Panel
 
 from common.settings import get_settings
 
@@ -74,9 +76,88 @@ class ExitStatus:
         signals.worker_init.disconnect(self._on_init)
 
 
+logger = logging.getLogger(__name__)
+
+# Remote control commands a worker obeys by default: whoever can write to Redis can send
+# any of them (the broker is the trust boundary), so only reading, event switching (Flower)
+# and revoking a task not yet running. `hello` is mingle's start-up sync (it merges revoked
+# ids, as `revoke` does). Everything else - shutdown, pool_restart/grow/shrink, autoscale,
+# add/cancel_consumer, rate_limit, time_limit, terminate, revoke with terminate=True,
+# election, objgraph, and any command added later - is refused unless
+# WORKER_REMOTE_CONTROL_ALLOW names it.
+DEFAULT_REMOTE_CONTROL = frozenset(
+    {
+        # inspect: read only
+        "ping", "stats", "active_queues", "registered", "scheduled", "active", "reserved",
+        "revoked", "query_task", "conf", "clock", "report", "memsample", "memdump", "hello",
+        # control: events for Flower, and revoke (without terminate)
+        "enable_events", "disable_events", "heartbeat", "revoke", "revoke_by_stamped_headers",
+    }
+)  # fmt: skip
+# `revoke(..., terminate=True)` kills the running task's process: allowed only with `terminate`.
+TERMINATING = frozenset({"revoke", "revoke_by_stamped_headers"})
+
+
+def allowed_remote_control(setting: str | None) -> frozenset[str] | None:
+    """The commands to obey: the default plus WORKER_REMOTE_CONTROL_ALLOW's; None for `*` (all)."""
+    extra = {name.strip() for name in (setting or "").split(",") if name.strip()}
+    if "*" in extra:
+        return None
+    return DEFAULT_REMOTE_CONTROL | extra
+
+
+def _canonical_names() -> dict[str, str]:
+    """Every registered command name and alias -> the name it was registered under."""
+    by_function = {id(Panel.data[name]): name for name in Panel.meta if name in Panel.data}
+    return {key: by_function.get(id(fun), key) for key, fun in Panel.data.items()}
+
+
+def _refused(name: str, why: str) -> Callable[..., dict[str, str]]:
+    def refuse(state: Any, **arguments: Any) -> dict[str, str]:
+        logger.warning("Refused remote control command %r from the broker: %s", name, why)
+        return {"error": f"remote control command {name!r} refused by this worker: {why}"}
+
+    return refuse
+
+
+def _no_terminate(name: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    def revoke(state: Any, *args: Any, terminate: bool = False, **arguments: Any) -> Any:
+        if terminate:
+            why = "terminate is not in WORKER_REMOTE_CONTROL_ALLOW"
+            return _refused(f"{name} terminate=True", why)(state)
+        return handler(state, *args, **arguments)
+
+    return revoke
+
+
+def restrict_remote_control(allowed: Iterable[str] | None) -> list[str]:
+    """Make this process's workers refuse every remote control command not in `allowed`.
+
+    Celery's registry (`celery.worker.control.Panel.data`, the handlers every worker's
+    pidbox dispatches to) is replaced in place before the worker starts: a refused command
+    answers `{"error": ...}` and logs a WARNING, and the worker carries on. Returns the
+    names refused. `allowed=None` changes nothing (Celery's default: obey everything).
+    """
+    if allowed is None:
+        return []
+    allowed = frozenset(allowed)
+    refused = []
+    for key, name in _canonical_names().items():
+        handler = Panel.data[key]
+        if name not in allowed:
+            Panel.data[key] = _refused(key, "not in WORKER_REMOTE_CONTROL_ALLOW")
+            refused.append(key)
+        elif name in TERMINATING and "terminate" not in allowed:
+            Panel.data[key] = _no_terminate(key, handler)
+    return sorted(refused)
+
+
 def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] | None = None) -> None:
     """Run the worker in this process; exit non-zero (SystemExit) if it stopped on an error."""
     extra = sys.argv[1:] if argv is None else argv
+    restrict_remote_control(
+        allowed_remote_control(getattr(get_settings(), "worker_remote_control_allow", None))
+    )
     status = ExitStatus()
     app.steps["worker"].add(ReleaseInfo)
     try:
