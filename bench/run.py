@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -869,9 +870,9 @@ def main(argv: list[str] | None = None) -> int:
         from devtools.platform import LocalPlatform
 
         # Peers of its own, never the environment's: nothing measured reaches a real service.
-        platform = stack.enter_context(LocalPlatform(data_dir, use_environment=False))
-        platform.start("redis", "smtp", "crm")
-        redis, crm = platform.peer("redis"), platform.peer("crm")
+        local = stack.enter_context(LocalPlatform(data_dir, use_environment=False))
+        local.start("redis", "smtp", "crm")
+        redis, crm = local.peer("redis"), local.peer("crm")
         os.environ.update(
             DJANGO_SETTINGS_MODULE="common.django_settings",
             LOG_LEVEL="WARNING",
