@@ -12,6 +12,7 @@ from celery.platforms import EX_FAILURE
 from celery.worker import WorkController
 from celery.worker.control import Panel
 
+from common.observability.pii import hide_task_results
 from common.settings import get_settings
 
 
@@ -158,6 +159,7 @@ def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] 
     restrict_remote_control(
         allowed_remote_control(getattr(get_settings(), "worker_remote_control_allow", None))
     )
+    hide_task_results()  # "Task ... succeeded": never the return value (a name, an email)
     status = ExitStatus()
     app.steps["worker"].add(ReleaseInfo)
     try:

@@ -7,7 +7,10 @@ def logging_dict(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"mask_pii": {"()": "common.observability.pii.MaskPIIFilter"}},
+        "filters": {
+            "mask_pii": {"()": "common.observability.pii.MaskPIIFilter"},
+            "hide_task_results": {"()": "common.observability.pii.HideTaskResultsFilter"},
+        },
         "formatters": {
             "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"}
         },
@@ -19,5 +22,9 @@ def logging_dict(level: str) -> dict[str, Any]:
             }
         },
         "root": {"handlers": ["console"], "level": level},
-        "loggers": {"django.db.backends": {"level": "INFO"}},
+        "loggers": {
+            "django.db.backends": {"level": "INFO"},
+            # "Task ... succeeded in ...s: <return value>": the value may name a patient.
+            "celery.app.trace": {"filters": ["hide_task_results"]},
+        },
     }

@@ -78,3 +78,35 @@ class MaskPIIFilter(logging.Filter):
             if hasattr(record, key):
                 setattr(record, key, mask(getattr(record, key)))
         return True
+
+
+# Celery's "Task <name>[<id>] succeeded in <t>s: <return value>" (celery.app.trace.LOG_SUCCESS)
+# prints what a task returned, which may be a patient's name no pattern can find. The value
+# is replaced before any handler or formatter sees it, in the text and in the record's
+# `data` extra (what a JSON handler would print).
+RESULT_HIDDEN = "[result hidden]"
+TRACE_LOGGER = "celery.app.trace"
+
+
+class HideTaskResultsFilter(logging.Filter):
+    """On Celery's trace logger: a task's return value never reaches a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict) and "return_value" in args:
+            hidden = {**args, "return_value": _hidden(args["return_value"])}
+            record.args = hidden
+            if isinstance(getattr(record, "data", None), dict):
+                record.data = hidden
+        return True
+
+
+def _hidden(value: Any) -> str:
+    return "None" if value in (None, "None") else RESULT_HIDDEN
+
+
+def hide_task_results() -> None:
+    """Install `HideTaskResultsFilter` on Celery's trace logger (once; logging_dict does it too)."""
+    trace_logger = logging.getLogger(TRACE_LOGGER)
+    if not any(isinstance(f, HideTaskResultsFilter) for f in trace_logger.filters):
+        trace_logger.addFilter(HideTaskResultsFilter())
