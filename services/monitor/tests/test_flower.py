@@ -22,8 +22,12 @@ from devtools.testing.workers import Workers
 PASSWORD = "s3cret-flower-pw"
 
 
-def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
+def get(
+    url: str, auth: tuple[str, str] | None = None, *, method: str = "GET", body: bytes | None = None
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
     try:
@@ -73,6 +77,48 @@ def test_unauthenticated_requests_are_refused(flower: str) -> None:
     for path in ("/", "/api/workers", "/tasks", "/api/tasks"):
         assert get(flower + path)[0] == 401
     assert get(flower + "/api/workers", ("ops", "wrong"))[0] == 401
+
+
+def test_metrics_and_healthcheck_need_the_password(flower: str) -> None:
+    """Flower 2 serves both to anyone: the metrics name every worker, queue and task type."""
+    for path in ("/metrics", "/healthcheck"):
+        assert get(flower + path)[0] == 401, path
+        assert get(flower + path, ("ops", "wrong"))[0] == 401, path
+        status, body = get(flower + path, ("ops", PASSWORD))
+        assert status == 200, path
+    assert b"flower_" in get(flower + "/metrics", ("ops", PASSWORD))[1]
+
+
+def test_sending_tasks_through_flower_is_refused(flower: str, data_dir: Path) -> None:
+    """Flower's API would publish any task, with any arguments, past every contract check."""
+    body = json.dumps({"args": [424242]}).encode()
+    for verb in ("async-apply", "send-task", "apply"):
+        path = f"/api/task/{verb}/sync.echo"
+        assert get(flower + path, method="POST", body=body)[0] == 401, path
+        status, answer = get(flower + path, ("ops", PASSWORD), method="POST", body=body)
+        assert status == 403, (path, status, answer)
+        assert b"task-id" not in answer
+    time.sleep(1)
+    assert "424242" not in (data_dir / "sync-worker.log").read_text()
+
+
+def test_stopping_or_reshaping_workers_through_flower_is_refused(flower: str) -> None:
+    status, body = get(flower + "/api/workers?refresh=1", ("ops", PASSWORD))
+    node = next(name for name in json.loads(body) if name.startswith("sync@"))
+    for path in (
+        f"/api/worker/shutdown/{node}",
+        f"/api/worker/pool/restart/{node}",
+        f"/api/worker/pool/shrink/{node}",
+        f"/api/worker/pool/autoscale/{node}?min=1&max=1",
+        f"/api/worker/queue/cancel-consumer/{node}?queue=sync",
+        "/api/task/rate-limit/sync.echo?workername=" + node + "&ratelimit=1/h",
+    ):
+        status, answer = get(flower + path, ("ops", PASSWORD), method="POST", body=b"")
+        assert status == 403, (path, status, answer)
+    time.sleep(2)
+    from common.celery_app import current_app
+
+    assert node in (current_app().control.inspect(destination=[node], timeout=5).ping() or {})
 
 
 def test_authenticated_request_lists_the_running_workers_of_every_queue(flower: str) -> None:
