@@ -32,7 +32,10 @@ def test_redis_restarts_mid_drain_lose_nothing_and_run_nothing_twice(
     stalls, ids, wrong_results = [], [], 0
     try:
         for _ in range(ROUNDS):
-            sent, wrong, stall = drain_through_a_restart(app, broker)
+            try:
+                sent, wrong, stall = drain_through_a_restart(app, broker)
+            except AssertionError as exc:  # a stall: what the worker was doing says why
+                raise AssertionError(f"{exc}\n--- worker log (tail) ---\n{worker.tail(80)}") from None
             ids += sent
             wrong_results += wrong
             stalls.append(stall)
