@@ -13,6 +13,7 @@ from typing import Any
 from django_celery_beat.schedulers import DatabaseScheduler
 from redis.exceptions import LockError, RedisError
 
+from common.observability.sentry import cron_check_ins_on, cron_monitor_problem
 from common.transport.locks import PREFIX, redis_client
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class LeaderDatabaseScheduler(DatabaseScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = redis_client().lock(LOCK_NAME, timeout=LOCK_TIMEOUT, thread_local=False)
         self._leading = False
+        self._unmonitored: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def _still_leading(self) -> bool:
@@ -49,6 +51,21 @@ class LeaderDatabaseScheduler(DatabaseScheduler):
         if not self._still_leading():
             return RENEW_EVERY / 2  # a standby checks often so a takeover is quick
         return min(super().tick(*args, **kwargs), RENEW_EVERY)
+
+    def apply_entry(self, entry: Any, producer: Any = None) -> None:
+        # Sentry's beat patch (common.observability.sentry) skips a schedule Crons cannot take
+        # without a word: say so once per job, so a job edited to "every 30 s" is not silently
+        # unmonitored.
+        if entry.name not in self._unmonitored and cron_check_ins_on():
+            problem = cron_monitor_problem(entry.schedule)
+            if problem is not None:
+                self._unmonitored.add(entry.name)
+                logger.warning(
+                    "beat: periodic task %r is not monitored by Sentry Crons (no check-ins): %s",
+                    entry.name,
+                    problem,
+                )
+        super().apply_entry(entry, producer=producer)
 
     def close(self) -> None:
         try:

@@ -1,4 +1,14 @@
-"""`sentry_sdk.init` once per process, for workers, beat and web alike."""
+"""`sentry_sdk.init` once per process, for workers, beat and web alike.
+
+Cron check-ins: sentry-sdk's Celery integration with `monitor_beat_tasks=True`. Beat (it patches
+`celery.beat.Scheduler.apply_entry`, which django-celery-beat's DatabaseScheduler and our
+`LeaderDatabaseScheduler` inherit) sends `in_progress` for each due job, with the periodic task's
+name as the monitor slug and its schedule as the monitor config, and puts slug and check-in id in
+the message headers; the worker that runs the task sends `ok` on success and `error` on failure
+(and on each retry) under that id. A worker needs no schedule table: the headers say it all.
+Only crontabs and whole-minute intervals can be Sentry monitors; beat logs the others once
+(`cron_monitor_problem`), see services/scheduler/tests/test_cron_checkins.py.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +33,32 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> di
     if isinstance(user, dict):
         masked["user"] = {k: v for k, v in user.items() if k == "id"}
     return masked
+
+
+def cron_monitor_problem(schedule: Any) -> str | None:
+    """Why Sentry Crons cannot monitor a beat `schedule` (and the SDK skips it silently), or None."""
+    from celery.schedules import crontab
+    from celery.schedules import schedule as interval
+
+    if isinstance(schedule, crontab):
+        return None
+    if isinstance(schedule, interval):
+        seconds = schedule.seconds
+        if seconds < 60:
+            return f"{seconds:g} s is shorter than a minute"
+        if seconds % 60:
+            return f"{seconds:g} s is no whole number of minutes"
+        return None
+    return f"a {type(schedule).__name__} schedule is no crontab or interval"
+
+
+def cron_check_ins_on() -> bool:
+    """Whether this process sends beat check-ins (Sentry on, with `monitor_beat_tasks`)."""
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    integration = sentry_sdk.get_client().get_integration(CeleryIntegration)
+    return bool(integration is not None and integration.monitor_beat_tasks)
 
 
 def init_sentry(service: str) -> bool:
