@@ -1,11 +1,13 @@
-"""Benchmark: our platform against stock Celery, side by side on one Redis, in one run.
+"""Benchmark: our platform against stock Celery and Dramatiq, side by side on one Redis, in one run.
 
     python -m bench.run            # full (under 10 minutes)
     python -m bench.run --quick    # smoke run
 
-A and B alternate over several rounds; the table reports medians, spread (min-max) and
-ratios, since absolute numbers vary between machines. Correctness is checked as we go
-(every task executed exactly once, the chord result complete); a failure aborts loudly.
+Ours and the baselines alternate over several rounds; the table reports medians, spread
+(min-max) and ratios, since absolute numbers vary between machines. Dramatiq runs from the
+bench's own virtualenv (made by ./scripts/bench; see bench/dramatiq_baseline.py). Correctness
+is checked as we go (every task executed exactly once, the chord result complete); a failure
+aborts loudly.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench.dramatiq_baseline import DB, PROCESSES, THREADS, DramatiqBaseline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,17 +114,23 @@ def summary(values: list[float], digits: int = 1) -> str:
 
 
 class Bench:
-    def __init__(self, rounds: int, data_dir: Path, redis_url: str, profile: bool) -> None:
+    def __init__(
+        self, rounds: int, data_dir: Path, redis_url: str, profile: bool, dramatiq: DramatiqBaseline
+    ) -> None:
         import redis
 
         self.rounds = rounds
+        self.dramatiq = dramatiq
         self.data_dir = data_dir
         self.redis = redis.Redis.from_url(redis_url)
         self.profile = profile
         # measure, ours, baseline, ours/baseline, target (the issue's; "-" where none)
         self.rows: list[tuple[str, str, str, str, str]] = []
+        # measure -> (Dramatiq, ours/Dramatiq), for the rows that have Dramatiq measured alongside
+        self.peer: dict[str, tuple[str, str]] = {}
         self.profiles: dict[str, str] = {}
         self.own: Counter[str] = Counter()  # commands the bench itself sent since the reset
+        dramatiq.own = self.own  # its polling of Dramatiq's queue too
         # variant -> phase -> (Redis calls per command, tasks)
         self.commands: dict[str, dict[str, tuple[Counter[str], int]]] = {}
 
@@ -415,17 +425,20 @@ class Bench:
                 "-",
             )
         )
-        self.commands = {
-            name: {phase: (c, tasks[name]) for phase, c in phases.items()} for name, phases in counted.items()
-        }
+        for name, phases in counted.items():
+            self.commands[name] = {phase: (c, tasks[name]) for phase, c in phases.items()}
 
     # --- 1b. drain per box ------------------------------------------------------------
     def box_drain(self, n: int) -> None:
-        """Every core of the box on one no-op queue: our tuning vs `celery worker` defaults.
+        """Every core of the box on one no-op queue: our tuning vs `celery worker` defaults and
+        Dramatiq's.
 
         Ours runs one single-threaded worker process per core (no GIL shared between the
         consumer and the tasks), prefetching 4; stock runs one default worker (prefork, one
-        child per core, prefetch 1).
+        child per core, prefetch 1); Dramatiq its CLI's default, 2 processes x 8 threads,
+        without results (its default) and with its Results middleware (ours stores results).
+        Dramatiq's Redis commands per task are counted here (ours and stock's in the no-op
+        step).
         """
         import bench.stock as stock
         from common.celery_app import current_app
@@ -448,9 +461,22 @@ class Bench:
                 "workers": [("bench.stock", "box-stock", [])],
             },
         }
-        rates: dict[str, list[float]] = {k: [] for k in variants}
+        peers = {"dramatiq": "noop", "dramatiq+results": "echo"}  # the actor each variant runs
+        rates: dict[str, list[float]] = {k: [] for k in (*variants, *peers)}
+        counted = {name: {"enqueue": Counter[str](), "drain": Counter[str]()} for name in peers}
         for r in range(self.rounds):
-            for name in ("ours", "stock") if r % 2 == 0 else ("stock", "ours"):
+            for name in list(rates) if r % 2 == 0 else list(reversed(rates)):
+                if name in peers:
+                    _, rate = self.dramatiq.drain(
+                        name,
+                        peers[name],
+                        n,
+                        counted=counted[name],
+                        reset=self.reset_commandstats,
+                        commandstats=self.commandstats,
+                    )
+                    rates[name].append(rate)
+                    continue
                 v = variants[name]
                 app = v["app"]
                 # Filled in pipelined batches: only the drain is measured here.
@@ -463,55 +489,69 @@ class Bench:
                     proc.stop()
                 if done != n:
                     raise BenchError(f"{name}: {done} executions for {n} tasks (must be exactly once)")
-        ratio = statistics.median(rates["ours"]) / statistics.median(rates["stock"])
-        self.rows.append(
-            (
-                f"no-op drain per {cores}-core box: {cores}x solo/prefetch 4 vs stock default worker "
-                f"(tasks/s, n={n})",
-                summary(rates["ours"]),
-                summary(rates["stock"]),
-                f"{ratio:.2f}",
-                ">= 3",
-            )
+        for name, values in rates.items():
+            log(f"  {name}: {summary(values)} tasks/s")
+        ours = statistics.median(rates["ours"])
+        ratio = ours / statistics.median(rates["stock"])
+        measure = (
+            f"no-op drain per {cores}-core box: {cores}x solo/prefetch 4 vs stock default worker "
+            f"vs Dramatiq {PROCESSES}x{THREADS} threads, results off (tasks/s, n={n})"
         )
+        self.rows.append((measure, summary(rates["ours"]), summary(rates["stock"]), f"{ratio:.2f}", ">= 3"))
+        self.peer[measure] = (
+            summary(rates["dramatiq"]),
+            f"{ours / statistics.median(rates['dramatiq']):.2f}",
+        )
+        measure = "no-op drain per box, Dramatiq storing results (Results middleware, Redis backend)"
+        self.rows.append((measure, summary(rates["ours"]), "-", "-", "-"))
+        self.peer[measure] = (
+            summary(rates["dramatiq+results"]),
+            f"{ours / statistics.median(rates['dramatiq+results']):.2f}",
+        )
+        tasks = n * self.rounds
+        for name, phases in counted.items():
+            self.commands[name] = {phase: (c, tasks) for phase, c in phases.items()}
 
     # --- 2. round-trip latency -------------------------------------------------
     def latency(self, n: int) -> None:
+        """`n` sequential round trips per round: ours and stock `delay(1).get()`, Dramatiq
+        `echo.send(1)` then `get_result(block=True)` (its Results middleware, Redis backend)
+        from its driver process; Dramatiq's workers are its CLI's default, 2 processes x 8 threads.
+        """
         import bench.stock as stock
         from common.celery_app import current_app
         from contracts import sync
 
-        runs: dict[str, list[float]] = {"ours": [], "stock": []}
+        runs: dict[str, list[float]] = {"ours": [], "stock": [], "dramatiq": []}
         procs = {
             "ours": self.start("ours-lat", "sync.worker", ["--pool=threads", "--concurrency=16"]),
             "stock": self.start("stock-lat", "bench.stock", ["--pool=threads", "--concurrency=16"]),
         }
-        self.wait_up(current_app(), "sync", procs["ours"])
-        self.wait_up(stock.app, "stock", procs["stock"])
-        send = {"ours": lambda: sync.echo.delay(1), "stock": lambda: stock.echo.delay(1)}
-        for name in runs:  # the first get() subscribes to results: not a round trip to measure
-            send[name]().get(timeout=30)
-        for r in range(self.rounds):
-            for name in ("ours", "stock") if r % 2 == 0 else ("stock", "ours"):
-                for _ in range(n):
-                    t0 = time.perf_counter()
-                    if send[name]().get(timeout=30) != 1:
-                        raise BenchError(f"{name}: wrong echo")
-                    runs[name].append((time.perf_counter() - t0) * 1000)
-        for p in procs.values():
-            p.stop()
-        for q, label in ((50, "p50"), (99, "p99")):
-            ours = statistics.quantiles(runs["ours"], n=100)[q - 1]
-            base = statistics.quantiles(runs["stock"], n=100)[q - 1]
-            self.rows.append(
-                (
-                    f"delay->get {label} (ms, n={n}x{self.rounds})",
-                    f"{ours:.2f}",
-                    f"{base:.2f}",
-                    f"{ours / base:.2f}",
-                    "<= 1.05",
-                )
-            )
+        with ExitStack() as stack:
+            for p in procs.values():
+                stack.callback(p.stop)
+            self.dramatiq.flush()
+            stack.enter_context(self.dramatiq.workers("lat"))
+            self.wait_up(current_app(), "sync", procs["ours"])
+            self.wait_up(stock.app, "stock", procs["stock"])
+            send = {"ours": lambda: sync.echo.delay(1), "stock": lambda: stock.echo.delay(1)}
+            for name in send:  # the first get() subscribes to results: not a round trip to measure
+                send[name]().get(timeout=30)
+            for r in range(self.rounds):
+                for name in list(runs) if r % 2 == 0 else list(reversed(runs)):
+                    if name == "dramatiq":  # a warm-up round trip first, as above
+                        runs[name] += self.dramatiq.driver("latency", str(n), timeout=60 + n)["ms"]
+                        continue
+                    for _ in range(n):
+                        t0 = time.perf_counter()
+                        if send[name]().get(timeout=30) != 1:
+                            raise BenchError(f"{name}: wrong echo")
+                        runs[name].append((time.perf_counter() - t0) * 1000)
+        for q, label in ((50, "p50"), (95, "p95"), (99, "p99")):
+            ours, base, peer = (statistics.quantiles(runs[name], n=100)[q - 1] for name in runs)
+            measure = f"delay->get {label} (ms, n={n}x{self.rounds}; Dramatiq send->get_result)"
+            self.rows.append((measure, f"{ours:.2f}", f"{base:.2f}", f"{ours / base:.2f}", "<= 1.05"))
+            self.peer[measure] = (f"{peer:.2f}", f"{ours / peer:.2f}")
 
     # --- 3. I/O-bound queue ----------------------------------------------------
     def io_bound(self, n: int, crm, setups: dict[str, list[str]] | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -530,9 +570,15 @@ class Bench:
             "default (threads/16)": [],
             "chapter (prefork/4)": ["--pool=prefork", "--concurrency=4"],
         }
-        runs: dict[str, list[float]] = {k: [] for k in setups}
+        # Dramatiq: an actor making one HTTP GET on the same CRM sandbox, with the same latency.
+        peer = f"dramatiq ({PROCESSES}x{THREADS} threads)"
+        runs: dict[str, list[float]] = {k: [] for k in (*setups, peer)}
         for r in range(self.rounds):
-            for name in list(setups) if r % 2 == 0 else list(reversed(setups)):
+            for name in list(runs) if r % 2 == 0 else list(reversed(runs)):
+                if name == peer:
+                    _, rate = self.dramatiq.drain("dramatiq-io", "io_get", n, f"{crm.url}/health")
+                    runs[name].append(rate)
+                    continue
                 results = [sync.sync_doctor_to_external_system.delay(i) for i in ids]
                 rate, [(proc, _)] = self.timed_drain(
                     "io", app, "sync", [("sync.worker", "io", setups[name])], [res.id for res in results]
@@ -546,14 +592,11 @@ class Bench:
             log(f"  {name}: {summary(rates)} tasks/s")
         ours, base = runs[next(iter(setups))], runs[list(setups)[-1]]
         ratio = statistics.median(ours) / statistics.median(base)
-        self.rows.append(
-            (
-                f"I/O-bound 100 ms calls (tasks/s, n={n})",
-                summary(ours),
-                summary(base),
-                f"{ratio:.2f}",
-                ">= 15",
-            )
+        measure = f"I/O-bound 100 ms calls (tasks/s, n={n})"
+        self.rows.append((measure, summary(ours), summary(base), f"{ratio:.2f}", ">= 15"))
+        self.peer[measure] = (
+            summary(runs[peer]),
+            f"{statistics.median(ours) / statistics.median(runs[peer]):.2f}",
         )
 
     # --- 3b. recovery after SIGKILL ---------------------------------------------------
@@ -795,11 +838,30 @@ class Bench:
                 (f"RSS {s} worker at rest / after (MiB)", f"{at_rest[s]:.0f} / {after[s]:.0f}", "-", "-", "-")
             )
 
+    def commands_row(self) -> None:
+        """Dramatiq's cell in the row of Redis commands per no-op task (counted in the box step)."""
+        if "dramatiq" not in self.commands:
+            return
+        measure = "Redis commands per no-op task, enqueue + drain (inside Lua counted too)"
+        per_task = {
+            name: {phase: sum(c.values()) / tasks for phase, (c, tasks) in phases.items()}
+            for name, phases in self.commands.items()
+        }
+        if "ours" not in per_task:  # --only box: no row of ours to put it in
+            self.rows.append((measure, "-", "-", "-", "-"))
+        cells, ratios = [], []
+        for name, label in (("dramatiq", ""), ("dramatiq+results", "results on: ")):
+            enqueue, drain = per_task[name]["enqueue"], per_task[name]["drain"]
+            cells.append(f"{label}{enqueue:.1f} + {drain:.1f} = {enqueue + drain:.1f}")
+            if "ours" in per_task:
+                ratios.append(f"{label}{sum(per_task['ours'].values()) / (enqueue + drain):.2f}")
+        self.peer[measure] = (f"{cells[0]} ({cells[1]})", f"{ratios[0]} ({ratios[1]})" if ratios else "-")
+
     def commands_table(self, top: int = 16) -> str:
         """Redis calls per no-op task by command, the costliest first (the counted rounds)."""
         if not self.commands:
             return ""
-        columns = [(name, phase) for name in ("ours", "stock") for phase in ("enqueue", "drain")]
+        columns = [(name, phase) for name in self.commands for phase in ("enqueue", "drain")]
         per_task = {
             column: {cmd: calls / self.commands[column[0]][column[1]][1] for cmd, calls in c.items()}
             for column in columns
@@ -845,6 +907,12 @@ def main(argv: list[str] | None = None) -> int:
         "print (and record in RESULTS.md) where the time goes",
     )
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument(
+        "--dramatiq-venv",
+        type=Path,
+        default=Path(os.environ.get("BENCH_DRAMATIQ_VENV") or ROOT / "dist" / "bench-venv"),
+        help="the virtualenv with Dramatiq for the second baseline (./scripts/bench makes it)",
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
     sizes = (
@@ -890,7 +958,10 @@ def main(argv: list[str] | None = None) -> int:
         django.setup()
         call_command("migrate", verbosity=0, interactive=False)
 
-        bench = Bench(rounds, data_dir, redis.url, args.profile)
+        # Dramatiq's processes, from the bench's own virtualenv: all killed on the way out.
+        dramatiq = DramatiqBaseline(args.dramatiq_venv, redis.url, data_dir)
+        stack.callback(dramatiq.close)
+        bench = Bench(rounds, data_dir, redis.url, args.profile, dramatiq)
         steps: list[tuple[str, str, Callable[[], None]]] = [
             ("noop", "no-op throughput", lambda: bench.throughput(sizes["noop"])),
             ("box", "no-op drain per box", lambda: bench.box_drain(sizes["box"])),
@@ -910,13 +981,23 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 step()
                 log(f"{title}: {time.perf_counter() - t0:.0f} s")
+        bench.commands_row()
 
     elapsed = time.perf_counter() - started
-    header = ("measure", "ours (median, min-max)", "baseline", "ours/baseline", "target")
+    header = (
+        "measure",
+        "ours (median, min-max)",
+        "baseline",
+        "ours/baseline",
+        f"Dramatiq {dramatiq.version}",
+        "ours/Dramatiq",
+        "target",
+    )
+    rows = [(*row[:4], *bench.peer.get(row[0], ("-", "-")), row[4]) for row in bench.rows]
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in bench.rows),
+        *("| " + " | ".join(row) + " |" for row in rows),
     ]
     table = "\n".join(lines)
     print(table)
@@ -932,12 +1013,16 @@ def main(argv: list[str] | None = None) -> int:
         args.results.write_text(
             f"# Benchmark results\n\n{stamp} on {machine}; full run, {rounds} rounds, {elapsed:.0f} s"
             f"{' (with the extra profiled round)' if profiles else ''}.\n"
-            "Written by `./scripts/bench`; what each row compares is in the README (Benchmark).\n\n"
+            "Written by `./scripts/bench`; what each row compares is in the README (Benchmark). The"
+            " baseline is stock Celery on kombu's transport (the I/O row: the chapter's prefork/4, the"
+            " report row: progress off); Dramatiq runs from the bench's own virtualenv, its CLI's"
+            f" defaults ({PROCESSES} processes x {THREADS} threads) on Redis DB {DB}.\n\n"
             + table
             + "\n"
             + (
                 "\n## Redis commands per no-op task\n\n"
-                "`INFO commandstats` on the bench's redis-server over the counted no-op rounds (reset before"
+                "`INFO commandstats` on the bench's redis-server over the counted no-op rounds (Dramatiq's:"
+                " over its no-op drain per box rounds, with and without results; reset before"
                 " each enqueue and each drain; the drain from every worker up to an empty queue, heartbeats"
                 " included), divided by the tasks, the bench's own polling left out. Redis counts each"
                 " command a Lua script runs as well as the `evalsha` that ran it: ours takes a message,"
