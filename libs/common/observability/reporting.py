@@ -7,6 +7,7 @@ carry PII.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from celery.signals import after_setup_logger, after_setup_task_logger, task_failure
@@ -15,6 +16,31 @@ from common.observability.pii import mask, mask_handlers, mask_text
 
 logger = logging.getLogger("common.task_failure")
 _installed: set[str] = set()
+
+
+def _shown_args(args: Any) -> Any:
+    """A task's positional arguments as a list; any other shape (a dict, a string, a number:
+    a malformed message or `apply(args=...)`) is shown as it came, never iterated."""
+    if args is None:
+        return []
+    if isinstance(args, list | tuple):
+        return list(args)
+    return args
+
+
+def _shown_kwargs(kwargs: Any) -> Any:
+    if kwargs is None:
+        return {}
+    if isinstance(kwargs, Mapping):
+        return dict(kwargs)
+    return kwargs
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails is still reported
+        return f"<unprintable {type(value).__name__}>"
 
 
 def handle_task_failure(
@@ -26,24 +52,37 @@ def handle_task_failure(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    """The chapter's failure handler: one masked, structured record per failure."""
-    name = getattr(sender, "name", str(sender))
+    """The chapter's failure handler: one masked, structured record per failure.
+
+    Whatever shape the task's arguments have, the failure is reported: a handler that
+    raised here would lose the report (Celery logs the handler's error, not the task's).
+    """
+    name = getattr(sender, "name", None) or _text(sender)
+    task_args = mask(_shown_args(args))
+    task_kwargs = mask(_shown_kwargs(kwargs))
     logger.error(
         "Task %s[%s] failed: %s args=%s kwargs=%s",
         name,
         task_id,
-        mask_text(f"{type(exception).__name__}: {exception}"),
-        mask(list(args or ())),
-        mask(dict(kwargs or {})),
+        mask_text(f"{type(exception).__name__}: {_text(exception)}"),
+        task_args,
+        task_kwargs,
         extra={
             "task_name": name,
             "task_id": task_id,
-            "task_args": mask(list(args or ())),
-            "task_kwargs": mask(dict(kwargs or {})),
-            "exception": mask_text(repr(exception)),
+            "task_args": task_args,
+            "task_kwargs": task_kwargs,
+            "exception": mask_text(_text_repr(exception)),
         },
         exc_info=(type(exception), exception, getattr(einfo, "tb", None)) if exception else None,
     )
+
+
+def _text_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _mask_celery_logging(logger: logging.Logger, **_: Any) -> None:
