@@ -3,9 +3,13 @@
 import dj_database_url
 
 from common.observability.logging_config import logging_dict
-from common.settings import get_settings
+from common.settings import SettingsError, get_settings
 
-_s = get_settings()
+try:
+    _s = get_settings()
+except SettingsError as exc:
+    # A process that cannot start says why, one line per variable, not in a traceback (exit 1).
+    raise SystemExit(str(exc)) from None
 _s.data_dir.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = _s.django_secret_key.get_secret_value()
@@ -31,6 +35,34 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# HTTPS (common.settings fills these in: on in production, off elsewhere). Only the admin
+# (web.settings) serves HTTP, but they live here so every settings module built on this one,
+# and `check --deploy` on it, is secure by default. Workers never run the middleware.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+SECURE_SSL_REDIRECT = _s.secure_ssl_redirect
+# The health check answers on plain HTTP too (a load balancer may probe gunicorn directly).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = _s.secure_hsts_seconds
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _s.secure_hsts_include_subdomains
+SECURE_HSTS_PRELOAD = _s.secure_hsts_preload
+# Behind a TLS proxy (the units bind gunicorn to 127.0.0.1): the proxy says the request came
+# over HTTPS in this header, which it must set on every request, overwriting a client's own.
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _s.secure_proxy_ssl_header.upper().replace("-", "_"), "https")
+    if _s.secure_proxy_ssl_header
+    else None
+)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _s.environment == "production"
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+# security.W021 asks for the HSTS preload directive: consent to ship the whole domain in the
+# browsers' preload list, which only its owner can give (SECURE_HSTS_PRELOAD=true).
+SILENCED_SYSTEM_CHECKS = [] if _s.secure_hsts_preload else ["security.W021"]
+
 USE_TZ = True
 TIME_ZONE = _s.time_zone
 
@@ -40,6 +72,7 @@ EMAIL_PORT = _s.email_port
 EMAIL_HOST_USER = _s.email_host_user
 EMAIL_HOST_PASSWORD = _s.email_host_password.get_secret_value()
 EMAIL_USE_TLS = _s.email_use_tls
+EMAIL_USE_SSL = _s.email_use_ssl
 EMAIL_TIMEOUT = _s.email_timeout
 DEFAULT_FROM_EMAIL = _s.default_from_email
 

@@ -7,9 +7,14 @@ never echoing a secret.
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     AnyUrl,
@@ -22,9 +27,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
+
+from common.observability.redaction import redact_url, split_credentials
 
 DEV_SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+# Django's own bar (`check --deploy`, security.W009): 50 characters, 5 distinct, not its template's.
+SECRET_KEY_MIN_LENGTH = 50
+GENERATE_SECRET_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+# Fields whose value is a URL that may carry a password: masked in repr() and str().
+URL_FIELDS = ("redis_url", "result_backend_url", "database_url", "crm_url", "payment_gateway_url")
+# Mail relays on this machine may be spoken to without TLS: nothing crosses a network.
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 Pool = Literal["prefork", "threads", "solo", "gevent", "eventlet"]
 
@@ -81,9 +96,28 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: Path.cwd() / "var")
     django_secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
     django_debug: bool = False
-    allowed_hosts: list[str] = ["localhost", "127.0.0.1", "[::1]"]
-    csrf_trusted_origins: list[str] = []
+    # JSON lists (`["jobs.example.com"]`); NoDecode: a malformed one is reported by
+    # `_json_list` like any other wrong value, not by pydantic-settings' traceback.
+    allowed_hosts: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "[::1]"]
+    csrf_trusted_origins: Annotated[list[str], NoDecode] = []
     time_zone: str = "UTC"
+
+    # HTTPS for the admin (web.settings). Unset: on in production, off elsewhere (runserver and
+    # the tests speak plain HTTP). See README "Configuration" for the TLS proxy in front.
+    secure_ssl_redirect: bool | None = None
+    secure_hsts_seconds: NonNegativeInt | None = Field(
+        None, description="Strict-Transport-Security max-age; unset: a year in production, 0 elsewhere."
+    )
+    secure_hsts_include_subdomains: bool = True
+    secure_hsts_preload: bool = Field(
+        False, description="Consent to the browsers' preload list: a domain-wide decision, so opt-in."
+    )
+    secure_proxy_ssl_header: str | None = Field(
+        None,
+        description="Header by which the TLS proxy in front says a request came over HTTPS "
+        "(X-Forwarded-Proto: https); unset: that one in production, none elsewhere; empty: none "
+        "(TLS ends at gunicorn). The proxy must set it on every request and strip a client's own.",
+    )
 
     # Celery: the chapter's values are the defaults.
     task_soft_time_limit: PositiveInt = 300
@@ -104,6 +138,7 @@ class Settings(BaseSettings):
     email_host_user: str = ""
     email_host_password: SecretStr = SecretStr("")
     email_use_tls: bool = False
+    email_use_ssl: bool = False
     email_timeout: PositiveFloat = 30
     default_from_email: str = "noreply@example.com"
     admin_email: str = "admin@example.com"
@@ -131,6 +166,26 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
+    @field_validator("allowed_hosts", "csrf_trusted_origins", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, list):
+            raise ValueError('must be a JSON list, e.g. ["jobs.example.com"]')
+        return parsed
+
+    @field_validator("secure_proxy_ssl_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"[A-Za-z0-9-]+", value):
+            raise ValueError("must be a header name such as X-Forwarded-Proto (empty: none)")
+        return value
+
     @field_validator("broker_connection_max_retries", mode="before")
     @classmethod
     def _forever_is_none(cls, value: Any) -> Any:
@@ -144,16 +199,64 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _production_needs_secrets(self) -> Settings:
+    def _mail_security_is_one_mode(self) -> Settings:
+        if self.email_use_tls and self.email_use_ssl:
+            raise ValueError(
+                "EMAIL_USE_SSL: cannot be true with EMAIL_USE_TLS; choose one "
+                "(EMAIL_USE_TLS: STARTTLS, port 587; EMAIL_USE_SSL: implicit TLS, port 465)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _production_is_secure(self) -> Settings:
+        """Production refuses what would send a secret in clear or make one guessable.
+
+        All problems at once, one line per variable, none echoing a value.
+        """
         if self.environment != "production":
             return self
-        if self.django_secret_key.get_secret_value() == DEV_SECRET_KEY:
-            raise ValueError("DJANGO_SECRET_KEY: must be set in production")
-        if self.django_debug:
-            raise ValueError("DJANGO_DEBUG: must be false in production")
-        if self.database_url is None:
-            raise ValueError("DATABASE_URL: must be set in production (SQLite is for development)")
+        problems = list(self._production_problems())
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
+
+    def _production_problems(self) -> Iterator[str]:
+        key = self.django_secret_key.get_secret_value()
+        if (
+            key == DEV_SECRET_KEY
+            or len(key) < SECRET_KEY_MIN_LENGTH
+            or len(set(key)) < 5
+            or key.startswith("django-insecure-")
+        ):
+            yield (
+                f"DJANGO_SECRET_KEY: must be set in production to at least {SECRET_KEY_MIN_LENGTH} "
+                f"random characters; generate one with: {GENERATE_SECRET_KEY}"
+            )
+        if self.django_debug:
+            yield "DJANGO_DEBUG: must be false in production"
+        if self.database_url is None or self.database_url.startswith("sqlite:"):
+            yield "DATABASE_URL: must be set to a postgres:// URL in production (SQLite is for development)"
+        for name in ("redis_url", "result_backend_url"):
+            url = getattr(self, name)
+            if url is not None:
+                yield from _redis_problems(name.upper(), url)
+        if "*" in self.allowed_hosts:
+            yield 'ALLOWED_HOSTS: must list the admin\'s host names in production, not "*"'
+        for name, secret in (
+            ("crm_url", "CRM_API_TOKEN"),
+            ("payment_gateway_url", "PAYMENT_GATEWAY_API_KEY"),
+        ):
+            if getattr(self, name).scheme != "https":
+                yield (
+                    f"{name.upper()}: must be an https:// URL in production "
+                    f"({secret} would travel in clear)"
+                )
+        if not (self.email_use_tls or self.email_use_ssl) and not _is_loopback(self.email_host):
+            yield (
+                "EMAIL_USE_TLS: must be true in production when EMAIL_HOST is not this machine "
+                "(STARTTLS, port 587; or EMAIL_USE_SSL=true, port 465); without TLS only a relay "
+                "on localhost may be used"
+            )
 
     @model_validator(mode="after")
     def _time_limits_ordered(self) -> Settings:
@@ -172,6 +275,25 @@ class Settings(BaseSettings):
         """
         return self.jobs_release or f"{service}@{self.release or 'dev'}"
 
+    @model_validator(mode="after")
+    def _https_defaults(self) -> Settings:
+        """Fill the unset HTTPS settings: on in production, off elsewhere."""
+        production = self.environment == "production"
+        if self.secure_ssl_redirect is None:
+            self.secure_ssl_redirect = production
+        if self.secure_hsts_seconds is None:
+            self.secure_hsts_seconds = 365 * 24 * 3600 if production else 0
+        if self.secure_proxy_ssl_header is None:
+            self.secure_proxy_ssl_header = "X-Forwarded-Proto" if production else ""
+        return self
+
+    def __repr_args__(self) -> Any:
+        # A URL's password never reaches repr()/str() (logs, tracebacks, a debugger's display).
+        for name, value in super().__repr_args__():
+            if name in URL_FIELDS and value is not None:
+                value = redact_url(str(value))
+            yield name, value
+
     @property
     def results_url(self) -> str:
         return self.result_backend_url or self.redis_url
@@ -179,6 +301,46 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'db.sqlite3'}"
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _redis_problems(variable: str, url: str) -> Iterator[str]:
+    """What production refuses in a Redis URL, as one line (no part of the URL is shown)."""
+    prefix, userinfo, rest = split_credentials(url)
+    # Parsed without its credentials: a password with `#`, `/` or `?` cannot shift the host.
+    parts = urlsplit(prefix + rest)
+    query = {key.lower(): value.strip().lower() for key, value in parse_qsl(parts.query)}
+    password = (userinfo or "").partition(":")[2] or query.get("password", "")
+    wrong = []
+    if not password:
+        wrong.append(
+            "must authenticate in production: give the password in the URL "
+            "(redis://:PASSWORD@host/0, or USER:PASSWORD@ for an ACL user; percent-encode # / ? @)"
+        )
+    local = parts.scheme == "unix" or _is_loopback(parts.hostname or "")
+    if parts.scheme == "redis" and not local:
+        wrong.append("must use TLS (rediss://) in production for a Redis that is not on this machine")
+    if parts.scheme == "rediss":
+        if query.get("ssl_cert_reqs", "required") not in ("required", "cert_required"):
+            wrong.append(
+                "must verify the Redis certificate in production: remove ssl_cert_reqs "
+                "(give ssl_ca_certs=/path/to/ca.pem for a private CA)"
+            )
+        if query.get("ssl_check_hostname", "true") in ("false", "0", "no", "off"):
+            wrong.append(
+                "must check the Redis certificate's host name in production: remove ssl_check_hostname"
+            )
+    if wrong:
+        yield f"{variable}: " + "; ".join(wrong)
 
 
 def _describe(error: ValidationError) -> str:
@@ -201,6 +363,13 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except SourceError as exc:
+        # pydantic-settings could not decode a variable (its message names the field, never the value).
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1).upper() if field else "a variable"
+        raise SettingsError(
+            f"Invalid configuration (environment variables):\n  {name}: could not be decoded (JSON expected)"
+        ) from None
 
 
 @lru_cache(maxsize=1)

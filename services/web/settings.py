@@ -41,5 +41,4 @@ STATIC_URL = "static/"
 STATIC_ROOT = _s.data_dir / "static"
 # Serve the admin's assets from the installed apps without a collectstatic step.
 WHITENOISE_USE_FINDERS = True
-SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _s.environment == "production"
+# HTTPS settings (SECURE_*, secure cookies) come from common.django_settings.

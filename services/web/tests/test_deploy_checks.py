@@ -1,0 +1,91 @@
+"""The admin's production settings pass Django's deployment checklist and serve HTTPS only.
+
+Run as deployed: `python -m web.manage ...` in a process of its own with a production
+environment (the session's own settings are the test ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from devtools.processes import child_env
+
+PRODUCTION = {
+    "ENVIRONMENT": "production",
+    "DJANGO_SECRET_KEY": "k3y-" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_aBcDeFgHiJ",
+    "DATABASE_URL": "postgres://jobs:db-hunter2@db.internal:5432/jobs",
+    "REDIS_URL": "rediss://:redis-hunter2@redis.internal:6380/0",
+    "CRM_URL": "https://crm.example",
+    "PAYMENT_GATEWAY_URL": "https://gateway.example",
+    "EMAIL_HOST": "smtp.example.com",
+    "EMAIL_USE_TLS": "true",
+    "ALLOWED_HOSTS": '["jobs.example.com"]',
+}
+
+# What a request through the TLS proxy and one straight to gunicorn get back.
+PROBE = """
+import json, django
+django.setup()
+from django.test import Client
+c = Client(HTTP_HOST="jobs.example.com")
+plain = c.get("/admin/")
+proxied = c.get("/healthz", HTTP_X_FORWARDED_PROTO="https")
+health = c.get("/healthz")
+print(json.dumps({
+    "plain": [plain.status_code, plain.get("Location")],
+    "hsts": proxied.get("Strict-Transport-Security"),
+    "health": health.status_code,
+}))
+"""
+
+
+def manage(tmp_path: Path, *argv: str, **changes: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": child_env()["PYTHONPATH"],
+        "DATA_DIR": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "web.settings",
+        **PRODUCTION,
+        **changes,
+    }
+    return subprocess.run(
+        [sys.executable, *argv], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_check_deploy_finds_nothing_with_production_settings(tmp_path: Path) -> None:
+    out = manage(tmp_path, "-m", "web.manage", "check", "--deploy", "--fail-level", "WARNING")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "System check identified no issues" in out.stdout
+
+
+def test_check_deploy_would_flag_the_development_defaults(tmp_path: Path) -> None:
+    # The check is real: outside production the HTTPS settings are off and it says so.
+    out = manage(
+        tmp_path, "-m", "web.manage", "check", "--deploy", "--fail-level", "WARNING", ENVIRONMENT="staging"
+    )
+    assert out.returncode == 1
+    for check in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert check in out.stderr
+
+
+def test_production_redirects_to_https_and_sends_hsts_behind_the_proxy(tmp_path: Path) -> None:
+    out = manage(tmp_path, "-c", PROBE)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["plain"] == [301, "https://jobs.example.com/admin/"]
+    assert seen["hsts"] == "max-age=31536000; includeSubDomains"
+    assert seen["health"] == 200  # a probe straight to gunicorn is not redirected
+
+
+def test_the_web_entry_point_refuses_an_insecure_production_config_in_one_line(tmp_path: Path) -> None:
+    out = manage(tmp_path, "-m", "web.manage", "check", CRM_URL="http://crm:crm-hunter2@crm.example")
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "Invalid configuration (environment variables):",
+        "  CRM_URL: must be an https:// URL in production (CRM_API_TOKEN would travel in clear)",
+    ]
