@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from devtools.processes import child_env
+from common.celery_app import current_app
+from common.settings import Settings
+from devtools.platform import worker_process
+from devtools.processes import ServiceProcess, child_env
+from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers
 
 
@@ -47,3 +51,55 @@ def test_a_stopped_worker_is_reported_dead(data_dir: Path) -> None:
     assert liveness("sync").returncode == 0
     w.stop()
     assert liveness("sync", "--timeout", "1").returncode == 1
+
+
+CANCELLED_HOST = "liveness-cancel-host"  # its own node name, so the module's emails worker is untouched
+
+
+@pytest.fixture
+def cancellable_emails_worker(data_dir: Path) -> Iterator[str]:
+    """An emails worker that obeys cancel_consumer/add_consumer (refused by default); its node name.
+
+    Until common.settings reads WORKER_REMOTE_CONTROL_ALLOW, the entry point refuses both, so a
+    plain `celery worker` of the same app (which obeys every command) stands in for it.
+    """
+    node = f"emails@{CANCELLED_HOST}"
+    log = data_dir / "emails-cancellable.log"
+    worker_args = [f"--hostname={node}", "--without-mingle", "--without-gossip"]
+    if "worker_remote_control_allow" in Settings.model_fields:
+        proc = worker_process(
+            "emails",
+            log,
+            worker_args,
+            {"WORKER_REMOTE_CONTROL_ALLOW": "cancel_consumer,add_consumer"},
+            name="emails-cancellable",
+        )
+    else:
+        argv = ["-A", "emails.app:app", "worker", "--queues=emails", "--pool=solo", *worker_args]
+        proc = ServiceProcess("emails-cancellable", "celery", argv, log=log)
+    proc.start()
+    try:
+        wait_until(
+            lambda: proc.running and current_app().control.ping(destination=[node], timeout=0.5), timeout=90
+        )
+        yield node
+    finally:
+        proc.stop()
+
+
+def test_a_worker_that_stopped_consuming_its_queue_is_reported_dead(cancellable_emails_worker: str) -> None:
+    control, node = current_app().control, cancellable_emails_worker
+    probe = liveness("emails", "--hostname", CANCELLED_HOST)
+    assert probe.returncode == 0, probe.stderr
+    [reply] = control.cancel_consumer("emails", destination=[node], reply=True, timeout=5)
+    assert "ok" in reply[node], reply
+    assert control.ping(destination=[node], timeout=5)  # still answers ping ...
+    probe = liveness("emails", "--hostname", CANCELLED_HOST, "--timeout", "2")
+    assert probe.returncode == 1  # ... but serves nobody
+    assert probe.stderr.strip() == (
+        f"{node}: answers ping but does not consume its queue 'emails' (consumes: nothing); "
+        "its tasks wait unserved"
+    )
+    control.add_consumer("emails", destination=[node], reply=True, timeout=5)
+    probe = liveness("emails", "--hostname", CANCELLED_HOST)
+    assert probe.returncode == 0, probe.stderr
