@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from common.celery_app import current_app
-from common.settings import Settings
 from devtools.platform import worker_process
 from devtools.testing.workers import Workers
 
@@ -92,10 +91,6 @@ def test_reading_commands_events_and_revoke_still_work(worker: tuple[str, Worker
     assert "ok" in revoked[0][node], revoked
 
 
-@pytest.mark.skipif(
-    "worker_remote_control_allow" not in Settings.model_fields,
-    reason="WORKER_REMOTE_CONTROL_ALLOW is not yet a field of common.settings.Settings",
-)
 def test_a_command_named_in_the_setting_is_obeyed(data_dir: Path) -> None:
     log = data_dir / "remote-control-allowed.log"
     proc = worker_process(

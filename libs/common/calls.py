@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.celery_app import current_app
+from common.observability.pii import mask_text
 from common.observability.redaction import redact_url
 from common.settings import get_settings
 from contracts.declare import InvalidTaskArgumentsError, TaskContract, bind_sender, lookup
@@ -200,12 +201,20 @@ def broker_unavailable(app: Celery, exc: BaseException, what: str = "the tasks")
     """
     if isinstance(exc, RuntimeError) and "result store" not in str(exc):
         raise exc  # only the Redis result backend's "cannot reconnect" is a broker outage
-    reason = f"broker at {redact_url(app.conf.broker_url)} is unreachable ({type(exc).__name__})"
+    reason = f"broker at {redact_url(app.conf.broker_url)} is unreachable ({_root_cause(exc)})"
     _broker_down_until[app.conf.broker_url] = time.monotonic() + BROKER_RETRY_AFTER
     return BrokerUnavailableError(
         f"Could not publish {what}: {reason}. Is Redis running and REDIS_URL right? The task was not sent.",
         reason,
     )
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's type and text (say, "certificate verify failed"), masked, short."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = mask_text(str(exc))[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def broker_marked_down(app: Celery) -> bool:

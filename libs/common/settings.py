@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     task_max_payload_bytes: PositiveInt = 1_048_576
     worker_pool: Pool | None = None
     worker_concurrency: PositiveInt | None = None
+    # Remote control commands workers obey beyond the read-only default (common.worker), comma
+    # separated, e.g. "shutdown,pool_restart"; "*" obeys all (Celery's default).
+    worker_remote_control_allow: str = ""
 
     # Mail (Django's SMTP backend)
     email_host: str = "127.0.0.1"

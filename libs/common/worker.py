@@ -157,7 +157,7 @@ def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] 
     """Run the worker in this process; exit non-zero (SystemExit) if it stopped on an error."""
     extra = sys.argv[1:] if argv is None else argv
     restrict_remote_control(
-        allowed_remote_control(getattr(get_settings(), "worker_remote_control_allow", None))
+        allowed_remote_control(get_settings().worker_remote_control_allow)
     )
     hide_task_results()  # "Task ... succeeded": never the return value (a name, an email)
     status = ExitStatus()

@@ -17,11 +17,12 @@ import socket
 import uuid
 from typing import Any
 
-import redis
 from celery.signals import task_failure
+from redis.exceptions import RedisError
 
 from common.deadletters.store import FAILED, DeadLetters
 from common.observability.pii import mask_text
+from common.transport.tls import redis_from_url
 
 logger = logging.getLogger(__name__)
 _store: DeadLetters | None = None
@@ -33,7 +34,7 @@ def _dead_letters() -> DeadLetters:
         from common.settings import get_settings
 
         s = get_settings()
-        client = redis.Redis.from_url(s.redis_url, socket_timeout=s.broker_socket_timeout)
+        client = redis_from_url(s.redis_url, socket_timeout=s.broker_socket_timeout)
         _store = DeadLetters(client, cap=s.dead_letter_cap, retention=s.dead_letter_retention)
     return _store
 
@@ -101,7 +102,7 @@ def keep_final_failure(
             task=sender.name,
             task_id=task_id,
         )
-    except redis.RedisError:
+    except RedisError:
         logger.exception("Could not dead-letter failed task %s[%s]", sender.name, task_id)
         return
     logger.warning("Task %s[%s] failed for good; kept as dead letter %s", sender.name, task_id, entry.id)

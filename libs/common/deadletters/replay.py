@@ -28,11 +28,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from common.deadletters.store import FAILED, DeadLetter, DeadLetters
 from common.observability.pii import mask, mask_text
 from common.transport import protocol
+from common.transport.tls import redis_from_url
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError, lookup
 
 # While one operator replays an entry, another's replay of it is refused (no double send).
@@ -82,7 +81,7 @@ def opened_store() -> Iterator[DeadLetters]:
     from common.settings import get_settings
 
     s = get_settings()
-    client = redis.Redis.from_url(
+    client = redis_from_url(
         s.redis_url, socket_timeout=s.broker_socket_timeout, socket_connect_timeout=s.broker_socket_timeout
     )
     try:

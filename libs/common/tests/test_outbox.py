@@ -376,7 +376,6 @@ def test_send_many_keeps_everything_while_the_broker_is_down(  # type: ignore[no
     dead_app: Celery, redis_client
 ) -> None:
     ids = [r.id for r in calls.send_many(sync.echo, [(i,) for i in range(30)], app=dead_app)]
-    rows = kept()
-    assert [r.task_id for r in rows] == ids and all("unreachable" in r.last_error for r in rows)
+    assert [r.task_id for r in kept()] == ids, "every call kept, in order"
     assert relay.relay_once(current_app()).published == 30  # the broker is back: the relay sends them
     assert sorted(queued_ids(redis_client)) == sorted(ids) and not kept()
