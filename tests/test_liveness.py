@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from common.celery_app import current_app
-from common.settings import Settings
 from devtools.platform import worker_process
-from devtools.processes import ServiceProcess, child_env
+from devtools.processes import child_env
 from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers
 
@@ -58,25 +57,15 @@ CANCELLED_HOST = "liveness-cancel-host"  # its own node name, so the module's em
 
 @pytest.fixture
 def cancellable_emails_worker(data_dir: Path) -> Iterator[str]:
-    """An emails worker that obeys cancel_consumer/add_consumer (refused by default); its node name.
-
-    Until common.settings reads WORKER_REMOTE_CONTROL_ALLOW, the entry point refuses both, so a
-    plain `celery worker` of the same app (which obeys every command) stands in for it.
-    """
+    """An emails worker allowed cancel_consumer/add_consumer (refused by default); its node name."""
     node = f"emails@{CANCELLED_HOST}"
-    log = data_dir / "emails-cancellable.log"
-    worker_args = [f"--hostname={node}", "--without-mingle", "--without-gossip"]
-    if "worker_remote_control_allow" in Settings.model_fields:
-        proc = worker_process(
-            "emails",
-            log,
-            worker_args,
-            {"WORKER_REMOTE_CONTROL_ALLOW": "cancel_consumer,add_consumer"},
-            name="emails-cancellable",
-        )
-    else:
-        argv = ["-A", "emails.app:app", "worker", "--queues=emails", "--pool=solo", *worker_args]
-        proc = ServiceProcess("emails-cancellable", "celery", argv, log=log)
+    proc = worker_process(
+        "emails",
+        data_dir / "emails-cancellable.log",
+        [f"--hostname={node}", "--without-mingle", "--without-gossip"],
+        {"WORKER_REMOTE_CONTROL_ALLOW": "cancel_consumer,add_consumer"},
+        name="emails-cancellable",
+    )
     proc.start()
     try:
         wait_until(
