@@ -57,13 +57,15 @@ class LocalRedis:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # a killed parent leaves no redis-server behind
         )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2, socket_timeout=2)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
+                # Ours, not whatever else answers on the port (another test's server).
+                if client.info("server").get("process_id") == self.proc.pid:
+                    return self
+                raise redis.ConnectionError("another process answers on the port")
+            except redis.RedisError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None

@@ -35,7 +35,10 @@ def test_redis_restarts_mid_drain_lose_nothing_and_run_nothing_twice(
             try:
                 sent, wrong, stall = drain_through_a_restart(app, broker)
             except AssertionError as exc:  # a stall: what the worker was doing says why
-                raise AssertionError(f"{exc}\n--- worker log (tail) ---\n{worker.tail(80)}") from None
+                log, stacks, state = worker.tail(80), worker.stacks(), worker_state(app, worker)
+                raise AssertionError(
+                    f"{exc}\n--- worker log ---\n{log}\n--- stacks ---\n{stacks}\n--- state ---\n{state}"
+                ) from None
             ids += sent
             wrong_results += wrong
             stalls.append(stall)
@@ -54,6 +57,21 @@ def test_redis_restarts_mid_drain_lose_nothing_and_run_nothing_twice(
         assert wrong_results == 0
     finally:
         worker.terminate()
+
+
+def worker_state(app: Celery, worker: NamedWorker) -> str:
+    """What the stalled worker says of itself: prefetch, tasks reserved and active, queues."""
+    inspect = app.control.inspect(timeout=5)
+    try:
+        stats = inspect.stats() or {}
+        reserved, active = inspect.reserved() or {}, inspect.active() or {}
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the failure
+        return f"inspect failed: {type(exc).__name__}: {exc}"
+    return "\n".join(
+        f"{node}: prefetch {s.get('prefetch_count')}, reserved {len(reserved.get(node, []))}, "
+        f"active {len(active.get(node, []))}, total {s.get('total')}"
+        for node, s in stats.items()
+    ) or "no reply to inspect"
 
 
 def drain_through_a_restart(app: Celery, broker: RestartableRedis) -> tuple[list[str], int, float]:

@@ -53,6 +53,19 @@ class NamedWorker:
     def terminate(self, timeout: float = 60) -> int | None:
         return self.proc.stop(timeout=timeout)
 
+    def stacks(self) -> str:
+        """Every thread's stack in the worker (py-spy dump, if py-spy is on PATH): why it hangs."""
+        import shutil
+        import subprocess
+
+        spy = shutil.which("py-spy")
+        if spy is None or self.proc.proc is None:
+            return "(py-spy not on PATH: no stacks)"
+        dumped = subprocess.run(
+            [spy, "dump", "--pid", str(self.proc.proc.pid)], capture_output=True, text=True, timeout=60
+        )
+        return dumped.stdout + dumped.stderr
+
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text().splitlines()[-lines:]) if self.log.exists() else "(no log)"
 
