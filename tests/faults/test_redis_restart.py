@@ -35,7 +35,7 @@ def test_redis_restarts_mid_drain_lose_nothing_and_run_nothing_twice(
             try:
                 sent, wrong, stall = drain_through_a_restart(app, broker)
             except AssertionError as exc:  # a stall: what the worker was doing says why
-                log, stacks, state = worker.tail(80), worker.stacks(), worker_state(app, worker)
+                log, stacks, state = worker.tail(80), worker.stacks(), worker_state(app, broker)
                 raise AssertionError(
                     f"{exc}\n--- worker log ---\n{log}\n--- stacks ---\n{stacks}\n--- state ---\n{state}"
                 ) from None
@@ -59,19 +59,37 @@ def test_redis_restarts_mid_drain_lose_nothing_and_run_nothing_twice(
         worker.terminate()
 
 
-def worker_state(app: Celery, worker: NamedWorker) -> str:
-    """What the stalled worker says of itself: prefetch, tasks reserved and active, queues."""
+def worker_state(app: Celery, broker: RestartableRedis) -> str:
+    """What Redis and the stalled worker say: the server, its clients, the queue, inspect."""
+    import redis
+
+    lines = []
+    try:
+        fresh = redis.Redis.from_url(broker.url, socket_timeout=5)
+        server = fresh.info("server")
+        lines.append(
+            f"redis pid {server.get('process_id')} (ours {broker.proc.pid if broker.proc else None}), "
+            f"sync queue {fresh.llen('sync')}, in flight "
+            f"{sum(fresh.hlen(k) for k in fresh.scan_iter('jobs.inflight:*'))}"
+        )
+        lines += [
+            f"client {c.get('name') or '-'} cmd={c.get('cmd')} age={c.get('age')} idle={c.get('idle')}"
+            for c in fresh.client_list()
+        ]
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the failure
+        lines.append(f"fresh client failed: {type(exc).__name__}: {exc}")
     inspect = app.control.inspect(timeout=5)
     try:
         stats = inspect.stats() or {}
         reserved, active = inspect.reserved() or {}, inspect.active() or {}
-    except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the failure
-        return f"inspect failed: {type(exc).__name__}: {exc}"
-    return "\n".join(
-        f"{node}: prefetch {s.get('prefetch_count')}, reserved {len(reserved.get(node, []))}, "
-        f"active {len(active.get(node, []))}, total {s.get('total')}"
-        for node, s in stats.items()
-    ) or "no reply to inspect"
+        lines += [
+            f"{node}: prefetch {s.get('prefetch_count')}, reserved {len(reserved.get(node, []))}, "
+            f"active {len(active.get(node, []))}"
+            for node, s in stats.items()
+        ] or ["no reply to inspect"]
+    except Exception as exc:  # noqa: BLE001
+        lines.append(f"inspect failed: {type(exc).__name__}: {exc}")
+    return "\n".join(lines)
 
 
 def drain_through_a_restart(app: Celery, broker: RestartableRedis) -> tuple[list[str], int, float]:
