@@ -32,7 +32,8 @@ def die_with_parent() -> None:
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment and import path, so children import the same code."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).exists())
+    # Absolute: Pants puts relative source roots on sys.path, and a child may run elsewhere.
+    env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in sys.path if p and Path(p).exists())
     env.update(extra or {})
     return env
 
