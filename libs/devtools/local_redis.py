@@ -61,15 +61,19 @@ class LocalRedis:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                # Ours, not whatever else answers on the port (another test's server).
-                if client.info("server").get("process_id") == self.proc.pid:
+                # Ours, not whatever else answers on the port (another test's server), and
+                # done loading its data (a restart with the append-only file on).
+                info = client.info()
+                if info.get("process_id") != self.proc.pid:
+                    raise redis.ConnectionError("another process answers on the port")
+                if not info.get("loading"):
                     return self
-                raise redis.ConnectionError("another process answers on the port")
             except redis.RedisError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

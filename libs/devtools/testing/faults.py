@@ -62,7 +62,10 @@ class NamedWorker:
         if spy is None or self.proc.proc is None:
             return "(py-spy not on PATH: no stacks)"
         dumped = subprocess.run(
-            [spy, "dump", "--pid", str(self.proc.proc.pid)], capture_output=True, text=True, timeout=60
+            [spy, "dump", "--locals", "--pid", str(self.proc.proc.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return dumped.stdout + dumped.stderr
 
