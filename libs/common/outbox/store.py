@@ -95,15 +95,7 @@ def decode_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def keep(row: Row) -> bool:
     """Write the task to the outbox in the current transaction; False if its id is already kept."""
-    args, kwargs = json.loads(row.payload)
-    message = OutboxMessage(
-        task_id=row.task_id,
-        task_name=row.name,
-        queue=row.queue,
-        args=args,
-        kwargs=kwargs,
-        options=row.options,
-    )
+    message = _message(row)
     if not row.caller_id:
         message.save(force_insert=True)  # a fresh uuid4: no conflict to expect
         return True
@@ -118,20 +110,19 @@ def keep(row: Row) -> bool:
 
 def keep_many(rows: list[Row]) -> None:
     """Write fresh-id rows to the outbox in the current transaction, in few INSERTs."""
-    messages = []
-    for row in rows:
-        args, kwargs = json.loads(row.payload)
-        messages.append(
-            OutboxMessage(
-                task_id=row.task_id,
-                task_name=row.name,
-                queue=row.queue,
-                args=args,
-                kwargs=kwargs,
-                options=row.options,
-            )
-        )
-    OutboxMessage.objects.bulk_create(messages, batch_size=500)
+    OutboxMessage.objects.bulk_create([_message(row) for row in rows], batch_size=500)
+
+
+def _message(row: Row) -> OutboxMessage:
+    args, kwargs = json.loads(row.payload)
+    return OutboxMessage(
+        task_id=row.task_id,
+        task_name=row.name,
+        queue=row.queue,
+        args=args,
+        kwargs=kwargs,
+        options=row.options,
+    )
 
 
 def publish_after_commit(app: Celery, task_id: str) -> None:
