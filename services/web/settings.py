@@ -20,6 +20,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Saves made in a request send their tasks (a new doctor's welcome mail...): web/events.py.
+    "web.events.EventsMiddleware",
 ]
 ROOT_URLCONF = "web.urls"
 WSGI_APPLICATION = "web.wsgi.application"
