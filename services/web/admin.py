@@ -5,17 +5,78 @@ from typing import Any
 
 from celery import states
 from celery.result import AsyncResult
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from common.models import Appointment, Doctor, Patient, Payment, Report, SentEmail
+from common import calls  # noqa: F401  (binds the contracts' .delay() to the outbox sender)
+from common.models import (
+    Appointment,
+    Doctor,
+    Patient,
+    Payment,
+    Report,
+    SentEmail,
+    validate_currency,
+    validate_positive_amount,
+)
 from common.outbox.models import OutboxMessage
+from contracts import emails, payments, reports, sync
+from web import report_views
+
+
+def queued_message(what: str, queued: list[tuple[str, str]]) -> str:
+    """ "Queued 2 welcome emails: Dr. A (task 1f..), Dr. B (task 9c..)." — what the action sent."""
+    return format_html(
+        "Queued {} {}: {}.",
+        len(queued),
+        what,
+        format_html_join(", ", "{} (task {})", queued),
+    )
+
+
+def refused_message(refused: list[tuple[str, str]]) -> str:
+    return format_html("Refused {}: {}.", len(refused), format_html_join("; ", "{}: {}", refused))
 
 
 @admin.register(Doctor)
 class DoctorAdmin(admin.ModelAdmin):
     list_display = ("id", "first_name", "last_name", "email", "specialty", "external_id", "synced_at")
     search_fields = ("last_name", "email")
+    actions = ("send_welcome_email", "sync_to_crm")
+
+    @admin.action(description="Send welcome email")
+    def send_welcome_email(self, request: HttpRequest, queryset: QuerySet[Doctor]) -> None:
+        # The emails service sends one welcome per doctor (its ledger, SentEmail), however often
+        # it is asked: a doctor already welcomed is told, not mailed again.
+        welcomed = set(
+            SentEmail.objects.filter(
+                key__in=[f"welcome:doctor:{d.pk}" for d in queryset], sent_at__isnull=False
+            ).values_list("key", flat=True)
+        )
+        queued, refused = [], []
+        with transaction.atomic():  # published when this commits
+            for doctor in queryset:
+                if f"welcome:doctor:{doctor.pk}" in welcomed:
+                    refused.append((str(doctor), "already welcomed (one welcome email per doctor)"))
+                    continue
+                queued.append((str(doctor), emails.send_welcome_email.delay(doctor.pk).id))
+        if queued:
+            self.message_user(request, queued_message("welcome email(s)", queued), messages.SUCCESS)
+        if refused:
+            self.message_user(request, refused_message(refused), messages.WARNING)
+
+    @admin.action(description="Sync to CRM now")
+    def sync_to_crm(self, request: HttpRequest, queryset: QuerySet[Doctor]) -> None:
+        # The CRM upserts by our reference: a second sync updates the record, never duplicates it.
+        with transaction.atomic():
+            queued = [(str(d), sync.sync_doctor_to_external_system.delay(d.pk).id) for d in queryset]
+        self.message_user(request, queued_message("CRM sync(s)", queued), messages.SUCCESS)
 
 
 @admin.register(Patient)
@@ -23,10 +84,47 @@ class PatientAdmin(admin.ModelAdmin):
     list_display = ("id", "name", "email", "gateway_customer_id")
 
 
+def why_not_charge(appt: Appointment, payment: Payment | None) -> str | None:
+    """Why charging `appt` now makes no sense, or None."""
+    if appt.is_paid or (payment is not None and payment.status == Payment.Status.SUCCEEDED):
+        charge = appt.payment_id or (payment.gateway_payment_id if payment else "")
+        return f"already paid ({charge})" if charge else "already paid"
+    problems = []
+    for validate, value in ((validate_positive_amount, appt.amount), (validate_currency, appt.currency)):
+        try:
+            validate(value)
+        except ValidationError as exc:
+            problems.extend(exc.messages)
+    if problems:
+        return "cannot be charged: " + "; ".join(problems) + " (fix the appointment first)"
+    return None
+
+
 @admin.register(Appointment)
 class AppointmentAdmin(admin.ModelAdmin):
     list_display = ("id", "doctor", "patient", "scheduled_at", "amount", "payment_status", "payment_id")
     list_filter = ("payment_status",)
+    actions = ("charge_now",)
+
+    @admin.action(description="Charge now / retry payment")
+    def charge_now(self, request: HttpRequest, queryset: QuerySet[Appointment]) -> None:
+        # process_payment charges once per idempotency key and leaves a charge in progress alone,
+        # so pressing this twice, or while the booking's own charge runs, charges once.
+        found = {p.appointment_id: p for p in Payment.objects.filter(appointment__in=queryset)}
+        queued, refused = [], []
+        with transaction.atomic():
+            for appt in queryset:
+                payment = found.get(appt.pk)
+                problem = why_not_charge(appt, payment)
+                if problem is not None:
+                    refused.append((str(appt), problem))
+                    continue
+                label = str(appt) if payment is None else f"{appt} (retry, {payment.status})"
+                queued.append((label, payments.process_payment.delay(appt.pk).id))
+        if queued:
+            self.message_user(request, queued_message("charge(s)", queued), messages.SUCCESS)
+        if refused:
+            self.message_user(request, refused_message(refused), messages.WARNING)
 
 
 @admin.register(Payment)
@@ -78,9 +176,57 @@ def _as_timedelta(value: timedelta | float | None) -> timedelta:
     return timedelta(seconds=value) if value else timedelta.max  # 0/None: results never expire
 
 
+IN_FLIGHT = (Report.Status.PENDING, Report.Status.RUNNING)
+
+
 @admin.register(Report)
 class ReportAdmin(admin.ModelAdmin):
     list_display = ("id", "name", "status", "progress", "task_state", "finished_at")
+    actions = ("generate_report",)
+    # Shows the progress live, then the download link (web/report_views.py).
+    change_form_template = "web/report/change_form.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view  # staff only; anyone else goes to the login page
+        return [
+            path("<int:report_id>/progress/", wrap(report_views.progress), name="common_report_progress"),
+            path("<int:report_id>/download/", wrap(report_views.download), name="common_report_download"),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        extra = dict(extra_context or {})
+        if object_id.isdigit():
+            extra["progress_url"] = reverse("admin:common_report_progress", args=[int(object_id)])
+        return super().change_view(request, object_id, form_url, extra)
+
+    @admin.action(description="Generate report")
+    def generate_report(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
+        queued, refused = [], []
+        with transaction.atomic():  # the row says "queued" with its task id before a worker sees it
+            for report in queryset.select_for_update():
+                if report.status in IN_FLIGHT and report.task_id and self.task_state(report) != EXPIRED:
+                    refused.append(
+                        (report.name, f"already {report.status} (task {report.task_id}); wait for it")
+                    )
+                    continue
+                task_id = reports.generate_large_report.delay(report.pk).id
+                Report.objects.filter(pk=report.pk).update(
+                    status=Report.Status.PENDING, task_id=task_id, progress_current=0, finished_at=None
+                )
+                link = reverse("admin:common_report_change", args=[report.pk])
+                queued.append((format_html('<a href="{}">{}</a>', link, report.name), task_id))
+        if queued:
+            self.message_user(
+                request,
+                format_html("{} Open a report to follow its progress.", queued_message("report(s)", queued)),
+                messages.SUCCESS,
+            )
+        if refused:
+            self.message_user(request, refused_message(refused), messages.WARNING)
+
     readonly_fields = (
         "task_id",
         "task_state",
