@@ -15,9 +15,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from common.models import Report
+from common.models import Doctor, Report, ReportItem
 from devtools.ports import free_port
 from devtools.processes import ServiceProcess
+from devtools.testing.waiting import wait_until
+from devtools.testing.workers import Workers
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # No background traffic: this machine's network is closed (see the machine notes).
@@ -58,6 +60,20 @@ def web(data_dir: Path) -> Iterator[str]:
             time.sleep(0.3)
     yield url
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator[Workers]:
+    """The workers the admin's saves and actions send to, on the session's SMTP/CRM sandboxes."""
+    w = Workers(data_dir)
+    services = ["emails", "sync", "reports"]
+    env = {s: dict(peers_env) for s in services}
+    env["reports"]["REPORT_PROGRESS_INTERVAL"] = "0.05"
+    try:
+        w.start(services, env=env)
+        yield w
+    finally:
+        w.stop()
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +180,71 @@ def test_operator_replays_and_purges_dead_letters(page, store) -> None:  # type:
     page.click("input[value='Yes, purge 1']")
     assert "Removed 1 dead letter(s)." in page.locator(".messagelist .success").inner_text()
     assert store.get(entry.id) is None
+
+
+def test_operator_adds_a_doctor_who_gets_one_welcome_mail_and_one_crm_record(
+    page,
+    workers,
+    smtp_sink,
+    crm_sandbox,  # type: ignore[no-untyped-def]
+) -> None:
+    email = f"katherine-{secrets.token_hex(3)}@clinic.example"
+    log_in(page)
+    page.goto("/admin/common/doctor/add/")
+    page.fill("#id_first_name", "Katherine")
+    page.fill("#id_last_name", "Johnson")
+    page.fill("#id_email", email)
+    page.click("input[name=_save]")
+    page.wait_for_url("**/admin/common/doctor/")
+    doctor = Doctor.objects.get(email=email)
+
+    def mails() -> list:  # type: ignore[type-arg]
+        return [m for m in smtp_sink.messages if email in m["X-Envelope-To"]]
+
+    wait_until(lambda: mails() and str(doctor.pk) in crm_sandbox.doctors, timeout=60)
+    time.sleep(2)  # room for a duplicate, of which there must be none
+    assert len(mails()) == 1 and mails()[0]["Subject"] == "Welcome to our platform"
+    assert crm_sandbox.doctors[str(doctor.pk)]["writes"] == 1
+
+
+def test_operator_generates_a_report_and_watches_it_then_downloads_it(page, browser, web, workers) -> None:  # type: ignore[no-untyped-def]
+    report = Report.objects.create(name=f"Browser revenue {secrets.token_hex(3)}")
+    ReportItem.objects.bulk_create(
+        (ReportItem(report=report, label=f"item {i}", value=1) for i in range(300_000)), batch_size=10_000
+    )
+    log_in(page)
+    page.goto("/admin/common/report/")
+    page.locator("tr", has_text=report.name).locator("input.action-select").check()
+    page.select_option("select[name=action]", "generate_report")
+    page.click("button[name=index]")
+    success = page.locator(".messagelist .success").inner_text()
+    assert "Queued 1 report(s)" in success and report.name in success
+
+    # Every text the progress line shows, recorded in the page as it changes (no reload).
+    page.click(f".messagelist a:text('{report.name}')")
+    page.wait_for_url(f"**/admin/common/report/{report.pk}/change/")
+    page.evaluate(
+        """() => { window.seen = [];
+        const text = document.getElementById('report-progress-text');
+        new MutationObserver(() => window.seen.push(text.textContent))
+            .observe(text, {childList: true, characterData: true, subtree: true}); }"""
+    )
+    link = page.locator("#report-download")
+    link.wait_for(state="visible", timeout=120_000)
+    seen = page.evaluate("window.seen")
+    assert seen and seen[-1] == "complete: 300000/300000 (100%)", seen
+    assert any(t.startswith("running: ") and "(100%)" not in t for t in seen), seen
+
+    with page.expect_download() as download:
+        link.click()
+    content = Path(download.value.path()).read_text()
+    assert content.startswith("item,label,value") and content.rstrip().endswith("300000.00")
+
+    # Not logged in: the file goes to nobody, the request lands on the login page.
+    stranger = browser.new_context(base_url=web)
+    try:
+        anonymous = stranger.new_page()
+        anonymous.goto(f"/admin/common/report/{report.pk}/download/")
+        assert "/admin/login/" in anonymous.url
+    finally:
+        stranger.close()
