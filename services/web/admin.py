@@ -183,6 +183,14 @@ IN_FLIGHT = (Report.Status.PENDING, Report.Status.RUNNING)
 class ReportAdmin(admin.ModelAdmin):
     list_display = ("id", "name", "status", "progress", "task_state", "finished_at")
     actions = ("generate_report",)
+    readonly_fields = (
+        "task_id",
+        "task_state",
+        "progress_current",
+        "progress_total",
+        "file_path",
+        "finished_at",
+    )
     # Shows the progress live, then the download link (web/report_views.py).
     change_form_template = "web/report/change_form.html"
 
@@ -226,15 +234,6 @@ class ReportAdmin(admin.ModelAdmin):
             )
         if refused:
             self.message_user(request, refused_message(refused), messages.WARNING)
-
-    readonly_fields = (
-        "task_id",
-        "task_state",
-        "progress_current",
-        "progress_total",
-        "file_path",
-        "finished_at",
-    )
 
     @admin.display(description="Progress")
     def progress(self, obj: Report) -> str:
