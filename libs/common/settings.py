@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         "(X-Forwarded-Proto: https); unset: that one in production, none elsewhere; empty: none "
         "(TLS ends at gunicorn). The proxy must set it on every request and strip a client's own.",
     )
+    admin_login_failure_limit: PositiveInt = Field(
+        5,
+        description="Failed admin logins for one username from one address before that pair is "
+        "locked out for the cool-off (django-axes, web.settings).",
+    )
 
     # Celery: the chapter's values are the defaults.
     task_soft_time_limit: PositiveInt = 300
