@@ -781,6 +781,45 @@ class Bench:
             p.stop()
         self.rows.append((f"chord of {n} echo -> notify_admin (s)", summary(times, 2), "-", "-", "<= 2 s"))
 
+    # --- 4b. bulk enqueue for fan-outs -------------------------------------------
+    def bulk(self, n: int) -> None:
+        """A fan-out of `n`: `calls.send_many` (outbox rows in bulk, pipelined publish) against
+        stock Celery's `.delay()` in a loop, and ours in a loop. Enqueue only: no worker runs,
+        and each message is checked to be on its queue."""
+        import bench.stock as stock
+        from common import calls
+        from common.outbox.models import OutboxMessage
+        from contracts import sync
+
+        variants = {
+            "send_many": ("sync", lambda: calls.send_many(sync.echo, [(i,) for i in range(n)])),
+            "stock .delay() loop": ("stock", lambda: [stock.echo.delay(i) for i in range(n)]),
+            "ours .delay() loop": ("sync", lambda: [sync.echo.delay(i) for i in range(n)]),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for r in range(self.rounds):
+            for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
+                queue, send = variants[name]
+                self.redis.delete(queue)
+                t0 = time.perf_counter()
+                send()
+                rates[name].append(n / (time.perf_counter() - t0))
+                queued = self.redis.llen(queue)
+                if queued != n or OutboxMessage.objects.exists():
+                    raise BenchError(f"{name}: {queued} of {n} messages on {queue}, outbox not empty")
+                self.redis.delete(queue)
+        ours, base = statistics.median(rates["send_many"]), statistics.median(rates["stock .delay() loop"])
+        self.rows.append(
+            (
+                f"bulk enqueue of {n}: send_many vs stock .delay() loop (tasks/s; ours in a loop: "
+                f"{summary(rates['ours .delay() loop'])})",
+                summary(rates["send_many"]),
+                summary(rates["stock .delay() loop"]),
+                f"{ours / base:.2f}",
+                ">= 3",
+            )
+        )
+
     # --- 5. report progress overhead --------------------------------------------
     def progress(self, n: int) -> None:
         from decimal import Decimal
@@ -916,7 +955,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 3)
     sizes = (
-        {"noop": 2000, "box": 2000, "latency": 50, "io": 120, "chord": 100, "report": 20_000, "memory": 500}
+        {
+            "noop": 2000,
+            "box": 2000,
+            "latency": 50,
+            "io": 120,
+            "chord": 100,
+            "bulk": 500,
+            "report": 20_000,
+            "memory": 500,
+        }
         if args.quick
         else {
             "noop": 20_000,
@@ -924,6 +972,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency": 500,
             "io": 200,
             "chord": 1000,
+            "bulk": 5000,
             "report": 100_000,
             "memory": 2000,
         }
@@ -969,6 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
             ("io", "I/O-bound queue", lambda: bench.io_bound(sizes["io"], crm)),
             ("recovery", "recovery after SIGKILL", lambda: bench.recovery(crm, with_stock=not args.quick)),
             ("chord", "chord", lambda: bench.chord(sizes["chord"])),
+            ("bulk", "bulk enqueue", lambda: bench.bulk(sizes["bulk"])),
             ("report", "report progress", lambda: bench.progress(sizes["report"])),
             ("memory", "worker memory", lambda: bench.memory_per_service(sizes["memory"])),
         ]

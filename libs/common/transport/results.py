@@ -116,6 +116,15 @@ class RedisBackend(CeleryRedisBackend):
             meta.pop(name, None)
         return meta
 
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """Subscribe to a task's result when someone waits for it, not at every send.
+
+        Celery's Redis backend subscribes to every task's result channel as it is sent (one
+        SUBSCRIBE, later one UNSUBSCRIBE), though most producers never wait: a fan-out, the
+        outbox relay and the web side send and move on. `.get()` still subscribes (through
+        `add_pending_result`) and first reads a result already stored.
+        """
+
     @cached_property
     def _store_script(self) -> Any:
         return self.client.register_script(STORE_UNLESS_SUCCEEDED)
