@@ -310,6 +310,27 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'db.sqlite3'}"
 
+    # Observability (common.observability.metrics, .logging_config).
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None,
+        description="Port a worker serves Prometheus /metrics on (every interface); unset, empty "
+        "or 0: no endpoint. One port per worker process on a host.",
+    )
+    metrics_address: str = Field("0.0.0.0", description="Interface the /metrics endpoint listens on.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per log line (python-json-logger), for a log shipper."
+    )
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _zero_port_is_off(cls, value: Any) -> Any:
+        return None if value in (0, "0", "") or (isinstance(value, str) and not value.strip()) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
 
 def _is_loopback(host: str) -> bool:
     host = host.strip().strip("[]").lower()

@@ -19,6 +19,8 @@ from common.settings import get_settings
 def worker_argv(app: Celery, *, pool: str, concurrency: int, extra: Sequence[str] = ()) -> list[str]:
     s = get_settings()
     return [
+        # JSON logs: no plain-text startup banner among the lines (a `celery` option, before `worker`).
+        *(["--quiet"] if s.log_format == "json" else []),
         "worker",
         f"--queues={app.main}",
         f"--hostname={app.main}@%h",
@@ -153,6 +155,19 @@ def restrict_remote_control(allowed: Iterable[str] | None) -> list[str]:
     return sorted(refused)
 
 
+def _observe(app: Celery) -> None:
+    """LOG_FORMAT=json and METRICS_PORT (common.observability): set up before the pool forks."""
+    settings = get_settings()
+    if settings.log_format == "json":
+        from common.observability.logging_config import install_worker_json_logs
+
+        install_worker_json_logs(app.main)
+    if settings.metrics_port is not None:
+        from common.observability.metrics import serve_metrics
+
+        serve_metrics(app, settings)
+
+
 def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] | None = None) -> None:
     """Run the worker in this process; exit non-zero (SystemExit) if it stopped on an error."""
     extra = sys.argv[1:] if argv is None else argv
@@ -160,6 +175,7 @@ def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] 
         allowed_remote_control(get_settings().worker_remote_control_allow)
     )
     hide_task_results()  # "Task ... succeeded": never the return value (a name, an email)
+    _observe(app)
     status = ExitStatus()
     app.steps["worker"].add(ReleaseInfo)
     try:

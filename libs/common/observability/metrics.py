@@ -1,0 +1,295 @@
+"""Prometheus metrics of a worker: what its tasks did, and what waits in Redis for it.
+
+With METRICS_PORT set, `common.worker.run_worker` calls `serve_metrics` before the worker
+starts: the worker's main process serves `http://<METRICS_ADDRESS>:<METRICS_PORT>/metrics`.
+
+Task counts come from Celery's signals, which fire where the task runs: in the main process
+for the threads and solo pools, in the pool's child processes for prefork. Counting only
+in the main process would need Celery's internals (the parent learns a child's outcome in
+`Request.on_success`, no signal), so every worker runs prometheus_client's multiprocess
+mode, one code path for every pool: each process writes its values to a memory-mapped file
+under `<DATA_DIR>/metrics/<service>-<pid of the main process>/`, and a scrape sums the
+files (a prefork child's counts survive its replacement). The directory is the main
+process's own, wiped when it starts and removed when it exits; directories whose main
+process is gone are removed by the next worker that starts there.
+
+Queue depth, dead letters and delayed tasks are read from Redis on each scrape (a collector
+registered on the endpoint only): nothing to keep in step, never stale.
+
+    celery_task_received_total{service,task}          messages the worker accepted
+    celery_task_succeeded_total{service,task}
+    celery_task_failed_total{service,task,exception}  failed for good (a retry is no failure)
+    celery_task_retried_total{service,task}
+    celery_task_runtime_seconds{service,task}         histogram, every run whatever its outcome
+    celery_queue_length{queue}                        messages waiting, every priority
+    celery_dead_letters{queue}                        dead letters kept (common.deadletters)
+    celery_delayed_tasks                              countdown/eta messages not yet due (all queues)
+    celery_broker_up                                  1 if the scrape could read Redis, else 0
+
+Every worker of a service reports the same queue: aggregate them with max(), not sum().
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+
+from common.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# kombu's Redis transport: priority 0 is the queue's own list, 1..9 `<queue>\x06\x16<n>`
+# (kombu.transport.redis.Channel._q_for_pri; common.celery_config sets the steps 0..9).
+PRIORITY_SEP = "\x06\x16"
+PRIORITIES = range(10)
+RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists holding `queue`'s waiting messages, one per priority."""
+    return [f"{queue}{PRIORITY_SEP}{p}" if p else queue for p in PRIORITIES]
+
+
+class TaskMetrics:
+    """The task counters and runtime histogram, fed by Celery's signals."""
+
+    def __init__(self, service: str) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.service = service
+        labels = ("service", "task")
+        # registry=None: only the endpoint's multiprocess collector reads them.
+        self.received = Counter(
+            "celery_task_received_total", "Task messages this worker accepted.", labels, registry=None
+        )
+        self.succeeded = Counter("celery_task_succeeded_total", "Tasks that returned.", labels, registry=None)
+        self.failed = Counter(
+            "celery_task_failed_total",
+            "Tasks that failed for good (retries exhausted, or an error not retried).",
+            (*labels, "exception"),
+            registry=None,
+        )
+        self.retried = Counter(
+            "celery_task_retried_total", "Task runs that ended in a retry.", labels, registry=None
+        )
+        self.runtime = Histogram(
+            "celery_task_runtime_seconds",
+            "Seconds each task run took, whatever its outcome.",
+            labels,
+            buckets=RUNTIME_BUCKETS,
+            registry=None,
+        )
+        self._started: dict[str, float] = {}
+
+    def declare(self, task_names: Iterable[str]) -> None:
+        """Export 0 for each task before it first runs: rate() and alerts see a series at once."""
+        for name in task_names:
+            for metric in (self.received, self.succeeded, self.retried, self.runtime):
+                metric.labels(self.service, name)
+
+    def connect(self) -> None:
+        for signal, receiver in (
+            (signals.task_received, self._on_received),
+            (signals.task_prerun, self._on_prerun),
+            (signals.task_postrun, self._on_postrun),
+            (signals.task_success, self._on_success),
+            (signals.task_failure, self._on_failure),
+            (signals.task_retry, self._on_retry),
+        ):
+            signal.connect(receiver, weak=False, dispatch_uid=f"common.metrics.{signal.name}")
+
+    def disconnect(self) -> None:
+        for signal in (
+            signals.task_received, signals.task_prerun, signals.task_postrun,
+            signals.task_success, signals.task_failure, signals.task_retry,
+        ):  # fmt: skip
+            signal.disconnect(dispatch_uid=f"common.metrics.{signal.name}")
+
+    # The receivers never raise: a metric must not change what happens to a task.
+    def _on_received(self, request: Any = None, **_: Any) -> None:
+        _safely(lambda: self.received.labels(self.service, _name(request)).inc())
+
+    def _on_prerun(self, task_id: str | None = None, **_: Any) -> None:
+        if task_id is not None:
+            self._started[task_id] = time.perf_counter()
+
+    def _on_postrun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        started = self._started.pop(task_id, None) if task_id is not None else None
+        if started is not None:
+            took = time.perf_counter() - started
+            _safely(lambda: self.runtime.labels(self.service, _name(task)).observe(took))
+
+    def _on_success(self, sender: Any = None, **_: Any) -> None:
+        _safely(lambda: self.succeeded.labels(self.service, _name(sender)).inc())
+
+    def _on_failure(self, sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+        kind = type(exception).__name__ if exception is not None else "unknown"
+        _safely(lambda: self.failed.labels(self.service, _name(sender), kind).inc())
+
+    def _on_retry(self, sender: Any = None, **_: Any) -> None:
+        _safely(lambda: self.retried.labels(self.service, _name(sender)).inc())
+
+
+def _name(task_or_request: Any) -> str:
+    return str(getattr(task_or_request, "name", None) or "unknown")
+
+
+def _safely(update: Callable[[], None]) -> None:
+    try:
+        update()
+    except Exception:  # noqa: BLE001 - counted or not, the task goes on
+        logger.debug("metric update failed", exc_info=True)
+
+
+class RedisCollector:
+    """Reads, on each scrape, what waits in Redis for `queues` (one pipelined round trip)."""
+
+    def __init__(self, queues: Sequence[str], client: Callable[[], Any]) -> None:
+        self.queues = list(queues)
+        self.client = client
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from common.deadletters.store import QUEUE_PREFIX
+        from common.transport.broker.scripts import DELAYED
+
+        up = GaugeMetricFamily("celery_broker_up", "1 if this scrape could read the broker's Redis.")
+        try:
+            pipe = self.client().pipeline(transaction=False)
+            for queue in self.queues:
+                for key in queue_keys(queue):
+                    pipe.llen(key)
+            for queue in self.queues:
+                pipe.zcard(QUEUE_PREFIX + queue)
+            pipe.zcard(DELAYED)
+            replies = pipe.execute()
+        except Exception:  # noqa: BLE001 - Redis down: say so, and keep serving the task counts
+            logger.warning("metrics: could not read queue lengths from Redis", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        per_queue = len(PRIORITIES)
+        length = GaugeMetricFamily(
+            "celery_queue_length", "Messages waiting in the queue (every priority).", labels=["queue"]
+        )
+        dead = GaugeMetricFamily(
+            "celery_dead_letters", "Dead letters kept for the queue (common.deadletters).", labels=["queue"]
+        )
+        for i, queue in enumerate(self.queues):
+            length.add_metric([queue], sum(int(n) for n in replies[i * per_queue : (i + 1) * per_queue]))
+            dead.add_metric([queue], int(replies[len(self.queues) * per_queue + i]))
+        yield length
+        yield dead
+        delayed = GaugeMetricFamily(
+            "celery_delayed_tasks", "Messages with a countdown or eta not yet due, all queues."
+        )
+        delayed.add_metric([], int(replies[-1]))
+        yield delayed
+
+
+def metrics_dir(settings: Settings, service: str, pid: int | None = None) -> Path:
+    return settings.data_dir / "metrics" / f"{service}-{pid or os.getpid()}"
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Remove the directories of main processes that are gone (killed: no exit hook ran)."""
+    for path in parent.glob("*-*"):
+        pid = path.name.rpartition("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # alive, someone else's
+
+
+def _use_multiprocess_mode(path: Path) -> None:
+    """Every metric created from now on, in this process and its forks, writes under `path`."""
+    from prometheus_client import values
+
+    os.environ[MULTIPROC_ENV] = str(path)  # read by each value when it opens its file
+    # prometheus_client picks its value class when first imported, from that variable: it may
+    # have been imported before it was set, so pick again (a fresh class: no file of another
+    # directory kept open).
+    values.ValueClass = values.MultiProcessValue()
+
+
+class MetricsServer:
+    """The running endpoint: its port, and `close()` (tests; a worker's exit does it anyway)."""
+
+    def __init__(self, server: Any, thread: Any, path: Path, tasks: TaskMetrics) -> None:
+        self.server, self.thread, self.path, self.tasks = server, thread, path, tasks
+        self._pid = os.getpid()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked pool child inherits the hook: the directory is its parent's
+        self.tasks.disconnect()
+        self.server.shutdown()
+        self.server.server_close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def serve_metrics(app: Celery, settings: Settings | None = None) -> MetricsServer | None:
+    """Start counting `app`'s tasks and serve /metrics on METRICS_PORT; None if it is unset.
+
+    Call it in the worker's main process before the pool starts (its children inherit the
+    signal receivers). A port in use raises OSError: the worker then fails at start, loudly.
+    """
+    s = settings or get_settings()
+    if s.metrics_port is None:
+        return None
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from common.transport.tls import redis_from_url
+
+    service = app.main
+    path = metrics_dir(s, service)
+    _remove_orphans(path.parent)
+    shutil.rmtree(path, ignore_errors=True)  # a previous process of this pid: not ours to sum
+    path.mkdir(parents=True)
+    _use_multiprocess_mode(path)
+
+    tasks = TaskMetrics(service)
+    tasks.connect()
+
+    def declare(**_: Any) -> None:  # the worker has imported its tasks, its pool not yet forked
+        tasks.declare(name for name in app.tasks if not name.startswith("celery."))
+
+    signals.worker_init.connect(declare, weak=False, dispatch_uid="common.metrics.declare")
+
+    client: list[Any] = []
+
+    def redis() -> Any:
+        if not client:
+            timeout = s.broker_socket_timeout
+            client.append(redis_from_url(s.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
+        return client[0]
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(path))
+    registry.register(RedisCollector([service], redis))
+    server, thread = start_http_server(s.metrics_port, addr=s.metrics_address, registry=registry)
+    running = MetricsServer(server, thread, path, tasks)
+    atexit.register(running.close)
+    logger.info("metrics: serving http://%s:%s/metrics", s.metrics_address, running.port)
+    return running
