@@ -201,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
 
             web_port = os.environ.get("WEB_PORT") or str(free_port())
             flower_port = os.environ.get("FLOWER_PORT") or str(free_port())
+            # Each worker serves Prometheus /metrics on a port of its own (common.observability.metrics).
+            metrics_ports = {s: str(free_port()) for s in SERVICES}
+            metrics_env = {"METRICS_ADDRESS": "127.0.0.1"}
             # Workers, beat and flower run on the backend's settings (no admin); web on its own.
             procs = [
-                *(worker_process(s, logs / f"{s}.log") for s in SERVICES),
+                *(
+                    worker_process(s, logs / f"{s}.log", env={**metrics_env, "METRICS_PORT": port})
+                    for s, port in metrics_ports.items()
+                ),
                 platform_process("beat", "scheduler.beat", logs / "beat.log"),
                 platform_process(
                     "flower", "monitor.flower", logs / "flower.log", env={"FLOWER_PORT": flower_port}
@@ -238,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"flower: http://127.0.0.1:{flower_port}/  (login {s.flower_user} / "
                 f"{os.environ['FLOWER_PASSWORD']})"
             )
+            for service, port in metrics_ports.items():
+                log(f"metrics: {service:<8} http://127.0.0.1:{port}/metrics")
             if args.exit_after_demo:
                 log("demo done; stopping")
                 return 0
