@@ -42,6 +42,8 @@ def logging_dict(level: str, fmt: str | None = None) -> dict[str, Any]:
         from common.settings import get_settings
 
         fmt = get_settings().log_format
+    if fmt == "json":
+        _follow_celery_logging()  # beat and flower set up Celery's handlers too: JSON as well
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -158,6 +160,15 @@ def _on_celery_logging(logger: logging.Logger | None = None, **_: Any) -> None:
     use_json_formatter(logging.getLogger())
 
 
+def _follow_celery_logging() -> None:
+    """Each handler Celery installs (a worker's, beat's) writes JSON; warnings are logged."""
+    from celery import signals
+
+    logging.captureWarnings(True)  # warnings.warn (Celery's SecurityWarning as root): a JSON line
+    for signal in (signals.after_setup_logger, signals.after_setup_task_logger):
+        signal.connect(_on_celery_logging, weak=False, dispatch_uid=f"common.json_logs.{signal.name}")
+
+
 def _json_say(msg: str, f: Any = sys.__stderr__) -> None:
     """Celery's `safe_say` (the shutdown notices its signal handlers write) as a JSON line."""
     line = {
@@ -184,13 +195,10 @@ def install_worker_json_logs(service: str) -> None:
     the shutdown notices Celery writes straight to stdout from its signal handlers are
     written as JSON lines instead.
     """
-    from celery import signals
     from celery.apps import worker as celery_worker
 
     set_service(service)
-    logging.captureWarnings(True)  # warnings.warn (Celery's SecurityWarning as root): a JSON line
-    for signal in (signals.after_setup_logger, signals.after_setup_task_logger):
-        signal.connect(_on_celery_logging, weak=False, dispatch_uid=f"common.json_logs.{signal.name}")
+    _follow_celery_logging()
     if hasattr(celery_worker, "safe_say"):
         celery_worker.safe_say = _json_say
     use_json_formatter(logging.getLogger())
