@@ -97,6 +97,20 @@ class Appointment(models.Model):
     def __str__(self) -> str:
         return f"Appointment #{self.pk} at {self.scheduled_at:%Y-%m-%d %H:%M}"
 
+    def charge_problems(self) -> list[str]:
+        """Why the gateway must not be asked to charge this row (amount, currency); [] if none.
+
+        One rule for the payments worker (which refuses such a row) and the admin (which
+        refuses to queue it).
+        """
+        problems: list[str] = []
+        for validate, value in ((validate_positive_amount, self.amount), (validate_currency, self.currency)):
+            try:
+                validate(value)
+            except ValidationError as exc:
+                problems.extend(exc.messages)
+        return problems
+
 
 class Payment(models.Model):
     """An appointment's charge, committed with its idempotency key before the gateway is called.

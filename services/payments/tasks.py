@@ -24,12 +24,11 @@ from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Reject
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from common.celery_app import implements
-from common.models import Appointment, Payment, validate_currency, validate_positive_amount
+from common.models import Appointment, Payment
 from common.transport.locks import task_lock
 from contracts import payments as contract
 from payments import gateway
@@ -61,13 +60,7 @@ class Claim:
 
 def _problem(appt: Appointment) -> str | None:
     """Why the gateway must not be asked to charge this appointment, or None."""
-    problems = []
-    for validate, value in ((validate_positive_amount, appt.amount), (validate_currency, appt.currency)):
-        try:
-            validate(value)
-        except ValidationError as exc:
-            problems.extend(exc.messages)
-    return "; ".join(problems) or None
+    return "; ".join(appt.charge_problems()) or None
 
 
 def _claim(appointment_id: int) -> Claim | dict[str, Any] | InvalidPaymentError:

@@ -6,7 +6,6 @@ from typing import Any
 from celery import states
 from celery.result import AsyncResult
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -22,8 +21,6 @@ from common.models import (
     Payment,
     Report,
     SentEmail,
-    validate_currency,
-    validate_positive_amount,
 )
 from common.outbox.models import OutboxMessage
 from contracts import emails, payments, reports, sync
@@ -89,12 +86,7 @@ def why_not_charge(appt: Appointment, payment: Payment | None) -> str | None:
     if appt.is_paid or (payment is not None and payment.status == Payment.Status.SUCCEEDED):
         charge = appt.payment_id or (payment.gateway_payment_id if payment else "")
         return f"already paid ({charge})" if charge else "already paid"
-    problems = []
-    for validate, value in ((validate_positive_amount, appt.amount), (validate_currency, appt.currency)):
-        try:
-            validate(value)
-        except ValidationError as exc:
-            problems.extend(exc.messages)
+    problems = appt.charge_problems()
     if problems:
         return "cannot be charged: " + "; ".join(problems) + " (fix the appointment first)"
     return None

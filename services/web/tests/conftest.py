@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from django.test.utils import setup_test_environment, teardown_test_environment
 
 from common.deadletters import DeadLetters
 from devtools.testing.workers import Workers
@@ -27,3 +28,11 @@ def store(redis_url: str) -> Iterator[DeadLetters]:
     client = redis.Redis.from_url(redis_url)
     yield DeadLetters(client)
     client.close()
+
+
+@pytest.fixture(scope="module")
+def django_test_environment() -> Iterator[None]:
+    """Django's test set-up (template rendering recorded, locmem mail in this process) for a module."""
+    setup_test_environment()
+    yield
+    teardown_test_environment()

@@ -16,7 +16,6 @@ import pytest
 from celery import states
 from django.contrib.auth import get_user_model
 from django.test import Client
-from django.test.utils import setup_test_environment, teardown_test_environment
 from django.utils import timezone
 
 from common.celery_app import current_app
@@ -29,11 +28,7 @@ LIST = "/admin/common/report/"
 RESULT_EXPIRES = 2  # the worker's: its results vanish from Redis 2 s after they are stored
 
 
-@pytest.fixture(scope="module", autouse=True)
-def test_environment() -> Iterator[None]:
-    setup_test_environment()
-    yield
-    teardown_test_environment()
+pytestmark = pytest.mark.usefixtures("django_test_environment")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client
-from django.test.utils import setup_test_environment, teardown_test_environment
 from django.utils import timezone
 
 from common.models import Appointment, Doctor, Patient, Payment, Report, ReportItem
@@ -31,11 +30,7 @@ SERVICES = ["emails", "sync", "payments", "reports"]
 SETTLE = 2.0  # seconds to let a duplicate (there must be none) reach a worker and its peer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def test_environment() -> Iterator[None]:
-    setup_test_environment()
-    yield
-    teardown_test_environment()
+pytestmark = pytest.mark.usefixtures("django_test_environment")
 
 
 @pytest.fixture(scope="module")
