@@ -155,7 +155,7 @@ def restrict_remote_control(allowed: Iterable[str] | None) -> list[str]:
     return sorted(refused)
 
 
-def _observe(app: Celery) -> None:
+def _observe(app: Celery, pool: str) -> None:
     """LOG_FORMAT=json and METRICS_PORT (common.observability): set up before the pool forks."""
     settings = get_settings()
     if settings.log_format == "json":
@@ -165,7 +165,7 @@ def _observe(app: Celery) -> None:
     if settings.metrics_port is not None:
         from common.observability.metrics import serve_metrics
 
-        serve_metrics(app, settings)
+        serve_metrics(app, settings, pool=pool)
 
 
 def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] | None = None) -> None:
@@ -175,7 +175,7 @@ def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] 
         allowed_remote_control(get_settings().worker_remote_control_allow)
     )
     hide_task_results()  # "Task ... succeeded": never the return value (a name, an email)
-    _observe(app)
+    _observe(app, get_settings().worker_pool or pool)
     status = ExitStatus()
     app.steps["worker"].add(ReleaseInfo)
     try:

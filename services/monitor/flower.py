@@ -110,6 +110,20 @@ def secure_handlers() -> list[str]:
     return changed
 
 
+def export_queues() -> None:
+    """Add every service queue's figures to Flower's /metrics (prometheus_client's registry).
+
+    A worker reports only its own queue; a queue whose workers are all gone would vanish
+    from Prometheus with them. Here it stays, with `celery_queue_consumers` 0.
+    """
+    from prometheus_client import REGISTRY
+
+    from common.observability.metrics import broker_collector
+    from common.routing import SERVICES
+
+    REGISTRY.register(broker_collector(SERVICES))
+
+
 def main() -> None:
     s = get_settings()
     if s.flower_password is None or not s.flower_password.get_secret_value():
@@ -121,6 +135,7 @@ def main() -> None:
             )
         )
     secure_handlers()
+    export_queues()
     # Through the environment, not argv, so the password never shows in `ps`.
     os.environ["FLOWER_BASIC_AUTH"] = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
     app.start(["flower", f"--port={s.flower_port}", f"--address={s.flower_address}", *sys.argv[1:]])

@@ -19,7 +19,9 @@ import redis
 from common.celery_app import current_app
 from common.models import Doctor
 from contracts import sync
+from devtools.ports import free_port
 from devtools.testing.faults import NamedWorker
+from devtools.testing.prometheus import total, worker_metrics
 from devtools.testing.waiting import wait_until
 
 RECOVERY_BOUND = 15.0  # the README's promise at the default BROKER_HEARTBEAT_TIMEOUT (10 s)
@@ -71,7 +73,12 @@ def holder(workers: list[NamedWorker], redis_url: str) -> NamedWorker:
 def test_sigkill_mid_task_is_redelivered_within_the_bound_and_completes_once(
     pool: str, start_workers, crm_sandbox, redis_url: str
 ) -> None:  # type: ignore[no-untyped-def]
-    workers = start_workers(f"sync-{pool}-a", f"sync-{pool}-b", WORKER_POOL=pool, WORKER_CONCURRENCY="2")
+    ports = {f"sync-{pool}-{x}": free_port() for x in "ab"}
+    workers = [
+        w
+        for name, port in ports.items()
+        for w in start_workers(name, WORKER_POOL=pool, WORKER_CONCURRENCY="2", METRICS_PORT=str(port))
+    ]
     crm_sandbox.latency = 3.0
     doctor = new_doctor(f"kill-{pool}")
     result = sync.sync_doctor_to_external_system.delay(doctor.pk)
@@ -94,6 +101,11 @@ def test_sigkill_mid_task_is_redelivered_within_the_bound_and_completes_once(
     assert doctor.external_id == record["id"]
     time.sleep(2)
     assert len(crm_starts(crm_sandbox, doctor)) == 2
+    # The survivor says so in its metrics: one message redelivered, one consumer left.
+    [survivor] = [w for w in workers if w is not victim]
+    samples = worker_metrics(ports[survivor.name])
+    assert total(samples, "celery_redelivered_total", service="sync") == 1
+    assert total(samples, "celery_queue_consumers", queue="sync") == 1
 
 
 def test_sigterm_mid_task_finishes_it_and_leaves_queued_tasks_for_others(

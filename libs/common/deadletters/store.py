@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from celery.utils.dispatch import Signal
+
+# Sent once a dead letter is stored, where it was stored (a worker's main process for what
+# it could not run, the pool process for a task that failed for good): metrics count it.
+dead_lettered = Signal(name="dead_lettered", providing_args={"queue", "reason"})
 
 ENTRIES = "jobs.dead.entries"
 QUEUES = "jobs.dead.queues"
@@ -166,6 +171,7 @@ class DeadLetters:
             keys.append(inflight[0])
             args.append(inflight[1])
         self._add(keys=keys, args=args)
+        dead_lettered.send(sender=self, queue=queue, reason=reason)
         return entry
 
     def queues(self) -> list[str]:

@@ -13,15 +13,27 @@ files (a prefork child's counts survive its replacement). The directory is the m
 process's own, wiped when it starts and removed when it exits; directories whose main
 process is gone are removed by the next worker that starts there.
 
-Queue depth, dead letters and delayed tasks are read from Redis on each scrape (a collector
-registered on the endpoint only): nothing to keep in step, never stale.
+What waits in Redis is read on each scrape (`common.observability.queues`, one round trip):
+nothing to keep in step, never stale. Each worker reports its own queue; the monitor
+service (Flower's /metrics) reports every queue, so a queue nobody consumes is still seen.
 
     celery_task_received_total{service,task}          messages the worker accepted
     celery_task_succeeded_total{service,task}
     celery_task_failed_total{service,task,exception}  failed for good (a retry is no failure)
     celery_task_retried_total{service,task}
+    celery_task_rejected_total{service,task}          ended by Reject: a business outcome
+                                                      (a declined card) or a refusal
     celery_task_runtime_seconds{service,task}         histogram, every run whatever its outcome
+    celery_task_last_success_timestamp_seconds{service,task}  for "periodic job missed"
+    celery_dead_lettered_total{queue,reason}          messages dead-lettered by this worker
+    celery_redelivered_total{service}                 messages this worker put back on their
+                                                      queues after their worker process died
+    celery_worker_info{service,release,pool}          1 while the worker runs
+    celery_worker_last_heartbeat_timestamp_seconds{service}  the broker took its heartbeat
     celery_queue_length{queue}                        messages waiting, every priority
+    celery_queue_oldest_age_seconds{queue}            how long the oldest waiting message has
+                                                      been runnable (0 when empty)
+    celery_queue_consumers{queue}                     worker processes consuming it, alive
     celery_dead_letters{queue}                        dead letters kept (common.deadletters)
     celery_delayed_tasks                              countdown/eta messages not yet due (all queues)
     celery_broker_up                                  1 if the scrape could read Redis, else 0
@@ -40,30 +52,23 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, signals, states
 
+from common.deadletters.store import dead_lettered
+from common.observability.queues import read_broker
 from common.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# kombu's Redis transport: priority 0 is the queue's own list, 1..9 `<queue>\x06\x16<n>`
-# (kombu.transport.redis.Channel._q_for_pri; common.celery_config sets the steps 0..9).
-PRIORITY_SEP = "\x06\x16"
-PRIORITIES = range(10)
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists holding `queue`'s waiting messages, one per priority."""
-    return [f"{queue}{PRIORITY_SEP}{p}" if p else queue for p in PRIORITIES]
 
 
 class TaskMetrics:
     """The task counters and runtime histogram, fed by Celery's signals."""
 
     def __init__(self, service: str) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.service = service
         labels = ("service", "task")
@@ -81,6 +86,25 @@ class TaskMetrics:
         self.retried = Counter(
             "celery_task_retried_total", "Task runs that ended in a retry.", labels, registry=None
         )
+        self.rejected = Counter(
+            "celery_task_rejected_total",
+            "Task runs ended by Reject: a business outcome (a declined card) or a refusal.",
+            labels,
+            registry=None,
+        )
+        self.last_success = Gauge(
+            "celery_task_last_success_timestamp_seconds",
+            "Unix time of the task's last success (a periodic job that stops succeeding ages).",
+            labels,
+            registry=None,
+            multiprocess_mode="max",
+        )
+        self.dead_lettered = Counter(
+            "celery_dead_lettered_total",
+            "Messages this worker dead-lettered, by queue and reason (common.deadletters).",
+            ("queue", "reason"),
+            registry=None,
+        )
         self.runtime = Histogram(
             "celery_task_runtime_seconds",
             "Seconds each task run took, whatever its outcome.",
@@ -93,7 +117,7 @@ class TaskMetrics:
     def declare(self, task_names: Iterable[str]) -> None:
         """Export 0 for each task before it first runs: rate() and alerts see a series at once."""
         for name in task_names:
-            for metric in (self.received, self.succeeded, self.retried, self.runtime):
+            for metric in (self.received, self.succeeded, self.retried, self.rejected, self.runtime):
                 metric.labels(self.service, name)
 
     def connect(self) -> None:
@@ -104,13 +128,14 @@ class TaskMetrics:
             (signals.task_success, self._on_success),
             (signals.task_failure, self._on_failure),
             (signals.task_retry, self._on_retry),
+            (dead_lettered, self._on_dead_lettered),
         ):
             signal.connect(receiver, weak=False, dispatch_uid=f"common.metrics.{signal.name}")
 
     def disconnect(self) -> None:
         for signal in (
             signals.task_received, signals.task_prerun, signals.task_postrun,
-            signals.task_success, signals.task_failure, signals.task_retry,
+            signals.task_success, signals.task_failure, signals.task_retry, dead_lettered,
         ):  # fmt: skip
             signal.disconnect(dispatch_uid=f"common.metrics.{signal.name}")
 
@@ -122,14 +147,22 @@ class TaskMetrics:
         if task_id is not None:
             self._started[task_id] = time.perf_counter()
 
-    def _on_postrun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    def _on_postrun(
+        self, task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any
+    ) -> None:
         started = self._started.pop(task_id, None) if task_id is not None else None
         if started is not None:
             took = time.perf_counter() - started
             _safely(lambda: self.runtime.labels(self.service, _name(task)).observe(took))
+        if state == states.REJECTED:
+            _safely(lambda: self.rejected.labels(self.service, _name(task)).inc())
 
     def _on_success(self, sender: Any = None, **_: Any) -> None:
-        _safely(lambda: self.succeeded.labels(self.service, _name(sender)).inc())
+        def update() -> None:
+            self.succeeded.labels(self.service, _name(sender)).inc()
+            self.last_success.labels(self.service, _name(sender)).set(time.time())
+
+        _safely(update)
 
     def _on_failure(self, sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
         kind = type(exception).__name__ if exception is not None else "unknown"
@@ -137,6 +170,9 @@ class TaskMetrics:
 
     def _on_retry(self, sender: Any = None, **_: Any) -> None:
         _safely(lambda: self.retried.labels(self.service, _name(sender)).inc())
+
+    def _on_dead_lettered(self, sender: Any = None, queue: str = "", reason: str = "", **_: Any) -> None:
+        _safely(lambda: self.dead_lettered.labels(queue, reason).inc())
 
 
 def _name(task_or_request: Any) -> str:
@@ -160,19 +196,9 @@ class RedisCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from common.deadletters.store import QUEUE_PREFIX
-        from common.transport.broker.scripts import DELAYED
-
         up = GaugeMetricFamily("celery_broker_up", "1 if this scrape could read the broker's Redis.")
         try:
-            pipe = self.client().pipeline(transaction=False)
-            for queue in self.queues:
-                for key in queue_keys(queue):
-                    pipe.llen(key)
-            for queue in self.queues:
-                pipe.zcard(QUEUE_PREFIX + queue)
-            pipe.zcard(DELAYED)
-            replies = pipe.execute()
+            broker = read_broker(self.client(), self.queues)
         except Exception:  # noqa: BLE001 - Redis down: say so, and keep serving the task counts
             logger.warning("metrics: could not read queue lengths from Redis", exc_info=True)
             up.add_metric([], 0)
@@ -180,23 +206,81 @@ class RedisCollector:
             return
         up.add_metric([], 1)
         yield up
-        per_queue = len(PRIORITIES)
-        length = GaugeMetricFamily(
-            "celery_queue_length", "Messages waiting in the queue (every priority).", labels=["queue"]
-        )
-        dead = GaugeMetricFamily(
-            "celery_dead_letters", "Dead letters kept for the queue (common.deadletters).", labels=["queue"]
-        )
-        for i, queue in enumerate(self.queues):
-            length.add_metric([queue], sum(int(n) for n in replies[i * per_queue : (i + 1) * per_queue]))
-            dead.add_metric([queue], int(replies[len(self.queues) * per_queue + i]))
-        yield length
-        yield dead
+        families = {
+            "length": GaugeMetricFamily(
+                "celery_queue_length", "Messages waiting in the queue (every priority).", labels=["queue"]
+            ),
+            "oldest_age": GaugeMetricFamily(
+                "celery_queue_oldest_age_seconds",
+                "Seconds the oldest waiting message has been runnable (0 when the queue is empty).",
+                labels=["queue"],
+            ),
+            "consumers": GaugeMetricFamily(
+                "celery_queue_consumers", "Worker processes consuming the queue, alive.", labels=["queue"]
+            ),
+            "dead_letters": GaugeMetricFamily(
+                "celery_dead_letters", "Dead letters kept for the queue (common.deadletters).", ["queue"]
+            ),
+        }
+        for q in broker.queues:
+            for field, family in families.items():
+                family.add_metric([q.queue], float(getattr(q, field) or 0))
+        yield from families.values()
         delayed = GaugeMetricFamily(
             "celery_delayed_tasks", "Messages with a countdown or eta not yet due, all queues."
         )
-        delayed.add_metric([], int(replies[-1]))
+        delayed.add_metric([], broker.delayed)
         yield delayed
+
+
+class WorkerCollector:
+    """This worker's own process: its release, its heartbeat, what it redelivered."""
+
+    def __init__(self, service: str, release: str, pool: str) -> None:
+        self.service, self.release, self.pool = service, release, pool
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from common.transport.broker.ownership import current_owner
+
+        info = GaugeMetricFamily(
+            "celery_worker_info", "1 while the worker runs.", labels=["service", "release", "pool"]
+        )
+        info.add_metric([self.service, self.release, self.pool], 1)
+        yield info
+        owner = current_owner()
+        redelivered = CounterMetricFamily(
+            "celery_redelivered_total",
+            "Messages this worker put back on their queues after their worker process died.",
+            labels=["service"],
+        )
+        redelivered.add_metric([self.service], owner.recovered if owner else 0)
+        yield redelivered
+        if owner is not None and owner.last_tick is not None:
+            beat = GaugeMetricFamily(
+                "celery_worker_last_heartbeat_timestamp_seconds",
+                "Unix time the broker last took this worker's heartbeat.",
+                labels=["service"],
+            )
+            beat.add_metric([self.service], owner.last_tick)
+            yield beat
+
+
+def broker_collector(queues: Sequence[str], settings: Settings | None = None) -> RedisCollector:
+    """A collector of `queues`' figures with its own lazily made Redis client."""
+    s = settings or get_settings()
+    client: list[Any] = []
+
+    def redis() -> Any:
+        if not client:
+            from common.transport.tls import redis_from_url
+
+            timeout = s.broker_socket_timeout
+            client.append(redis_from_url(s.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
+        return client[0]
+
+    return RedisCollector(queues, redis)
 
 
 def metrics_dir(settings: Settings, service: str, pid: int | None = None) -> Path:
@@ -248,7 +332,9 @@ class MetricsServer:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def serve_metrics(app: Celery, settings: Settings | None = None) -> MetricsServer | None:
+def serve_metrics(
+    app: Celery, settings: Settings | None = None, *, pool: str = "unknown"
+) -> MetricsServer | None:
     """Start counting `app`'s tasks and serve /metrics on METRICS_PORT; None if it is unset.
 
     Call it in the worker's main process before the pool starts (its children inherit the
@@ -259,8 +345,6 @@ def serve_metrics(app: Celery, settings: Settings | None = None) -> MetricsServe
         return None
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
-
-    from common.transport.tls import redis_from_url
 
     service = app.main
     path = metrics_dir(s, service)
@@ -277,17 +361,10 @@ def serve_metrics(app: Celery, settings: Settings | None = None) -> MetricsServe
 
     signals.worker_init.connect(declare, weak=False, dispatch_uid="common.metrics.declare")
 
-    client: list[Any] = []
-
-    def redis() -> Any:
-        if not client:
-            timeout = s.broker_socket_timeout
-            client.append(redis_from_url(s.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
-        return client[0]
-
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(path))
-    registry.register(RedisCollector([service], redis))
+    registry.register(broker_collector([service], s))
+    registry.register(WorkerCollector(service, s.release_for(service), pool))
     server, thread = start_http_server(s.metrics_port, addr=s.metrics_address, registry=registry)
     running = MetricsServer(server, thread, path, tasks)
     atexit.register(running.close)

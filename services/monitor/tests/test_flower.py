@@ -166,3 +166,24 @@ def test_flower_sees_tasks_although_workers_do_not_send_events_by_default(flower
                 return
             time.sleep(0.1)
     pytest.fail("Flower never saw a task: are worker events enabled when it asks?")
+
+
+def test_flower_reports_every_service_queue_length_and_its_metrics(flower: str) -> None:
+    """Flower picks its broker client from the broker URL's scheme: it must stay redis://."""
+    from common.celery_app import current_app
+    from devtools.testing.prometheus import scrape, total
+
+    status, body = get(flower + "/api/queues/length", ("ops", PASSWORD))
+    assert status == 200, body[:300]
+    lengths = {q["name"]: q["messages"] for q in json.loads(body)["active_queues"]}
+    assert set(SERVICES) <= set(lengths), lengths
+    assert all(isinstance(lengths[q], int) and lengths[q] >= 0 for q in SERVICES)
+    stats = current_app().control.inspect(timeout=5).stats() or {}
+    assert stats and {s["broker"]["transport"] for s in stats.values()} == {"redis"}
+
+    # Flower's /metrics also carries every queue's figures, consumers included.
+    samples = scrape(flower + "/metrics", ("ops", PASSWORD))
+    assert total(samples, "celery_broker_up") == 1
+    for queue in SERVICES:
+        assert ("celery_queue_length", frozenset({("queue", queue)})) in samples
+        assert total(samples, "celery_queue_consumers", queue=queue) >= 1, queue

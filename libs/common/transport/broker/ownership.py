@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -53,6 +54,8 @@ class Owner:
         self._stop = threading.Event()
         self.recovered = 0
         self.promoted = 0
+        self.queues: set[str] = set()  # what this process consumes, published on each tick
+        self.last_tick: float | None = None  # time.time() of the last heartbeat Redis took
         self.tick()  # hold a lease before the first fetch, so nothing is ever unowned
         self._thread = threading.Thread(target=self._run, name="jobs-owner-heartbeat", daemon=True)
         self._thread.start()
@@ -60,9 +63,13 @@ class Owner:
     # --- the heartbeat thread ------------------------------------------------------------
     def tick(self) -> None:
         recovered, promoted = self._tick(
-            keys=[scripts.OWNERS, scripts.DELAYED, scripts.TICK],
-            args=[self.id, self.dead_after_ms, scripts.INFLIGHT_PREFIX, SEP, scripts.BELL_PREFIX, 500],
-        )
+            keys=[scripts.OWNERS, scripts.DELAYED, scripts.TICK, scripts.CONSUMERS],
+            args=[
+                self.id, self.dead_after_ms, scripts.INFLIGHT_PREFIX, SEP, scripts.BELL_PREFIX, 500,
+                ",".join(sorted(self.queues)),
+            ],
+        )  # fmt: skip
+        self.last_tick = time.time()
         if recovered:
             self.recovered += recovered
             logger.warning(
@@ -78,6 +85,24 @@ class Owner:
                 self.tick()
             except redis.RedisError as exc:
                 logger.warning("Broker heartbeat failed (%s); retrying", type(exc).__name__)
+
+    def consuming(self, queue: str, consumes: bool = True) -> None:
+        """Record that this process (no longer) consumes `queue`; Redis learns it at once."""
+        with self._lock:
+            if (queue in self.queues) == consumes:
+                return
+            if consumes:
+                self.queues.add(queue)
+            else:
+                self.queues.discard(queue)
+            listed = ",".join(sorted(self.queues))
+        try:
+            if listed:
+                self.client.hset(scripts.CONSUMERS, self.id, listed)
+            else:
+                self.client.hdel(scripts.CONSUMERS, self.id)
+        except redis.RedisError:
+            pass  # the next tick writes it
 
     # --- settling messages ---------------------------------------------------------------
     def took(self, tag: str) -> None:
@@ -152,6 +177,7 @@ class Owner:
                 self.held.clear()
             n = self._requeue_unknown(keys=[self.inflight_key], args=[SEP, scripts.BELL_PREFIX])
             self.client.zrem(scripts.OWNERS, self.id)
+            self.client.hdel(scripts.CONSUMERS, self.id)
             if n:
                 logger.info("Returned %d unstarted message(s) to their queues at exit", n)
         except redis.RedisError as exc:

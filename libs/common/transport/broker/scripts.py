@@ -13,6 +13,8 @@ Keys (all under `jobs.`, apart from kombu's own queue lists):
 - `jobs.delayed`           zset, "<queue list key>\\n<raw message>" -> due time (ms)
 - `jobs.bell:<queue>`      list of at most one token: "this queue has work", what idle
                            consumers block on instead of blocking on the queue itself
+- `jobs.consumers`         hash, owner -> the queues it consumes, comma-separated: who is
+                           listening, for the operations page and the no-consumer alert
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ TICK = "jobs.tick"
 DELAYED = "jobs.delayed"
 BELL_PREFIX = "jobs.bell:"
 SEQUENCE = "jobs.seq"
+CONSUMERS = "jobs.consumers"
 
 # Shared Lua helpers: split an entry, ring a queue's bell, put an entry back at the
 # consuming end of its list (it runs next: it had already waited its turn).
@@ -126,10 +129,12 @@ return n
 """
 )
 
-# KEYS[1]: owners zset; KEYS[2]: delayed zset; KEYS[3]: tick key.
+# KEYS[1]: owners zset; KEYS[2]: delayed zset; KEYS[3]: tick key; KEYS[4]: consumers hash.
 # ARGV[1]: this owner ('' to only sweep); ARGV[2]: ms without a heartbeat before an owner
-# is dead; ARGV[3]: in-flight prefix; ARGV[4]: sep; ARGV[5]: bell prefix; ARGV[6]: batch.
+# is dead; ARGV[3]: in-flight prefix; ARGV[4]: sep; ARGV[5]: bell prefix; ARGV[6]: batch;
+# ARGV[7]: the queues this owner consumes, comma-separated ('' for none).
 # One call per tick: heartbeat, requeue dead owners' messages, move due delayed messages.
+# The consumed queues are written on every tick, so they come back after a Redis restart.
 TICK_SCRIPT = (
     _HELPERS
     + """
@@ -143,7 +148,11 @@ if now - last > dead_after / 2 then
   local owners = redis.call('ZRANGE', KEYS[1], 0, -1)
   for _, o in ipairs(owners) do redis.call('ZADD', KEYS[1], now, o) end
 end
-if ARGV[1] ~= '' then redis.call('ZADD', KEYS[1], now, ARGV[1]) end
+if ARGV[1] ~= '' then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  if ARGV[7] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[7])
+  else redis.call('HDEL', KEYS[4], ARGV[1]) end
+end
 local recovered = 0
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - dead_after, 'LIMIT', 0, 10)
 for _, owner in ipairs(dead) do
@@ -155,6 +164,7 @@ for _, owner in ipairs(dead) do
   end
   redis.call('DEL', h)
   redis.call('ZREM', KEYS[1], owner)
+  redis.call('HDEL', KEYS[4], owner)
 end
 local promoted = 0
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[6]))

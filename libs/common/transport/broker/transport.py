@@ -195,8 +195,16 @@ class Channel(kombu_redis.Channel):
         if no_ack:
             self._noack_queues.add(queue)  # replies, not tasks: nothing to own or recover
         else:
-            self.owner  # noqa: B018 - hold a lease (and start heartbeats) before consuming
+            # Hold a lease (and start heartbeats) before consuming; say what is consumed.
+            self.owner.consuming(queue)
         return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._noack_queues and self._owner is not None:
+            self._owner.consuming(queue, False)
+        return result
 
     # --- publishing ----------------------------------------------------------------------
     @contextmanager
@@ -223,9 +231,13 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         pri = self._get_message_priority(message, reverse=False)
         key = self._q_for_pri(queue, pri)
+        due = _due_ms(message)
+        # When it became runnable (its due time, if delayed): the queue's oldest-message age
+        # (common.observability.queues) is how long work has waited for a worker.
+        runnable = due / 1000 if due is not None else round(time.time(), 3)
+        message.setdefault("properties", {})["published_at"] = runnable
         payload = dumps(message)
         bell = scripts.BELL_PREFIX + queue
-        due = _due_ms(message)
         expires = self._expires.get(queue) if self._expires else None
         if due is None and expires is None:
             # The common case: the message and its queue's wake-up call in one EVALSHA.
