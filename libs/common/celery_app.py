@@ -40,8 +40,10 @@ def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
     install_error_reporting(service)
     if service in SERVICES:
         from common.deadletters import failures
+        from common.observability import recent_failures
 
         failures.install()  # tasks that opt in keep their final failure for replay
+        recent_failures.install()  # the admin's operations page lists the last ones
     _apps[service] = app
     return app
 
