@@ -56,7 +56,7 @@ def test_retry_ignore_and_reject_report_nothing(workers, sentry: SentrySink, gat
     payments.process_payment.delay(paid.pk).get(timeout=30)
     payments.process_payment.delay(paid.pk)  # Ignore
     declined = appointment("cus_decline_sentry")
-    payments.process_payment.delay(declined.pk)  # Reject
+    payments.process_payment.delay(declined.pk)  # a business outcome (`throws`)
     wait_until(lambda: Appointment.objects.get(pk=declined.pk).payment_status == "declined")
     gateway_sandbox.faults.fail = 1  # the next charge gets a 503
     retried = payments.process_payment.delay(appointment("cus_ok").pk)  # Retry in 60 s

@@ -20,10 +20,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
 from django.db import transaction
 from django.utils import timezone
 
@@ -164,18 +163,18 @@ def _record(
         appt.save(update_fields=["is_paid", "payment_id", "payment_status"])
 
 
-def _refuse(task: Task, exc: Exception) -> NoReturn:
-    """End this delivery as FAILURE carrying `exc`: no retry, no error report.
-
-    Reject alone stores no result, so with `track_started` the caller would see STARTED
-    until the result expires and `.get()` would never return; hence the explicit FAILURE.
-    """
-    task.backend.mark_as_failure(task.request.id, exc, request=task.request)
-    raise Reject(exc, requeue=False)
-
-
 # STARTED marks a payment in flight for the admin and on-call; every outcome below replaces it.
-@implements(app, contract.process_payment, bind=True, max_retries=3, track_started=True)
+# Declines and invalid appointments are business outcomes (`throws`): Celery logs them as one
+# INFO line without a traceback, and neither the failure reporter nor Sentry reports them
+# (common.observability.outcomes).
+@implements(
+    app,
+    contract.process_payment,
+    bind=True,
+    max_retries=3,
+    track_started=True,
+    throws=(gateway.PaymentDeclinedError, InvalidPaymentError),
+)
 def process_payment(self: Task, appointment_id: int) -> dict[str, Any]:
     """Charge an appointment once, its Payment row committed before the gateway is called.
 
@@ -190,15 +189,14 @@ def process_payment(self: Task, appointment_id: int) -> dict[str, Any]:
       naming the problem, the appointment marked failed, the gateway not called, not retried;
       fix the appointment and send the task again;
     - gateway unreachable or 5xx: RETRY in 60 s under the same key, FAILURE after 3 retries.
-    Declines and invalid appointments are outcomes, not bugs: logged, never sent to Sentry.
+    Declines and invalid appointments are outcomes, not bugs: logged once, never sent to Sentry.
     """
     claim = _claim(appointment_id)
     if isinstance(claim, dict):
         logger.info("Appointment %s: %s, gateway not called", appointment_id, claim["status"])
         return claim
     if isinstance(claim, InvalidPaymentError):
-        logger.warning("Payment refused: %s", claim)
-        _refuse(self, claim)
+        raise claim
     try:
         charge_id = gateway.charge(
             amount=claim.amount,
@@ -208,8 +206,7 @@ def process_payment(self: Task, appointment_id: int) -> dict[str, Any]:
         )
     except gateway.PaymentDeclinedError as exc:
         _record(claim, declined=str(exc))
-        logger.warning("Payment %s declined: %s", claim.key, exc)
-        _refuse(self, exc)
+        raise
     except gateway.PaymentGatewayError as exc:
         final = self.request.retries >= self.max_retries
         _record(claim, error=str(exc), final=final)

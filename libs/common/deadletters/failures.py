@@ -21,6 +21,7 @@ from celery.signals import task_failure
 from redis.exceptions import RedisError
 
 from common.deadletters.store import FAILED, DeadLetters
+from common.observability.outcomes import is_outcome
 from common.observability.pii import mask_text
 from common.transport.tls import redis_from_url
 
@@ -88,7 +89,7 @@ def keep_final_failure(
     kwargs: Any = None,
     **_: Any,
 ) -> None:
-    if not getattr(sender, "dead_letter", False) or task_id is None:
+    if not getattr(sender, "dead_letter", False) or task_id is None or is_outcome(sender, exception):
         return
     queue = (sender.request.delivery_info or {}).get("routing_key") or "unknown"
     try:

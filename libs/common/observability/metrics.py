@@ -21,8 +21,8 @@ service (Flower's /metrics) reports every queue, so a queue nobody consumes is s
     celery_task_succeeded_total{service,task}
     celery_task_failed_total{service,task,exception}  failed for good (a retry is no failure)
     celery_task_retried_total{service,task}
-    celery_task_rejected_total{service,task}          ended by Reject: a business outcome
-                                                      (a declined card) or a refusal
+    celery_task_rejected_total{service,task}          ended in a business outcome (a declined
+                                                      card: the task's `throws`), not a failure
     celery_task_runtime_seconds{service,task}         histogram, every run whatever its outcome
     celery_task_last_success_timestamp_seconds{service,task}  for "periodic job missed"
     celery_dead_lettered_total{queue,reason}          messages dead-lettered by this worker
@@ -52,9 +52,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, signals, states
+from celery import Celery, signals
 
 from common.deadletters.store import dead_lettered
+from common.observability.outcomes import is_outcome
 from common.observability.queues import read_broker
 from common.settings import Settings, get_settings
 
@@ -88,7 +89,7 @@ class TaskMetrics:
         )
         self.rejected = Counter(
             "celery_task_rejected_total",
-            "Task runs ended by Reject: a business outcome (a declined card) or a refusal.",
+            "Task runs ended in a business outcome (a declined card: the task's throws), not a failure.",
             labels,
             registry=None,
         )
@@ -147,15 +148,11 @@ class TaskMetrics:
         if task_id is not None:
             self._started[task_id] = time.perf_counter()
 
-    def _on_postrun(
-        self, task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any
-    ) -> None:
+    def _on_postrun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
         started = self._started.pop(task_id, None) if task_id is not None else None
         if started is not None:
             took = time.perf_counter() - started
             _safely(lambda: self.runtime.labels(self.service, _name(task)).observe(took))
-        if state == states.REJECTED:
-            _safely(lambda: self.rejected.labels(self.service, _name(task)).inc())
 
     def _on_success(self, sender: Any = None, **_: Any) -> None:
         def update() -> None:
@@ -165,6 +162,9 @@ class TaskMetrics:
         _safely(update)
 
     def _on_failure(self, sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+        if is_outcome(sender, exception):
+            _safely(lambda: self.rejected.labels(self.service, _name(sender)).inc())
+            return
         kind = type(exception).__name__ if exception is not None else "unknown"
         _safely(lambda: self.failed.labels(self.service, _name(sender), kind).inc())
 

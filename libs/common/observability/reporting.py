@@ -12,6 +12,7 @@ from typing import Any
 
 from celery.signals import after_setup_logger, after_setup_task_logger, task_failure
 
+from common.observability.outcomes import is_outcome
 from common.observability.pii import mask, mask_handlers, mask_text
 
 logger = logging.getLogger("common.task_failure")
@@ -56,7 +57,11 @@ def handle_task_failure(
 
     Whatever shape the task's arguments have, the failure is reported: a handler that
     raised here would lose the report (Celery logs the handler's error, not the task's).
+    A business outcome (`common.observability.outcomes`) is no failure: Celery's own line
+    says it once, without a traceback.
     """
+    if is_outcome(sender, exception):
+        return
     name = getattr(sender, "name", None) or _text(sender)
     task_args = mask(_shown_args(args))
     task_kwargs = mask(_shown_kwargs(kwargs))

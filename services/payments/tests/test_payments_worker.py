@@ -360,3 +360,26 @@ def test_one_reconcile_run_at_a_time(workers, gateway_sandbox, make_appointment)
     assert not lookups_for(gateway_sandbox, appt)
     assert reconcile()["resent"] >= 1
     wait_until(lambda: Appointment.objects.get(pk=appt.pk).is_paid)
+
+
+def test_a_decline_is_logged_once_without_a_traceback(
+    workers, gateway_sandbox, make_appointment, data_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A declined card is a business outcome: one line, no traceback, no ERROR."""
+    appt = make_appointment(customer="cus_decline_logged")
+    result = payments.process_payment.delay(appt.pk)
+    with pytest.raises(Exception, match="card_declined"):
+        result.get(timeout=30)
+    wait_until(lambda: queue_drained(workers))
+    time.sleep(1)  # the worker's last lines for this task reach its log file
+    logs = [p.read_text().splitlines() for p in data_dir.glob("payments*-worker.log")]
+    mine = [(log, i) for log in logs for i, line in enumerate(log) if result.id in line]
+    print("\n".join(log[i] for log, i in mine))
+    outcome = [(log, i) for log, i in mine if "card_declined" in log[i]]
+    assert len(outcome) == 1, "\n".join(log[i] for log, i in mine)
+    [(log, i)] = outcome
+    assert ("INFO" in log[i] or "WARNING" in log[i]) and "ERROR" not in log[i]
+    # No traceback follows it, and no other record of this task names the decline.
+    assert i + 1 == len(log) or log[i + 1].startswith("["), log[i + 1]
+    assert all("ERROR" not in log[j] for log, j in mine)
+    assert result.state == "FAILURE" and type(result.result).__name__ == "PaymentDeclinedError"
