@@ -2,8 +2,8 @@
 
 Logs and Sentry hold every failure, but an operator on the admin wants the last few at a
 glance, next to the queues. Each worker pushes one small JSON record per final failure
-(Celery's `task_failure`: a retry sends `task_retry` and a `Reject` sends nothing, so
-neither lands here) onto a capped list. The record names the task and its exception and
+(Celery's `task_failure`; a retry sends `task_retry` instead, and a business outcome such
+as a declined card is no failure: `common.observability.outcomes`) onto a capped list. The record names the task and its exception and
 carries the exception's message masked (`pii.mask_text`); never the task's arguments,
 which may name a person.
 """
@@ -20,6 +20,7 @@ from typing import Any
 from celery.signals import task_failure
 from redis.exceptions import RedisError
 
+from common.observability.outcomes import is_outcome
 from common.observability.pii import mask_text
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ def record_failure(
     sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any
 ) -> None:
     """`task_failure` handler. Never raises: a Redis outage costs the record, not the worker."""
+    if is_outcome(sender, exception):
+        return
     try:
         push(_redis(), failure_of(sender, task_id, exception))
     except RedisError as exc:
