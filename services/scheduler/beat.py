@@ -12,11 +12,14 @@ app = create_app("scheduler")
 
 
 def main() -> None:
+    s = get_settings()
     app.start(
         [
+            # JSON logs: no banner on stdout either, so every line a log system reads is JSON.
+            *(["--quiet"] if s.log_format == "json" else []),
             "beat",
             "--scheduler=scheduler.leader:LeaderDatabaseScheduler",
-            f"--loglevel={get_settings().log_level}",
+            f"--loglevel={s.log_level}",
             *sys.argv[1:],
         ]
     )

@@ -80,3 +80,29 @@ def test_two_beats_do_not_double_fire_and_a_standby_takes_over(data_dir, redis_c
     finally:
         first.stop()
         second.stop()
+
+
+def test_with_json_logs_every_line_beat_writes_is_json(data_dir, redis_client, every_second) -> None:  # type: ignore[no-untyped-def]
+    every_second.enabled = True
+    every_second.save()
+    log = data_dir / "beat-json.log"
+    beat = ServiceProcess(
+        "beat-json",
+        "scheduler.beat",
+        ["--max-interval=1"],
+        env={"DJANGO_SETTINGS_MODULE": "common.django_settings", "LOG_FORMAT": "json"},
+        log=log,
+    ).start()
+    try:
+        wait_until(lambda: "sync.health_check" in log.read_text(), timeout=60)
+    finally:
+        beat.stop()
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"beat wrote a line that is not JSON: {line!r}")
+    assert any("sync.health_check" in r.get("message", "") for r in records), records[-5:]
+    assert all(r.get("service") == "scheduler" for r in records), records[:3]
