@@ -3,9 +3,9 @@
 Logs and Sentry hold every failure, but an operator on the admin wants the last few at a
 glance, next to the queues. Each worker pushes one small JSON record per final failure
 (Celery's `task_failure`; a retry sends `task_retry` instead, and a business outcome such
-as a declined card is no failure: `common.observability.outcomes`) onto a capped list. The record names the task and its exception and
-carries the exception's message masked (`pii.mask_text`); never the task's arguments,
-which may name a person.
+as a declined card is no failure: `common.observability.outcomes`) onto a capped list.
+The record names the task and its exception and carries the exception's message masked
+(`pii.mask_text`); never the task's arguments, which may name a person.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ from common.observability.recent_failures import KEEP, KEY, Failure, push, recen
 PII = "ann.example@clinic.example"
 
 
+class Declined(Exception):
+    """A business outcome a task declares in `throws` (a declined card)."""
+
+
 @pytest.fixture
 def app() -> Iterator[Celery]:
     recent_failures.install()  # what common.celery_app does for a service's worker
@@ -52,7 +56,9 @@ def test_a_final_failure_is_kept_masked_and_without_its_arguments(
     assert PII not in raw and "Ann Example" not in raw
 
 
-def test_retries_rejections_and_successes_are_not_failures(app: Celery, redis_client: redis.Redis) -> None:
+def test_retries_rejections_and_business_outcomes_are_not_failures(
+    app: Celery, redis_client: redis.Redis
+) -> None:
     attempts: list[int] = []
 
     @app.task(name="tests.flaky", bind=True, shared=False, max_retries=3, default_retry_delay=0)
@@ -66,10 +72,16 @@ def test_retries_rejections_and_successes_are_not_failures(app: Celery, redis_cl
     def rejected() -> None:
         raise Reject("card declined: a business outcome", requeue=False)
 
+    @app.task(name="tests.declined_card", shared=False, throws=(Declined,))
+    def declined_card() -> None:
+        raise Declined("card declined")
+
     retried = flaky.apply()
     assert retried.get() == "done" and len(attempts) == 3
     refused = rejected.apply()
-    assert kept(redis_client, retried.id) == [] and kept(redis_client, refused.id) == []
+    outcome = declined_card.apply()
+    assert outcome.failed()
+    assert [kept(redis_client, r.id) for r in (retried, refused, outcome)] == [[], [], []]
 
     @app.task(name="tests.exhausted", bind=True, shared=False, max_retries=1, default_retry_delay=0)
     def exhausted(self: Any) -> None:
