@@ -10,6 +10,8 @@ from common.routing import SERVICES
 from common.settings import Settings
 from common.transport import broker
 from common.transport.results import BACKEND as RESULTS_BACKEND
+from common.transport.results import SENTINEL_BACKEND
+from common.transport.sentinel import is_sentinel_url, parse_sentinel_url, sentinel_kwargs
 from common.transport.tls import split_tls
 
 
@@ -21,11 +23,18 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
     # with the CA/cert/key the URL names (common.transport.tls); kombu alone would not verify.
     broker_url, broker_tls = split_tls(s.redis_url)
     results_url, results_tls = split_tls(s.results_url)
+    # sentinel://: the same transport and backend, on whichever node the sentinels call primary.
+    broker_sentinel, results_sentinel = _sentinel_options(s, s.redis_url), _sentinel_options(s, s.results_url)
+    if broker_sentinel:
+        broker_url = parse_sentinel_url(s.redis_url).kombu_url()
+    results_backend = RESULTS_BACKEND
+    if results_sentinel:
+        results_url, results_backend = parse_sentinel_url(s.results_url).kombu_url(), SENTINEL_BACKEND
     return {
         "broker_url": broker_url,
         "broker_use_ssl": broker_tls,
         # Celery's Redis backend, storing each result in one atomic round trip (common.transport.results).
-        "result_backend": f"{RESULTS_BACKEND}+{results_url}",
+        "result_backend": f"{results_backend}+{results_url}",
         "redis_backend_use_ssl": results_tls,
         # JSON only: a pickle payload from the broker would be code execution.
         "accept_content": ["json"],
@@ -59,6 +68,7 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
             # Honour every priority 0 (first) .. 9 (last), not kombu's 4 buckets.
             "priority_steps": list(range(10)),
             "queue_order_strategy": "priority",
+            **broker_sentinel,
         },
         "broker_connection_retry_on_startup": True,
         # A worker that cannot reconnect gives up after this many attempts and exits non-zero
@@ -79,7 +89,8 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         "result_backend_transport_options": {
             "retry_policy": {"timeout": 5.0}
             if worker
-            else {"max_retries": 0, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+            else {"max_retries": 0, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
+            **results_sentinel,
         },
         "redis_socket_connect_timeout": 5,
         "redis_socket_timeout": s.broker_socket_timeout,
@@ -96,4 +107,15 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         # (`enable_events`), so they are off by default and "task-sent" is not sent at all.
         "worker_send_task_events": False,
         "task_send_sent_event": False,
+    }
+
+
+def _sentinel_options(s: Settings, url: str) -> dict[str, Any]:
+    """Transport options naming the primary and how to ask the sentinels (none for redis://)."""
+    if not is_sentinel_url(url):
+        return {}
+    password = s.redis_sentinel_password.get_secret_value() if s.redis_sentinel_password else None
+    return {
+        "master_name": s.redis_sentinel_master,
+        "sentinel_kwargs": sentinel_kwargs(password, s.broker_socket_timeout),
     }

@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from common.observability.redaction import redact_url, split_credentials
+from common.transport.sentinel import SentinelURLError, is_sentinel_url, parse_sentinel_url
 
 DEV_SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 # Django's own bar (`check --deploy`, security.W009): 50 characters, 5 distinct, not its template's.
@@ -66,6 +67,15 @@ class Settings(BaseSettings):
     # Broker and result backend: one Redis for every service.
     redis_url: str = "redis://127.0.0.1:6379/0"
     result_backend_url: str | None = None
+    # Redis Sentinel (common.transport.sentinel): REDIS_URL=sentinel://:PW@s1:26379;sentinel://s2:26379/0
+    # names the sentinels (the password there is the data nodes'); these name the primary they
+    # monitor and the sentinels' own password.
+    redis_sentinel_master: str | None = Field(
+        None, description="Name of the primary the sentinels monitor; required with a sentinel:// URL."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="The sentinels' own password (their requirepass), if they have one."
+    )
     broker_heartbeat_timeout: PositiveFloat = Field(
         10,
         description="Seconds without a heartbeat before a worker process counts as dead and "
@@ -170,9 +180,25 @@ class Settings(BaseSettings):
     @field_validator("redis_url", "result_backend_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if value is not None and is_sentinel_url(value):
+            try:
+                parse_sentinel_url(value)
+            except SentinelURLError as exc:
+                raise ValueError(str(exc)) from None
+        elif value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _sentinel_names_its_primary(self) -> Settings:
+        names = ("redis_url", "result_backend_url")
+        sentinel = [n.upper() for n in names if is_sentinel_url(getattr(self, n))]
+        if sentinel and not (self.redis_sentinel_master or "").strip():
+            raise ValueError(
+                f"REDIS_SENTINEL_MASTER: must be set when {' and '.join(sentinel)} is a sentinel:// URL "
+                "(the name the sentinels monitor, as in their `sentinel monitor NAME ...` line)"
+            )
+        return self
 
     @field_validator("allowed_hosts", "csrf_trusted_origins", mode="before")
     @classmethod
@@ -344,6 +370,9 @@ def _is_loopback(host: str) -> bool:
 
 def _redis_problems(variable: str, url: str) -> Iterator[str]:
     """What production refuses in a Redis URL, as one line (no part of the URL is shown)."""
+    if is_sentinel_url(url):
+        yield from _sentinel_problems(variable, url)
+        return
     prefix, userinfo, rest = split_credentials(url)
     # Parsed without its credentials: a password with `#`, `/` or `?` cannot shift the host.
     parts = urlsplit(prefix + rest)
@@ -368,6 +397,23 @@ def _redis_problems(variable: str, url: str) -> Iterator[str]:
             wrong.append(
                 "must check the Redis certificate's host name in production: remove ssl_check_hostname"
             )
+    if wrong:
+        yield f"{variable}: " + "; ".join(wrong)
+
+
+def _sentinel_problems(variable: str, url: str) -> Iterator[str]:
+    target = parse_sentinel_url(url)
+    wrong = []
+    if not target.password:
+        wrong.append(
+            "must authenticate in production: give the data nodes' password in the URL "
+            "(sentinel://:PASSWORD@host:26379;..., percent-encode # / ? @)"
+        )
+    if not all(_is_loopback(host) for host, _port in target.sentinels):
+        wrong.append(
+            "sentinel:// has no TLS support here: in production the sentinels and the data nodes "
+            "must be on this machine, or use a rediss:// URL to one primary"
+        )
     if wrong:
         yield f"{variable}: " + "; ".join(wrong)
 

@@ -25,6 +25,7 @@ from typing import Any
 from celery import states
 from celery.backends.base import BackendStoreError
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
+from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 from celery.exceptions import ImproperlyConfigured
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
@@ -149,4 +150,9 @@ class RedisBackend(CeleryRedisBackend):
         return result
 
 
+class SentinelBackend(RedisBackend, CelerySentinelBackend):
+    """The same backend on the primary the sentinels name (`sentinel://`, master_name option)."""
+
+
 BACKEND = f"{__name__}:RedisBackend"
+SENTINEL_BACKEND = f"{__name__}:SentinelBackend"

@@ -74,8 +74,16 @@ def redis_client_kwargs(url: str) -> tuple[str, dict[str, Any]]:
 
 
 def redis_from_url(url: str, **kwargs: Any) -> Any:
-    """A `redis.Redis` for `url` with the platform's TLS (certificate verified) where it is rediss://."""
+    """A `redis.Redis` for `url` with the platform's TLS (certificate verified) where it is rediss://.
+
+    A `sentinel://` URL gives a client on the current primary that follows a failover
+    (`common.transport.sentinel`; REDIS_SENTINEL_MASTER names the primary).
+    """
     import redis
 
+    from common.transport.sentinel import is_sentinel_url, master_client
+
+    if is_sentinel_url(url):
+        return master_client(url, **kwargs)
     clean, options = redis_client_kwargs(url)
     return redis.Redis.from_url(clean, **options, **kwargs)

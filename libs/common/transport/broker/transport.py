@@ -430,9 +430,13 @@ class Transport(kombu_redis.Transport):
 
 
 def install() -> None:
-    """Make kombu's `redis://` and `rediss://` URLs use this transport (TLS unchanged)."""
-    for alias in ("redis", "rediss"):
-        TRANSPORT_ALIASES[alias] = f"{__name__}:Transport"
+    """Make kombu's `redis://`, `rediss://` (TLS unchanged) and `sentinel://` URLs use this transport."""
+    for alias, target in (
+        ("redis", f"{__name__}:Transport"),
+        ("rediss", f"{__name__}:Transport"),
+        ("sentinel", "common.transport.broker.sentinel:SentinelTransport"),
+    ):
+        TRANSPORT_ALIASES[alias] = target
         # kombu caches what an alias resolved to: a `redis://` resolved earlier in this
         # process would otherwise keep kombu's stock class.
         _transport_cache.pop(alias, None)
