@@ -21,7 +21,8 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from celery import Celery, Signature
@@ -141,22 +142,24 @@ def send_many(
 ) -> list[AsyncResult]:
     """Send one task many times (a fan-out), each call's positional arguments in `calls`.
 
-    Every call is checked first, and none is sent unless all fit. They are kept in the outbox
-    in a few bulk INSERTs and, once the transaction commits (at once outside one), published
-    in pipelined batches of 500: a fan-out of 1,000 costs a handful of round trips instead of
-    1,000. If the broker is unreachable they stay in the outbox for the relay, as one `delay`
-    would; the workers drop a second copy of any task id.
+    Every call is checked first, and none is sent unless all fit. Then, as `apply_async`:
+    inside a transaction they are kept in the outbox in a few bulk INSERTs and published
+    once it commits; outside one they are published at once. Either way in pipelined
+    batches of 500 (`Batch`): a fan-out of 1,000 costs a handful of round trips instead of
+    1,000. If the broker is unreachable, what was not sent is kept in the outbox for the
+    relay; every message carries the `x_outbox` header, so the workers drop a second copy.
     """
     c = contract(name)
-    payloads = []
+    arg_lists, payloads = [], []
     for args in calls:
         args = list(args)
         c.check(tuple(args), {})
         payloads.append(encoded_payload(c, args, {}))
+        arg_lists.append(args)
     if not payloads:
         return []
     app = app or current_app()
-    from django.db import transaction
+    from django.db import DatabaseError, transaction
 
     from common.outbox import store
 
@@ -164,10 +167,47 @@ def send_many(
         raise InvalidTaskOptionsError("send_many gives each call its own task id; do not pass task_id")
     queue, kept_options = store.encode_options(options, default_queue=c.queue) if options else (c.queue, {})
     rows = [store.Row(str(uuid.uuid4()), c.name, queue, p, kept_options, False) for p in payloads]
-    with transaction.atomic():  # the caller's transaction if there is one; else its own, committed here
+    results = [app.AsyncResult(r.task_id) for r in rows]
+    if transaction.get_connection().in_atomic_block:
         store.keep_many(rows)
         store.publish_after_commit_many(app, [r.task_id for r in rows])
-    return [app.AsyncResult(r.task_id) for r in rows]
+        return results
+
+    sent, reason = 0, _broker_down_since(app)
+    if reason is None:
+        publish_options = store.decode_options(kept_options)
+        try:
+            while sent < len(rows):
+                chunk = range(sent, min(sent + BATCH_SIZE, len(rows)))
+                with Batch(app) as batch:
+                    for i in chunk:
+                        row = rows[i]
+                        batch.send(
+                            c.name, arg_lists[i], {}, task_id=row.task_id, queue=queue, **publish_options
+                        )
+                sent = chunk.stop
+            return results
+        except BrokerUnavailableError as exc:
+            reason = exc.reason
+        except BROKER_ERRORS as exc:  # the pipeline itself failed
+            reason = broker_unavailable(app, exc, c.name).reason
+    try:
+        with transaction.atomic():
+            store.keep_many(rows[sent:])
+    except DatabaseError as exc:
+        raise BrokerUnavailableError(
+            f"Could not publish {len(rows) - sent} of {len(rows)} {c.name} task(s): {reason}, and could "
+            f"not keep them in the outbox either ({type(exc).__name__}). They were not sent.",
+            reason,
+        ) from exc
+    logger.warning(
+        "%d %s task(s) kept in the outbox: %s. The outbox relay (relay_outbox) publishes them when "
+        "the broker is back.",
+        len(rows) - sent,
+        c.name,
+        reason,
+    )
+    return results
 
 
 def delay(name: str | TaskContract, *args: Any, **kwargs: Any) -> AsyncResult:
@@ -176,11 +216,64 @@ def delay(name: str | TaskContract, *args: Any, **kwargs: Any) -> AsyncResult:
 
 # What a publish raises when Redis is unreachable or does not answer.
 BROKER_ERRORS = (OperationalError, RedisConnectionError, RedisTimeoutError, RuntimeError, TimeoutError)
+BATCH_SIZE = 500  # messages per pipelined round trip
 
 
-def publish(
-    app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], **options: Any
-) -> AsyncResult:
+class Batch:
+    """Publish many messages in one round trip: `with Batch(app) as batch: batch.send(...)`.
+
+    The messages go out in one pipeline when the block ends (our transport's
+    `publishing_in_one_round_trip`); nothing is sent if the block raises, and a broker
+    error raises at its end, when some messages may have reached Redis (send the batch
+    again with the `x_outbox` header: the workers drop second copies). `batch.producer`
+    takes Celery's own calls too, e.g. `chord(header, body).apply_async(producer=...)`
+    publishes a chord's whole header in the one round trip.
+
+    Celery's `send_task` declares the queue and wraps every message in kombu's retry loop;
+    inside one pipeline neither can do anything but cost (a third of a fan-out's time),
+    so each queue is declared once per batch and the retry is the caller's.
+    """
+
+    def __init__(self, app: Celery | None = None) -> None:
+        self.app = app or current_app()
+        self._declared: set[Any] = set()
+
+    def __enter__(self) -> Batch:
+        self._producing = self.app.producer_or_acquire()
+        self.producer = self._producing.__enter__()
+        batched = getattr(self.producer.channel, "publishing_in_one_round_trip", None)
+        self._pipeline = batched() if batched is not None else nullcontext()
+        try:
+            self._pipeline.__enter__()
+        except BaseException:
+            self._producing.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self._pipeline.__exit__(*exc_info)
+        finally:
+            self._producing.__exit__(*sys.exc_info())
+
+    def send(self, name: str, args: list[Any], kwargs: dict[str, Any], **options: Any) -> AsyncResult:
+        """`publish` into this batch (unchecked: callers check the contract first)."""
+        queue = options.get("queue")
+        if queue in self._declared:
+            options["declare"] = []
+        self._declared.add(queue)
+        return publish(self.app, name, args, kwargs, producer=self.producer, retry=False, **options)
+
+
+@contextmanager
+def one_round_trip(app: Celery | None = None) -> Iterator[Any]:
+    """The producer of a `Batch`, for Celery's canvas: everything published with it in the
+    block (a group, a chord's header) goes out in one round trip at its end."""
+    with Batch(app) as batch:
+        yield batch.producer
+
+
+def publish(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], **options: Any) -> AsyncResult:
     """Publish now, unchecked (callers check first); raise `BrokerUnavailableError` on an outage.
 
     The outbox relay publishes through here too, so an outage looks the same everywhere.

@@ -13,9 +13,8 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 from celery import Celery
 from django.db import DatabaseError, close_old_connections, connection, transaction
@@ -143,17 +142,15 @@ def _publish(app: Celery, rows: list[OutboxMessage], done: Pass) -> None:
     """
     published: list[int] = []
     try:
-        with app.producer_or_acquire() as producer, _one_round_trip(producer):
+        with calls.Batch(app) as batch:
             for row in rows:
                 try:
-                    calls.publish(
-                        app,
+                    batch.send(
                         row.task_name,
                         row.args,
                         row.kwargs,
                         task_id=row.task_id,
                         queue=row.queue,
-                        producer=producer,
                         **decode_options(row.options),
                     )
                 except calls.BrokerUnavailableError:
@@ -183,12 +180,6 @@ def _broker_down(rows: list[OutboxMessage], reason: str, done: Pass) -> None:
     OutboxMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
         attempts=F("attempts") + 1, last_error=reason[:2000]
     )
-
-
-def _one_round_trip(producer: Any) -> AbstractContextManager[None]:
-    """Our transport's pipelined publishing (common.transport.broker), where the channel has it."""
-    batched = getattr(producer.channel, "publishing_in_one_round_trip", None)
-    return batched() if batched is not None else nullcontext()
 
 
 def _failed(row: OutboxMessage, error: str) -> None:
