@@ -3,7 +3,9 @@
 For the fault suite (tests/faults/test_sentinel_failover.py): `kill_primary()` SIGKILLs the
 primary and `wait_for_failover()` waits until the sentinels have promoted the replica. The
 sentinels notice a dead primary after `down_after_ms` (1 s here; production values are
-usually 5-30 s) and fail over at once: a quorum of 2 out of 3.
+usually 5-30 s) and fail over at once: a quorum of 2 out of 3. With `password` the data nodes
+require it (and the replica uses it to follow); with `sentinel_password` the sentinels require
+theirs (a different one, as in production).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -35,14 +38,19 @@ class LocalSentinelGroup:
         failover_timeout_ms: int = 5000,
         sentinels: int = 3,
         data_args: tuple[str, ...] = (),
+        password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         self.master_name = master_name
+        self.password = password
+        self.sentinel_password = sentinel_password
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.primary = LocalRedis()
         self.replica = LocalRedis()
-        self.primary.extra_args = [*data_args]
-        self.replica.extra_args = ["--replicaof", HOST, str(self.primary.port), *data_args]
+        self.primary.extra_args = [*auth, *data_args]
+        self.replica.extra_args = ["--replicaof", HOST, str(self.primary.port), *auth, *data_args]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.dir = Path(tempfile.mkdtemp(prefix="jobs-sentinel-"))
         self.sentinel_procs: list[subprocess.Popen[bytes]] = []
@@ -50,7 +58,16 @@ class LocalSentinelGroup:
     @property
     def url(self) -> str:
         """REDIS_URL for the group (REDIS_SENTINEL_MASTER is `master_name`)."""
-        return ";".join(f"sentinel://{HOST}:{port}" for port in self.sentinel_ports) + "/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return ";".join(f"sentinel://{auth}{HOST}:{port}" for port in self.sentinel_ports) + "/0"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings a process needs to use the group."""
+        env = {"REDIS_URL": self.url, "REDIS_SENTINEL_MASTER": self.master_name}
+        if self.sentinel_password:
+            env["REDIS_SENTINEL_PASSWORD"] = self.sentinel_password
+        return env
 
     def start(self, timeout: float = 20) -> LocalSentinelGroup:
         binary = shutil.which("redis-sentinel")
@@ -60,19 +77,28 @@ class LocalSentinelGroup:
                 "./scripts/ensure-services does)."
             )
         try:
-            self.primary.start()
-            self.replica.start()
+            self._start_data_node(self.primary)
+            self._start_data_node(self.replica)
             for port in self.sentinel_ports:
                 conf = self.dir / f"sentinel-{port}.conf"
-                conf.write_text(
-                    f"port {port}\n"
-                    f"bind {HOST}\n"
-                    f"dir {self.dir}\n"
-                    f"sentinel monitor {self.master_name} {HOST} {self.primary.port} 2\n"
-                    f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
-                    f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}\n"
-                    f"sentinel parallel-syncs {self.master_name} 1\n"
-                )
+                lines = [
+                    f"port {port}",
+                    f"bind {HOST}",
+                    f"dir {self.dir}",
+                    f"sentinel monitor {self.master_name} {HOST} {self.primary.port} 2",
+                    f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
+                    f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}",
+                    f"sentinel parallel-syncs {self.master_name} 1",
+                ]
+                if self.password:
+                    lines.append(f"sentinel auth-pass {self.master_name} {self.password}")
+                if self.sentinel_password:
+                    # Its own password, and the one it gives the other sentinels.
+                    lines += [
+                        f"requirepass {self.sentinel_password}",
+                        f"sentinel sentinel-pass {self.sentinel_password}",
+                    ]
+                conf.write_text("\n".join(lines) + "\n")
                 self.sentinel_procs.append(
                     subprocess.Popen(
                         [binary, str(conf)],
@@ -87,6 +113,48 @@ class LocalSentinelGroup:
             raise
         return self
 
+    def _start_data_node(self, node: LocalRedis) -> None:
+        """LocalRedis.start checks readiness without a password: check it here with one."""
+        if not self.password:
+            node.start()
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisNotFoundError("redis-server is not on PATH (apt-get install redis-server)")
+        node.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(node.port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(node.dir),
+                *node.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        client = self.data_client(node.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.info("server").get("process_id") == node.proc.pid:
+                    return
+            except redis.RedisError:
+                pass
+            if node.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {node.port}")
+            time.sleep(0.05)
+
+    def data_client(self, port: int) -> redis.Redis:
+        return redis.Redis(host=HOST, port=port, password=self.password, socket_timeout=2)
+
     def _wait_until_ready(self, timeout: float) -> None:
         """Replica in sync; every sentinel sees the primary, the replica and the other sentinels.
 
@@ -94,7 +162,7 @@ class LocalSentinelGroup:
         or its peers would have no one to promote or no quorum.
         """
         deadline = time.monotonic() + timeout
-        replica = redis.Redis(host=HOST, port=self.replica.port, socket_timeout=2)
+        replica = self.data_client(self.replica.port)
         others = len(self.sentinel_ports) - 1
         while True:
             try:
@@ -118,7 +186,11 @@ class LocalSentinelGroup:
 
     def sentinel(self, port: int | None = None) -> redis.Redis:
         return redis.Redis(
-            host=HOST, port=port or self.sentinel_ports[0], socket_timeout=2, decode_responses=True
+            host=HOST,
+            port=port or self.sentinel_ports[0],
+            password=self.sentinel_password,
+            socket_timeout=2,
+            decode_responses=True,
         )
 
     def primary_port(self) -> int | None:
@@ -142,7 +214,7 @@ class LocalSentinelGroup:
     def wait_for_failover(self, timeout: float = 30) -> float:
         """Wait until the replica is primary by the sentinels and by itself; the monotonic time."""
         deadline = time.monotonic() + timeout
-        replica = redis.Redis(host=HOST, port=self.replica.port, socket_timeout=2)
+        replica = self.data_client(self.replica.port)
         while time.monotonic() < deadline:
             try:
                 if (

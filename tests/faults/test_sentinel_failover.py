@@ -53,16 +53,24 @@ SUCCEEDED = re.compile(
 )
 
 
+# The data nodes' password (in the URL, percent-encoded) and the sentinels' own, as deployed.
+DATA_PASSWORD, SENTINEL_PASSWORD = "data@pw/1", "sentinel-pw"
+
+
 @pytest.fixture(scope="module")
 def group() -> Iterator[LocalSentinelGroup]:
-    with LocalSentinelGroup() as g:
+    with LocalSentinelGroup(password=DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD) as g:
         yield g
 
 
 @pytest.fixture(scope="module")
 def sentinel_app(group: LocalSentinelGroup) -> Celery:
     app = Celery("sentinel-producer", set_as_current=False)
-    settings = load_settings(redis_url=group.url, redis_sentinel_master=group.master_name)
+    settings = load_settings(
+        redis_url=group.url,
+        redis_sentinel_master=group.master_name,
+        redis_sentinel_password=SENTINEL_PASSWORD,
+    )
     app.conf.update(celery_config(settings))
     return app
 
@@ -89,13 +97,13 @@ def test_primary_killed_mid_drain_workers_and_producers_continue_on_the_promoted
     group: LocalSentinelGroup, sentinel_app: Celery, data_dir: Path
 ) -> None:
     app = sentinel_app
-    env = {"REDIS_URL": group.url, "REDIS_SENTINEL_MASTER": group.master_name}
-    workers = [NamedWorker("sync", f"sync-sentinel-{n}", data_dir, env=env) for n in ("a", "b")]
+    workers = [NamedWorker("sync", f"sync-sentinel-{n}", data_dir, env=group.env) for n in ("a", "b")]
     for worker in workers:
         worker.proc.start()
-    client = master_client(group.url, master=group.master_name, socket_timeout=2, socket_connect_timeout=2)
+    how = {"master": group.master_name, "sentinel_password": SENTINEL_PASSWORD}
+    client = master_client(group.url, **how, socket_timeout=2, socket_connect_timeout=2)
     # The client every lock (and the beat leader lock) uses, made before the failover.
-    locks = redis_from_url(group.url, master=group.master_name, socket_timeout=2, socket_connect_timeout=2)
+    locks = redis_from_url(group.url, **how, socket_timeout=2, socket_connect_timeout=2)
     try:
         wait_for(workers, app)  # both started at once: the start-ups overlap
         with app.producer_or_acquire() as producer:
@@ -113,8 +121,9 @@ def test_primary_killed_mid_drain_workers_and_producers_continue_on_the_promoted
         # Without the outbox a send fails with our error, naming no password, and keeps nothing.
         with pytest.raises(
             calls.BrokerUnavailableError, match="Could not publish sync.echo: broker at sentinel://"
-        ):
+        ) as refused_send:
             calls.apply_async(sync.echo, (-1,), app=app, outbox=False)
+        assert "pw" not in str(refused_send.value).replace("/0", ""), str(refused_send.value)
         during, promoted = send_through_failover(app, group, killed, first=TASKS)
         with task_lock("sentinel-failover", timeout=60, client=locks) as held:
             assert held, "the lock's client did not follow the failover (or the lock survived it)"
