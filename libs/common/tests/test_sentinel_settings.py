@@ -131,3 +131,31 @@ def test_the_broker_url_shown_in_errors_hides_the_password() -> None:
 
     shown = redact_url(parse_sentinel_url(URL).kombu_url())
     assert "data" not in shown and shown.startswith("sentinel://:***@")
+
+
+def test_every_redis_client_of_ours_follows_the_sentinels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis_from_url (locks, the beat leader lock, the stores, metrics) on a sentinel:// URL:
+    a client whose connections ask the sentinels for the primary, named by the settings."""
+    from redis.sentinel import SentinelConnectionPool
+
+    from common.settings import reset_settings_cache
+    from common.transport.tls import redis_from_url
+
+    monkeypatch.setenv("REDIS_URL", URL)
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "jobs")
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", "sentinel-only-pw")
+    reset_settings_cache()
+    try:
+        client = redis_from_url(URL, socket_timeout=1.5, socket_connect_timeout=1.5)  # connects lazily
+    finally:
+        reset_settings_cache()
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "jobs"
+    assert pool.connection_kwargs["password"] == "data#pw" and pool.connection_kwargs["db"] == 2
+    manager = pool.sentinel_manager
+    assert [s.connection_pool.connection_kwargs["port"] for s in manager.sentinels] == [26379, 26380, 26379]
+    assert manager.sentinel_kwargs == {
+        "socket_timeout": 1.5,
+        "socket_connect_timeout": 1.5,
+        "password": "sentinel-only-pw",
+    }
