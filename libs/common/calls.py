@@ -225,9 +225,8 @@ class Batch:
     The messages go out in one pipeline when the block ends (our transport's
     `publishing_in_one_round_trip`); nothing is sent if the block raises, and a broker
     error raises at its end, when some messages may have reached Redis (send the batch
-    again with the `x_outbox` header: the workers drop second copies). `batch.producer`
-    takes Celery's own calls too, e.g. `chord(header, body).apply_async(producer=...)`
-    publishes a chord's whole header in the one round trip.
+    again with the `x_outbox` header: the workers drop second copies). Whatever else this
+    thread publishes in the block joins the round trip (`one_round_trip`).
 
     Celery's `send_task` declares the queue and wraps every message in kombu's retry loop;
     inside one pipeline neither can do anything but cost (a third of a fan-out's time),
@@ -266,11 +265,12 @@ class Batch:
 
 
 @contextmanager
-def one_round_trip(app: Celery | None = None) -> Iterator[Any]:
-    """The producer of a `Batch`, for Celery's canvas: everything published with it in the
-    block (a group, a chord's header) goes out in one round trip at its end."""
-    with Batch(app) as batch:
-        yield batch.producer
+def one_round_trip(app: Celery | None = None) -> Iterator[None]:
+    """Everything this thread publishes in the block goes out in one round trip at its end:
+    Celery's canvas too (`chord(header, body).apply_async()` sends its whole header at once).
+    Do not wait for a result inside the block: nothing has left yet."""
+    with Batch(app):
+        yield
 
 
 def publish(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], **options: Any) -> AsyncResult:

@@ -362,13 +362,22 @@ def test_send_many_publishes_every_call_once_and_keeps_nothing(redis_client) -> 
     assert all(m["headers"].get("x_outbox") for m in queued_messages(redis_client))
 
 
-def test_a_canvas_in_one_round_trip_publishes_a_whole_group(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_canvas_in_one_round_trip_publishes_a_whole_group_at_its_end(redis_client) -> None:  # type: ignore[no-untyped-def]
     from celery import group
 
-    with calls.one_round_trip() as producer:
-        result = group(sync.echo.s(i) for i in range(50)).apply_async(producer=producer)
+    from common.transport.broker.transport import ROUND_TRIP_MESSAGES
+
+    with calls.one_round_trip():
+        result = group(sync.echo.s(i) for i in range(50)).apply_async()  # its own producer
         assert queued_ids(redis_client) == [], "nothing leaves before the block ends"
     assert sorted(queued_ids(redis_client)) == sorted(r.id for r in result.results)
+
+    # A long fan-out leaves in round trips of ROUND_TRIP_MESSAGES while the block goes on.
+    n = 2 * ROUND_TRIP_MESSAGES + 50
+    with calls.one_round_trip():
+        result = group(sync.echo.s(i) for i in range(n)).apply_async()
+        assert len(queued_ids(redis_client)) == 50 + 2 * ROUND_TRIP_MESSAGES
+    assert len(queued_ids(redis_client)) == 50 + n
 
 
 def test_send_many_sends_none_unless_every_call_fits(redis_client) -> None:  # type: ignore[no-untyped-def]
