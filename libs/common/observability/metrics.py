@@ -219,7 +219,9 @@ class RedisCollector:
                 "celery_queue_consumers", "Worker processes consuming the queue, alive.", labels=["queue"]
             ),
             "dead_letters": GaugeMetricFamily(
-                "celery_dead_letters", "Dead letters kept for the queue (common.deadletters).", ["queue"]
+                "celery_dead_letters",
+                "Dead letters kept for the queue (common.deadletters).",
+                labels=["queue"],
             ),
         }
         for q in broker.queues:

@@ -134,7 +134,8 @@ return n
 # is dead; ARGV[3]: in-flight prefix; ARGV[4]: sep; ARGV[5]: bell prefix; ARGV[6]: batch;
 # ARGV[7]: the queues this owner consumes, comma-separated ('' for none).
 # One call per tick: heartbeat, requeue dead owners' messages, move due delayed messages.
-# The consumed queues are written on every tick, so they come back after a Redis restart.
+# The consumed queues are checked on every tick (written only when missing or changed), so
+# they come back after a Redis restart.
 TICK_SCRIPT = (
     _HELPERS
     + """
@@ -150,8 +151,12 @@ if now - last > dead_after / 2 then
 end
 if ARGV[1] ~= '' then
   redis.call('ZADD', KEYS[1], now, ARGV[1])
-  if ARGV[7] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[7])
-  else redis.call('HDEL', KEYS[4], ARGV[1]) end
+  local listed = redis.call('HGET', KEYS[4], ARGV[1])
+  if ARGV[7] ~= '' then
+    if listed ~= ARGV[7] then redis.call('HSET', KEYS[4], ARGV[1], ARGV[7]) end
+  elseif listed then
+    redis.call('HDEL', KEYS[4], ARGV[1])
+  end
 end
 local recovered = 0
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - dead_after, 'LIMIT', 0, 10)
