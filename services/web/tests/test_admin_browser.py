@@ -3,63 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from common.models import Doctor, Report, ReportItem
-from devtools.ports import free_port
 from devtools.processes import ServiceProcess
 from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# No background traffic: this machine's network is closed (see the machine notes).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PASSWORD = secrets.token_urlsafe(12)
-# Playwright's sync API keeps an event loop on this thread; the test's own ORM calls are
-# ordinary blocking ones (Django documents this switch for exactly this case).
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-
-@pytest.fixture(scope="module")
-def web(data_dir: Path) -> Iterator[str]:
-    get_user_model().objects.create_superuser("operator", "operator@example.com", PASSWORD)
-    port = free_port()
-    server = ServiceProcess(
-        "web",
-        "web.manage",
-        ["serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        env={"DJANGO_SETTINGS_MODULE": "web.settings"},
-        log=data_dir / "web.log",
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=2)
-            break
-        except OSError:
-            assert server.running and time.monotonic() < deadline, (data_dir / "web.log").read_text()[-2000:]
-            time.sleep(0.3)
-    yield url
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -76,45 +31,19 @@ def workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator[Workers]:
         w.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: apt-get install chromium (scripts/ensure-services does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, web: str):  # type: ignore[no-untyped-def]
-    context = browser.new_context(base_url=web)
-    page = context.new_page()
-    yield page
-    context.close()
-
-
-def log_in(page) -> None:  # type: ignore[no-untyped-def]
-    page.goto("/admin/")
-    page.fill("#id_username", "operator")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_selector("#user-tools")
-
-
-def test_admin_requires_login(page) -> None:  # type: ignore[no-untyped-def]
+def test_admin_requires_login(page, operator) -> None:  # type: ignore[no-untyped-def]
     page.goto("/admin/common/report/")
     assert "/admin/login/" in page.url
-    page.fill("#id_username", "operator")
+    page.fill("#id_username", operator.username)
     page.fill("#id_password", "wrong")
     page.click("input[type=submit]")
     assert "/admin/login/" in page.url
     assert page.locator(".errornote").is_visible()
 
 
-def test_a_periodic_task_created_in_the_admin_fires_on_its_queue(page, data_dir, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_periodic_task_created_in_the_admin_fires_on_its_queue(
+    log_in, page, data_dir, redis_client
+) -> None:  # type: ignore[no-untyped-def]
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     log_in(page)
     page.goto("/admin/django_celery_beat/periodictask/add/")
@@ -145,7 +74,7 @@ def test_a_periodic_task_created_in_the_admin_fires_on_its_queue(page, data_dir,
     assert message["headers"]["task"] == "sync.health_check"
 
 
-def test_operator_sees_a_reports_progress(page) -> None:  # type: ignore[no-untyped-def]
+def test_operator_sees_a_reports_progress(log_in, page) -> None:  # type: ignore[no-untyped-def]
     Report.objects.create(name="Quarterly revenue", status="running", progress_current=50, progress_total=200)
     log_in(page)
     page.goto("/admin/common/report/")
@@ -154,7 +83,7 @@ def test_operator_sees_a_reports_progress(page) -> None:  # type: ignore[no-unty
     assert "Running" in row.inner_text()
 
 
-def test_operator_replays_and_purges_dead_letters(page, store) -> None:  # type: ignore[no-untyped-def]
+def test_operator_replays_and_purges_dead_letters(log_in, page, store) -> None:  # type: ignore[no-untyped-def]
     """The page's buttons as a browser submits them: CSRF token, formaction, the confirmation step."""
     from web.tests.deadletters_testing import a_queue, dead, envelope
 
@@ -183,6 +112,7 @@ def test_operator_replays_and_purges_dead_letters(page, store) -> None:  # type:
 
 
 def test_operator_adds_a_doctor_who_gets_one_welcome_mail_and_one_crm_record(
+    log_in,
     page,
     workers,
     smtp_sink,
@@ -207,7 +137,9 @@ def test_operator_adds_a_doctor_who_gets_one_welcome_mail_and_one_crm_record(
     assert crm_sandbox.doctors[str(doctor.pk)]["writes"] == 1
 
 
-def test_operator_generates_a_report_and_watches_it_then_downloads_it(page, browser, web, workers) -> None:  # type: ignore[no-untyped-def]
+def test_operator_generates_a_report_and_watches_it_then_downloads_it(
+    log_in, page, browser, web, workers
+) -> None:  # type: ignore[no-untyped-def]
     report = Report.objects.create(name=f"Browser revenue {secrets.token_hex(3)}")
     ReportItem.objects.bulk_create(
         (ReportItem(report=report, label=f"item {i}", value=1) for i in range(300_000)), batch_size=10_000

@@ -28,95 +28,15 @@ from common.deadletters.store import FAILED
 from common.observability.recent_failures import KEY, recent
 from common.settings import reset_settings_cache
 from devtools.ports import free_port
-from devtools.processes import ServiceProcess
 from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers
 from web.tests.deadletters_testing import envelope
 
 PAGE = "/admin/operations/"
 FAILURES = "/admin/operations/failures/"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-USERNAME = f"ops-{secrets.token_hex(4)}"
-PASSWORD = secrets.token_urlsafe(12)
 PII = "grace.hopper@clinic.example"
-# Playwright's sync API keeps an event loop on this thread; the ORM calls here are blocking ones.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 pytestmark = pytest.mark.usefixtures("django_test_environment")
-
-
-@pytest.fixture(scope="module")
-def web(data_dir: Path) -> Iterator[str]:
-    """The admin as deployed: gunicorn serving web.manage, on this session's Redis and database."""
-    get_user_model().objects.create_superuser(USERNAME, f"{USERNAME}@example.com", PASSWORD)
-    port = free_port()
-    log = data_dir / "web-operations.log"
-    server = ServiceProcess(
-        "web",
-        "web.manage",
-        ["serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        env={"DJANGO_SETTINGS_MODULE": "web.settings"},
-        log=log,
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=2)
-            break
-        except OSError:
-            assert server.running and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.3)
-    yield url
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: apt-get install chromium (scripts/ensure-services does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any, web: str) -> Iterator[Any]:
-    context = browser.new_context(base_url=web)
-    yield context.new_page()
-    context.close()
-
-
-@pytest.fixture(scope="module")
-def sync_worker(data_dir: Path) -> Iterator[Workers]:
-    w = Workers(data_dir)
-    try:
-        w.start(["sync"])
-        yield w
-    finally:
-        w.stop()
-
-
-def log_in(page: Any) -> None:
-    page.goto("/admin/login/")
-    page.fill("#id_username", USERNAME)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_selector("#user-tools")
 
 
 def cell(page: Any, queue: str, column: str) -> Any:
@@ -130,7 +50,7 @@ def staff_client() -> Client:
     return client
 
 
-def test_only_logged_in_staff_reach_the_pages(page: Any) -> None:
+def test_only_logged_in_staff_reach_the_pages(log_in, page: Any) -> None:
     not_staff = Client()
     not_staff.force_login(get_user_model().objects.create_user(f"u-{uuid.uuid4().hex[:8]}", password="x"))
     for client in (Client(), not_staff):
@@ -147,7 +67,7 @@ def test_only_logged_in_staff_reach_the_pages(page: Any) -> None:
     assert page.locator("#operations-queues").is_visible()
 
 
-def test_messages_waiting_on_a_queue_nobody_consumes(page: Any, redis_client: redis.Redis) -> None:
+def test_messages_waiting_on_a_queue_nobody_consumes(log_in, page: Any, redis_client: redis.Redis) -> None:
     """payments has no worker here: its messages wait, age, and nobody consumes; a countdown is delayed."""
     for key in redis_client.scan_iter(match="payments*", _type="list"):  # the queue, with its priority lists
         redis_client.delete(key)
@@ -168,7 +88,7 @@ def test_messages_waiting_on_a_queue_nobody_consumes(page: Any, redis_client: re
     assert int(page.locator("#operations-delayed strong").inner_text()) == delayed_before + 1
 
 
-def test_an_open_page_shows_a_worker_that_starts_with_its_release(page: Any, data_dir: Path) -> None:
+def test_an_open_page_shows_a_worker_that_starts_with_its_release(log_in, page: Any, data_dir: Path) -> None:
     """The page reloads itself: a worker started while it is open appears, with its build's release."""
     release = f"emails@7.7.{secrets.randbelow(1000)}-ops"
     log_in(page)
@@ -190,7 +110,7 @@ def test_an_open_page_shows_a_worker_that_starts_with_its_release(page: Any, dat
 
 
 def test_a_task_failing_for_good_is_listed_without_its_arguments(
-    page: Any, sync_worker: Workers, redis_client: redis.Redis
+    log_in, page: Any, sync_worker: Workers, redis_client: redis.Redis
 ) -> None:
     """A real sync worker runs a task that raises: the page lists it, with no trace of the argument."""
     data = {"doctor_id": 987_654_321, "valid": True, "problems": [f"call {PII}"]}
@@ -213,7 +133,7 @@ def test_a_task_failing_for_good_is_listed_without_its_arguments(
     assert PII not in page.content()
 
 
-def test_a_dead_letter_is_counted_and_its_link_lists_it(page: Any, store: DeadLetters) -> None:
+def test_a_dead_letter_is_counted_and_its_link_lists_it(log_in, page: Any, store: DeadLetters) -> None:
     log_in(page)
     page.goto(PAGE)
     before = int(cell(page, "reports", "dead-letters").inner_text())
