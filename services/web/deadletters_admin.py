@@ -31,9 +31,6 @@ from contracts.declare import all_contracts
 SHOWN = 200  # entries on one page; the filters narrow it down
 FILTERS = ("queue", "task", "reason")
 
-# The admin index gets a "Dead letters" link (the template adds it above the app list).
-admin.site.index_template = "web/deadletters/admin_index.html"
-
 
 def _filters(data: Any) -> dict[str, str]:
     chosen = {name: (data.get(name) or "").strip() for name in FILTERS}

@@ -31,7 +31,6 @@ from common.observability.queues import BrokerSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.observability.redaction import redact_url
 from common.routing import SERVICES
-from web import deadletters_admin  # noqa: F401 - sets its admin index on import; ours replaces it
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +38,7 @@ INSPECT_TIMEOUT = 1.0  # seconds the broadcasts wait for workers' replies (the p
 REFRESH_SECONDS = 5
 FAILURES_ON_PAGE = 10
 
-# The admin index's "Operations" module links this page and the dead letters. It replaces the
-# index deadletters_admin sets on import, hence that import above, before this assignment.
+# The admin index's "Operations" module links this page and the dead letters.
 admin.site.index_template = "web/operations/admin_index.html"
 
 
