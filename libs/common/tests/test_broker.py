@@ -72,6 +72,36 @@ def test_fetch_moves_a_message_into_the_owners_hash_in_one_step(redis_client, re
     assert _fetch(redis_client, owner, "t-fetch") is None
 
 
+def test_one_fetch_takes_up_to_its_limit_highest_priority_first(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    """A worker with free prefetch slots fills them in one round trip, each message recorded."""
+    owner = _owner(redis_url)
+    high, low = "t-batch", f"t-batch{ownership.SEP}5"
+    redis_client.lpush(high, "h1", "h2")
+    redis_client.lpush(low, "l1", "l2")
+    bell = scripts.BELL_PREFIX + "t-batch"
+
+    def fetch(limit: int) -> list:  # type: ignore[type-arg]
+        return redis_client.eval(
+            scripts.FETCH, 3, owner.inflight_key, high, low, ownership.SEP, scripts.BELL_PREFIX, limit
+        )
+
+    reply = fetch(3)
+    assert reply[1::3] == [b"h1", b"h2", b"l1"] and reply[0::3] == [
+        high.encode(),
+        high.encode(),
+        low.encode(),
+    ]
+    assert len(set(reply[2::3])) == 3
+    for list_key, raw, tag in zip(reply[0::3], reply[1::3], reply[2::3], strict=True):
+        assert redis_client.hget(owner.inflight_key, tag) == list_key + b"\n" + raw
+    assert redis_client.llen(bell) == 1, "one message is left: an idle consumer must wake"
+    redis_client.delete(bell)
+    reply = fetch(3)
+    assert reply[1::3] == [b"l2"] and redis_client.hlen(owner.inflight_key) == 4
+    assert redis_client.llen(bell) == 0, "nothing left: no wake-up"
+    assert fetch(3) is None
+
+
 def test_a_dead_owners_messages_go_back_to_the_front_of_their_queue(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
     dead, alive = _owner(redis_url), _owner(redis_url)
     redis_client.lpush("t-recover", '{"properties": {"delivery_tag": "held"}}', '{"properties": {}}')

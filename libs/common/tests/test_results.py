@@ -115,3 +115,61 @@ def test_accepted_settings_keep_success_final_against_real_redis(
     b.store_result(task_id, None, states.STARTED)
     b._cache.clear()
     assert AsyncResult(task_id, app=app).state == states.SUCCESS
+
+
+# --- a SUCCESS settles its message in the same step ---------------------------------------
+from celery.app.task import Context  # noqa: E402
+
+from common.transport.broker import ownership, scripts  # noqa: E402
+
+
+@pytest.fixture()
+def running(redis_client, monkeypatch):  # type: ignore[no-untyped-def]
+    """This process as a worker holding one fetched message per task id it is given."""
+    with current_app().connection_for_write() as conn:
+        params = conn.default_channel._connparams()
+    owner = ownership.Owner(params, dead_after=10, tick=3600)
+    owner._stop.set()  # no heartbeat thread: nothing but the store may touch the hash
+    monkeypatch.setattr(ownership, "_owner", owner)
+
+    def hold(task_id: str) -> str:
+        redis_client.lpush("t-settle", f'{{"properties": {{"delivery_tag": "tag-{task_id}"}}}}')
+        _, _, tag = redis_client.eval(
+            scripts.FETCH, 2, owner.inflight_key, "t-settle", ownership.SEP, "b:", 1
+        )
+        owner.took(tag.decode(), task_id)
+        return tag.decode()
+
+    yield owner, hold
+    redis_client.delete(owner.inflight_key)
+
+
+def test_a_stored_success_acknowledges_its_message_in_the_same_step(redis_client, running) -> None:  # type: ignore[no-untyped-def]
+    """No crash can fall between storing a SUCCESS and the ack, so the task cannot run twice."""
+    owner, hold = running
+    task_id = str(uuid.uuid4())
+    tag = hold(task_id)
+    backend().store_result(task_id, 42, states.SUCCESS, request=Context(id=task_id))
+    assert redis_client.hget(owner.inflight_key, tag) is None, "the message is still owed a run"
+    assert tag not in owner.held, "Celery's ack after the store must cost nothing"
+    assert AsyncResult(task_id, app=current_app()).get(timeout=5) == 42
+    # A second copy finishing after it: its SUCCESS is not stored, its message is settled.
+    tag = hold(task_id)
+    backend().store_result(task_id, 43, states.SUCCESS, request=Context(id=task_id))
+    assert redis_client.hlen(owner.inflight_key) == 0
+    assert AsyncResult(task_id, app=current_app()).get(timeout=5) == 42
+
+
+@pytest.mark.parametrize(
+    ("state", "request_fields"),
+    [(states.FAILURE, {}), ("PROGRESS", {}), (states.SUCCESS, {"chord": {"task": "callback"}})],
+    ids=["failure", "progress", "chord part"],
+)
+def test_other_stores_leave_the_ack_to_celery(redis_client, running, state, request_fields) -> None:  # type: ignore[no-untyped-def]
+    """A failure may still be retried or requeued, and a chord part must count itself into its
+    chord after the store: their messages stay held until Celery acknowledges them."""
+    owner, hold = running
+    task_id = str(uuid.uuid4())
+    tag = hold(task_id)
+    backend().store_result(task_id, {"x": 1}, state, request=Context(id=task_id, **request_fields))
+    assert redis_client.hget(owner.inflight_key, tag) is not None and tag in owner.held

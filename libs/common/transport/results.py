@@ -30,11 +30,16 @@ from celery.exceptions import ImproperlyConfigured
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
 
+from common.transport.broker import ownership
+
 # KEYS[1] result key; ARGV[1] encoded meta (JSON), ARGV[2] expiry in seconds (0: none).
+# KEYS[2], ARGV[3] (optional): the worker's in-flight hash and the message's tag, settled in
+# the same step: a SUCCESS is never stored with its message still owed a run.
 # SUCCESS is recognised by decoding, or, where cjson refuses valid JSON (a lone surrogate
 # escape such as "\ud800"), by `"status"` being the first key, as Celery's
 # `_get_result_meta` and `_store_result` below always write it.
 STORE_UNLESS_SUCCEEDED = """
+if KEYS[2] then redis.call('HDEL', KEYS[2], ARGV[3]) end
 local current = redis.call('GET', KEYS[1])
 if current then
     if string.find(current, '^%s*{%s*"status"%s*:%s*"SUCCESS"') then
@@ -145,13 +150,51 @@ class RedisBackend(CeleryRedisBackend):
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError("value too large for Redis backend", state=state, task_id=task_id)
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        key = self.get_key_for_task(task_id)
-        self.ensure(self._store_script, ([key], [value, int(expires or 0)]))
+        keys, args = [self.get_key_for_task(task_id)], [value, int(expires or 0)]
+        owner, tag = self._settles(task_id, state, request)
+        if tag is not None:
+            keys.append(owner.inflight_key)
+            args.append(tag)
+        try:
+            self.ensure(self._store_script, (keys, args))
+        except BaseException:
+            if tag is not None:
+                owner.took(tag, bytes_to_str(task_id))  # Celery's ack settles it instead
+            raise
         return result
+
+    def _settles(self, task_id: str, state: str, request: Any) -> tuple[Any, str | None]:
+        """The owner and tag of the message whose SUCCESS this store is, to settle with it.
+
+        The store then acknowledges the message too (one round trip instead of two), and no
+        crash can fall between the two and run the task again. Only for a task this process
+        runs (solo and threads pools; a prefork child's messages are its parent's), on the
+        broker's own Redis, and not for a chord part, which must still count itself into its
+        chord after the store.
+        """
+        if state != states.SUCCESS or request is None or getattr(request, "chord", None):
+            return None, None
+        owner = ownership.current_owner()
+        if owner is None or not self._same_redis_as(owner):
+            return None, None
+        return owner, owner.hand_over(bytes_to_str(task_id))
+
+    def _same_redis_as(self, owner: Any) -> bool:
+        same = self._shares_broker
+        if same is None:
+            theirs = owner.client.connection_pool.connection_kwargs
+            same = self._shares_broker = all(
+                self.connparams.get(k) == theirs.get(k) for k in ("host", "port", "db", "path")
+            )
+        return same
+
+    _shares_broker: bool | None = None
 
 
 class SentinelBackend(RedisBackend, CelerySentinelBackend):
     """The same backend on the primary the sentinels name (`sentinel://`, master_name option)."""
+
+    _shares_broker = False  # broker and results may name different sentinel groups
 
 
 BACKEND = f"{__name__}:RedisBackend"

@@ -45,7 +45,9 @@ class Owner:
         self._tick = self.client.register_script(scripts.TICK_SCRIPT)
         self._requeue = self.client.register_script(scripts.REQUEUE)
         self._requeue_unknown = self.client.register_script(scripts.REQUEUE_UNKNOWN)
-        self.held: set[str] = set()  # tags this process has been handed and not settled
+        # Tags this process has been handed and not settled -> the task id each carries
+        # (None until the message is decoded); at most a prefetch's worth.
+        self.held: dict[str, str | None] = {}
         self._pending_acks: set[str] = set()  # acks that failed while Redis was away
         # A fetch failed on a connection error: Redis may hold a message this process never
         # received. Set here, on the process, because the consumer reconnects on a new channel.
@@ -105,14 +107,28 @@ class Owner:
             pass  # the next tick writes it
 
     # --- settling messages ---------------------------------------------------------------
-    def took(self, tag: str) -> None:
+    def took(self, tag: str, task_id: str | None = None) -> None:
         with self._lock:
-            self.held.add(tag)
+            self.held[tag] = task_id
 
     def settled(self, tag: str) -> None:
         """Forget a tag whose in-flight record a script already removed (a dead letter)."""
         with self._lock:
-            self.held.discard(tag)
+            self.held.pop(tag, None)
+
+    def hand_over(self, task_id: str) -> str | None:
+        """The tag of the message running `task_id`, for a result store that settles it in the
+        same step (`common.transport.results`); None if this process holds no such message.
+
+        The tag is forgotten here, so Celery's ack after it costs nothing; a store that then
+        fails gives it back (`took`) and the ack settles it as usual.
+        """
+        with self._lock:
+            for tag, held_id in self.held.items():
+                if held_id == task_id:
+                    del self.held[tag]
+                    return tag
+        return None
 
     def ack(self, tag: str) -> None:
         """Forget a finished message; an ack that cannot reach Redis is retried, never dropped.
@@ -121,7 +137,7 @@ class Owner:
         then it would run again.
         """
         with self._lock:
-            self.held.discard(tag)
+            self.held.pop(tag, None)
         try:
             removed = self.client.hdel(self.inflight_key, tag)
         except redis.RedisError:
@@ -149,13 +165,14 @@ class Owner:
         if not tags:
             return 0
         with self._lock:
-            self.held.difference_update(tags)
+            for tag in tags:
+                self.held.pop(tag, None)
         return int(self._requeue(keys=[self.inflight_key], args=[SEP, scripts.BELL_PREFIX, *tags]))
 
     def requeue_unknown(self) -> int:
         """After a lost fetch reply: requeue what Redis recorded but this process never got."""
         with self._lock:
-            known = list(self.held | self._pending_acks)
+            known = [*self.held, *self._pending_acks]
         n = int(self._requeue_unknown(keys=[self.inflight_key], args=[SEP, scripts.BELL_PREFIX, *known]))
         if n:
             logger.warning("Requeued %d message(s) whose delivery was cut off by a lost connection", n)

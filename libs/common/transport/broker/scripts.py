@@ -59,13 +59,19 @@ end
 """
 
 # KEYS[1]: the owner's in-flight hash; KEYS[2..]: queue lists, highest priority first.
-# ARGV[1]: kombu's priority separator; ARGV[2]: bell prefix.
-# Returns {list, raw, tag} or nil. A raw item that is not kombu JSON still gets a tag, so
-# the worker can dead-letter it while it is safely recorded.
+# ARGV[1]: kombu's priority separator; ARGV[2]: bell prefix; ARGV[3]: at most this many
+# messages (the consumer's free prefetch slots; 1 when absent).
+# Returns {list, raw, tag, list, raw, tag, ...}, highest priority first, or nil. A raw item
+# that is not kombu JSON still gets a tag, so the worker can dead-letter it while it is
+# safely recorded. Taking a prefetch's worth per call saves a wake-up and a round trip per
+# message; each one taken is recorded before the next is popped.
 FETCH = (
     _HELPERS
     + """
-for i = 2, #KEYS do
+local limit = tonumber(ARGV[3]) or 1
+local out = {}
+local i = 2
+while i <= #KEYS and #out < limit * 3 do
   local item = redis.call('RPOP', KEYS[i])
   if item then
     local tag
@@ -79,16 +85,21 @@ for i = 2, #KEYS do
     + """')
     end
     redis.call('HSET', KEYS[1], tag, KEYS[i] .. '\\n' .. item)
-    for j = i, #KEYS do
-      if redis.call('LLEN', KEYS[j]) > 0 then
-        ring(KEYS[j], ARGV[1], ARGV[2])
-        break
-      end
-    end
-    return {KEYS[i], item, tag}
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = item
+    out[#out + 1] = tag
+  else
+    i = i + 1
   end
 end
-return nil
+if #out == 0 then return nil end
+for j = i, #KEYS do
+  if redis.call('LLEN', KEYS[j]) > 0 then
+    ring(KEYS[j], ARGV[1], ARGV[2])
+    break
+  end
+end
+return out
 """
 )
 

@@ -51,6 +51,9 @@ from common.transport.broker import ownership, scripts
 
 logger = logging.getLogger(__name__)
 
+# Messages one FETCH may take, when the consumer's prefetch leaves room for that many.
+FETCH_BATCH = 16
+
 # A due time this close is not worth a round trip through the delayed set.
 _DELAY_THRESHOLD_MS = 50
 
@@ -340,7 +343,9 @@ class Channel(kombu_redis.Channel):
                 owner.lost_fetch = False
             for _ in range(100):  # poison in a row is dead-lettered; then the loop breathes
                 try:
-                    reply = self._fetch_script(keys=keys, args=[self.sep, scripts.BELL_PREFIX], client=client)
+                    reply = self._fetch_script(
+                        keys=keys, args=[self.sep, scripts.BELL_PREFIX, self._fetch_limit()], client=client
+                    )
                 except self.connection_errors:
                     # Redis may have run FETCH and lost only the reply: reconcile before the
                     # next fetch, on whichever channel the reconnected consumer opens.
@@ -348,34 +353,77 @@ class Channel(kombu_redis.Channel):
                     raise
                 if not reply:
                     raise virtual.Empty()
-                list_key, raw, tag = reply
-                tag = bytes_to_str(tag)
-                owner.took(tag)
-                queue = bytes_to_str(list_key).split(self.sep, 1)[0]
-                try:
-                    payload = self._admit(raw, queue, tag)
-                except Rejection as rejection:
-                    if rejection.reason == DUPLICATE:
-                        owner.ack(tag)
-                    else:
-                        self._dead_letter(rejection, raw, queue, tag)
-                    continue
-                self._queue_cycle.rotate(queue)
-                try:
-                    self.connection._deliver(payload, queue)
-                except self.connection_errors:
-                    raise
-                except Exception as exc:  # Celery's handler raised: the worker must live on
-                    logger.exception("Handling a message from queue %s raised; dead-lettering it", queue)
-                    self.qos._quick_ack(tag)
-                    self._dead_letter(
-                        Rejection(CRASHED_CONSUMER, f"{type(exc).__name__}: {exc}", *_task_of(payload)),
-                        raw,
-                        queue,
-                        tag,
-                    )
-                return True
+                batch = [
+                    (reply[k], reply[k + 1], bytes_to_str(reply[k + 2])) for k in range(0, len(reply), 3)
+                ]
+                for _, _, tag in batch:
+                    owner.took(tag)
+                delivered = False
+                for n, (list_key, raw, tag) in enumerate(batch):
+                    if n and _stopping():
+                        # A shutdown began while the solo pool ran the batch's last task:
+                        # what has not started goes back now, not after the batch.
+                        self._give_back([t for _, _, t in batch[n:]])
+                        return True
+                    try:
+                        delivered = self._deliver_one(bytes_to_str(list_key), raw, tag) or delivered
+                    except BaseException:
+                        self._give_back([t for _, _, t in batch[n + 1 :]])
+                        raise
+                if delivered:
+                    return True
         raise virtual.Empty()
+
+    def _fetch_limit(self) -> int:
+        """How many messages one FETCH may take: the free prefetch slots (kombu's estimate),
+        at least one, at most FETCH_BATCH."""
+        free = self.qos.can_consume_max_estimate()
+        return FETCH_BATCH if free is None else max(1, min(int(free), FETCH_BATCH))
+
+    def _deliver_one(self, list_key: str, raw: bytes, tag: str) -> bool:
+        """Hand one fetched message to the consumer; False if it was dead-lettered or dropped."""
+        owner = self.owner
+        queue = list_key.split(self.sep, 1)[0]
+        try:
+            payload = self._admit(raw, queue, tag)
+        except Rejection as rejection:
+            if rejection.reason == DUPLICATE:
+                owner.ack(tag)
+            else:
+                self._dead_letter(rejection, raw, queue, tag)
+            return False
+        owner.took(tag, _task_of(payload)[1])  # its result store may settle it (Owner.hand_over)
+        self._queue_cycle.rotate(queue)
+        try:
+            self.connection._deliver(payload, queue)
+        except self.connection_errors:
+            raise
+        except Exception as exc:  # Celery's handler raised: the worker must live on
+            logger.exception("Handling a message from queue %s raised; dead-lettering it", queue)
+            self.qos._quick_ack(tag)
+            self._dead_letter(
+                Rejection(CRASHED_CONSUMER, f"{type(exc).__name__}: {exc}", *_task_of(payload)),
+                raw,
+                queue,
+                tag,
+            )
+        return True
+
+    def _give_back(self, tags: list[str]) -> None:
+        """Requeue fetched messages that were never handed over (a batch cut short).
+
+        If Redis cannot take them now, the next fetch does (`lost_fetch`), or the exit, or
+        the heartbeat timeout after a crash: they are never left owned by a live process.
+        """
+        if not tags:
+            return
+        owner = self.owner
+        try:
+            owner.requeue(tags)
+        except Exception:  # noqa: BLE001 - Redis away: reconciled on the next fetch
+            for tag in tags:
+                owner.settled(tag)
+            owner.lost_fetch = True
 
     def _admit(self, raw: bytes, queue: str, tag: str) -> dict[str, Any]:
         """The message as kombu expects it, or a `Rejection` saying why it cannot run."""
@@ -433,6 +481,13 @@ class Channel(kombu_redis.Channel):
                 self._intake_module.settle(rejection)
             except Exception:  # the dead letter is stored; a caller's .get() may wait
                 logger.exception("Could not record FAILURE for dead-lettered task %s", rejection.task_id)
+
+
+def _stopping() -> bool:
+    """Celery's worker has begun a warm or cold shutdown (never, outside a worker)."""
+    from celery.worker import state
+
+    return state.should_stop is not None or state.should_terminate is not None
 
 
 def _try_loads(raw: bytes) -> Any:
