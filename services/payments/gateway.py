@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import requests
 
+from common.http import session_for
 from common.settings import get_settings
 
 
@@ -15,9 +16,6 @@ class PaymentDeclinedError(Exception):
 
 class PaymentGatewayError(Exception):
     """The gateway could not answer (network, timeout, 5xx): worth retrying."""
-
-
-_session = requests.Session()
 
 
 def _base_and_headers() -> tuple[str, dict[str, str], float]:
@@ -38,7 +36,7 @@ def charge(*, amount: Decimal, currency: str, customer_id: str, idempotency_key:
     base, headers, timeout = _base_and_headers()
     headers["Idempotency-Key"] = idempotency_key
     try:
-        response = _session.post(
+        response = session_for(base).post(
             f"{base}/v1/charges",
             json={"amount": str(amount), "currency": currency, "customer": customer_id},
             headers=headers,
@@ -62,7 +60,7 @@ def find_charge(idempotency_key: str) -> str | None:
     """
     base, headers, timeout = _base_and_headers()
     try:
-        response = _session.get(
+        response = session_for(base).get(
             f"{base}/v1/charges",
             params={"idempotency_key": idempotency_key},
             headers=headers,

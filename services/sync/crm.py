@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import requests
-
+from common.http import session_for
 from common.settings import get_settings
 
 
 class CRMRejectedError(Exception):
     """The CRM refused the record (4xx other than 408/429): retrying cannot help."""
-
-
-_session = requests.Session()
 
 
 def upsert_doctor(*, doctor_id: int, name: str, email: str) -> str:
@@ -23,8 +19,9 @@ def upsert_doctor(*, doctor_id: int, name: str, email: str) -> str:
     token = s.crm_api_token.get_secret_value()
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    response = _session.post(
-        f"{str(s.crm_url).rstrip('/')}/api/doctors",
+    base = str(s.crm_url).rstrip("/")
+    response = session_for(base).post(
+        f"{base}/api/doctors",
         json={"reference": str(doctor_id), "name": name, "email": email},
         headers=headers,
         timeout=s.crm_timeout,
