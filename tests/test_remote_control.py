@@ -66,7 +66,8 @@ def test_worker_refuses_commands_that_stop_or_reshape_it(worker: tuple[str, Work
     inspect = control.inspect(destination=[node], timeout=5)
     assert node in (inspect.ping() or {})
     stats = (inspect.stats() or {})[node]
-    assert stats["pool"]["max-concurrency"] == 16, stats["pool"]  # no grow/shrink/autoscale took
+    # The sync service declares 32 threads (services/sync/service.py): no grow/shrink/autoscale took.
+    assert stats["pool"]["max-concurrency"] == 32, stats["pool"]
     assert [q["name"] for q in (inspect.active_queues() or {})[node]] == ["sync"]  # no cancel/add
     assert sync.echo.delay(5).get(timeout=20) == 5  # still consuming, no rate or time limit
     log = (workers.log_dir / "sync-worker.log").read_text()
