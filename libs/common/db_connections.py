@@ -5,8 +5,8 @@ CONN_MAX_AGE says, so each task paid a fresh PostgreSQL connection (a fifth of a
 task's CPU in the benchmark profile). Here the fixup's closing is turned off and each task
 is bracketed the way Django brackets a request: `close_old_connections()` drops a connection
 that is past CONN_MAX_AGE, broken, or left in a failed transaction, and keeps the rest, and
-caches are closed after it as at a request's end. `DB_CONN_MAX_AGE=0` gives back a new
-connection per task.
+caches that hold connections (memcached, Redis) are closed after it as at a request's end.
+`DB_CONN_MAX_AGE=0` gives back a new connection per task.
 
 The fixup's own per-task receivers are then disconnected in the worker: with reuse made
 "never" they only counted tasks and closed caches, a twentieth of a no-op task's CPU.
@@ -20,8 +20,15 @@ from typing import Any
 from celery import Celery
 from celery.fixups.django import DjangoFixup
 from celery.signals import task_postrun, task_prerun, worker_init
+from django.conf import settings
 from django.core.cache import close_caches
 from django.db import close_old_connections
+
+# Backends whose close() does nothing: no per-task call (asgiref's locals make it costly).
+_UNCONNECTED_CACHES = frozenset(
+    {"django.core.cache.backends.locmem.LocMemCache", "django.core.cache.backends.dummy.DummyCache"}
+)
+_caches_to_close: bool | None = None
 
 # The fixup recycles connections every CELERY_DB_REUSE_MAX tasks: make that never.
 _NEVER = 2**62
@@ -47,5 +54,9 @@ def _before_task(**_: Any) -> None:
 
 
 def _after_task(**_: Any) -> None:
+    global _caches_to_close
     close_old_connections()
-    close_caches()
+    if _caches_to_close is None:
+        _caches_to_close = any(c.get("BACKEND") not in _UNCONNECTED_CACHES for c in settings.CACHES.values())
+    if _caches_to_close:
+        close_caches()
