@@ -343,6 +343,29 @@ class Bench:
         self.check_transport(name, procs, ours=all(module != "bench.stock" for module, _, _ in workers))
         return self.execution_rate(name, task_ids), list(zip(procs, nodes, strict=True))
 
+    def profile_round(
+        self,
+        name: str,
+        app,  # type: ignore[no-untyped-def]
+        queue: str,
+        workers: list[tuple[str, str, list[str]]],
+        send: Callable[[], list[str]],
+    ) -> None:
+        """An unmeasured round under py-spy: the workers start on an empty queue, so the
+        profile of the first one holds its work, not its start-up; then `send` fills it."""
+        procs = [
+            self.start(f"{name}-profiled-{node}", module, [f"--hostname={node}@%h", *args])
+            for module, node, args in workers
+        ]
+        for (_, node, _), proc in zip(workers, procs, strict=True):
+            self.wait_up(app, node, proc)
+        with self.profiling(f"{name}-drain (worker)", procs[0].proc.pid):
+            task_ids = send()
+            self.drain(name, queue, procs)
+            self.wait_results(name, task_ids, procs)
+        for proc in procs:
+            proc.stop()
+
     def execution_rate(self, name: str, task_ids: list[str]) -> float:
         done = []
         for start in range(0, len(task_ids), 1000):
@@ -514,18 +537,16 @@ class Bench:
                     )
                     rates[name].append(rate)
                     continue
-                v = variants[name]
-                app = v["app"]
-                # Filled in pipelined batches: only the drain is measured here.
-                with app.producer_or_acquire() as producer, producer.batch():
-                    ids = [app.send_task(v["task"], args=[i], producer=producer).id for i in range(n)]
-                rate, workers = self.timed_drain(name, app, v["queue"], v["workers"], ids)
-                rates[name].append(rate)
-                done = sum(self.processed(app, node, v["task"]) for _, node in workers)
-                for proc, _ in workers:
-                    proc.stop()
-                if done != n:
-                    raise BenchError(f"{name}: {done} executions for {n} tasks (must be exactly once)")
+                self.box_round(name, variants[name], n, rates[name])
+        if self.profile:  # where a solo worker's time goes: an extra round, not counted
+            v = variants["ours"]
+            self.profile_round(
+                "box",
+                v["app"],
+                v["queue"],
+                v["workers"],
+                lambda: [v["app"].send_task(v["task"], args=[i]).id for i in range(n)],
+            )
         for name, values in rates.items():
             log(f"  {name}: {summary(values)} tasks/s")
         ours = statistics.median(rates["ours"])
@@ -548,6 +569,22 @@ class Bench:
         tasks = n * self.rounds
         for name, phases in counted.items():
             self.commands[name] = {phase: (c, tasks) for phase, c in phases.items()}
+
+    def box_round(
+        self, name: str, v: dict[str, Any], n: int, rates: list[float], profile: bool = False
+    ) -> None:
+        app = v["app"]
+        # Filled in pipelined batches: only the drain is measured here.
+        with app.producer_or_acquire() as producer, producer.batch():
+            ids = [app.send_task(v["task"], args=[i], producer=producer).id for i in range(n)]
+        label = "box" if profile else name
+        rate, workers = self.timed_drain(label, app, v["queue"], v["workers"], ids, profile=profile)
+        rates.append(rate)
+        done = sum(self.processed(app, node, v["task"]) for _, node in workers)
+        for proc, _ in workers:
+            proc.stop()
+        if done != n:
+            raise BenchError(f"{name}: {done} executions for {n} tasks (must be exactly once)")
 
     # --- 2. round-trip latency -------------------------------------------------
     def latency(self, n: int) -> None:
@@ -632,6 +669,15 @@ class Bench:
                     proc.stop()
                 if any(res.get(timeout=60)["status"] != "synced" for res in results):
                     raise BenchError(f"{name}: an I/O task failed")
+        if self.profile:  # where a sync worker's time goes: an extra round, not counted
+            workers, size = setups[ours]
+            self.profile_round(
+                "io",
+                app,
+                "sync",
+                workers,
+                lambda: [sync.sync_doctor_to_external_system.delay(i).id for i in ids[:size]],
+            )
         crm.latency = 0.0
         for name, rates in runs.items():
             log(f"  {name}: {summary(rates)} tasks/s")
