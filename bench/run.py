@@ -44,6 +44,15 @@ class BenchError(RuntimeError):
     pass
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far (/proc/<pid>/stat), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (a prefork pool), in MiB."""
     total = 0
@@ -359,12 +368,22 @@ class Bench:
         ]
         for (_, node, _), proc in zip(workers, procs, strict=True):
             self.wait_up(app, node, proc)
-        with self.profiling(f"{name}-drain (worker)", procs[0].proc.pid):
+        label = f"{name}-drain (worker)"
+        cpu0, own0 = sum(cpu_seconds(p.proc.pid) for p in procs), time.process_time()
+        with self.profiling(label, procs[0].proc.pid):
             task_ids = send()
             self.drain(name, queue, procs)
             self.wait_results(name, task_ids, procs)
+        worker_ms = 1000 * (sum(cpu_seconds(p.proc.pid) for p in procs) - cpu0) / len(task_ids)
+        bench_ms = 1000 * (time.process_time() - own0) / len(task_ids)
         for proc in procs:
             proc.stop()
+        if label in self.profiles:
+            self.profiles[label] = (
+                f"CPU per task: {worker_ms:.2f} ms in the {len(procs)} worker process(es), "
+                f"{bench_ms:.2f} ms in the bench's own (sending, polling, the sandboxes)\n"
+                + self.profiles[label]
+            )
 
     def execution_rate(self, name: str, task_ids: list[str]) -> float:
         done = []
@@ -1004,6 +1023,55 @@ class Bench:
                 (f"RSS {s} worker at rest / after (MiB)", f"{at_rest[s]:.0f} / {after[s]:.0f}", "-", "-", "-")
             )
 
+    # --- 7. what one task costs Redis: the capacity model's inputs ----------------------
+    def capacity(self, n: int) -> None:
+        """One solo sync worker drains `n` no-op tasks through the bench's Redis; per task: the
+        Redis commands, bytes in and out and Redis' own CPU (`INFO`, reset first), the stored
+        message and result sizes, and the worker's rate (one core). README, Capacity."""
+        from common.celery_app import current_app
+
+        app, r = current_app(), self.redis
+
+        def snapshot() -> tuple[float, int, int, float]:
+            stats, cpu = r.info("stats"), r.info("cpu")
+            calls = sum(self.commandstats().values())  # INFO, CONFIG and the bench's polling left out
+            seconds = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+            return calls, int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"]), seconds
+
+        self.reset_commandstats()
+        before = snapshot()
+        with app.producer_or_acquire() as producer, producer.batch():
+            ids = [app.send_task("sync.echo", args=[i], producer=producer).id for i in range(n)]
+        queued = snapshot()
+        message = len(r.lindex("sync", 0) or b"")
+        self.own["lindex"] += 1
+        rate, procs = self.timed_drain(
+            "capacity",
+            app,
+            "sync",
+            [("sync.worker", "capacity", ["--pool=solo", "--prefetch-multiplier=4"])],
+            ids,
+        )
+        for proc, _ in procs:
+            proc.stop()
+        drained = snapshot()
+        result = int(r.strlen(f"celery-task-meta-{ids[0]}"))
+        send = [(queued[k] - before[k]) / n for k in range(3)]
+        run = [(drained[k] - queued[k]) / n for k in range(3)]
+        cpu_ms = 1000 * (drained[3] - before[3]) / n
+        self.capacity_lines = [
+            f"| Redis commands | {send[0] + run[0]:.1f} ({send[0]:.1f} to enqueue, {run[0]:.1f} to run) |",
+            f"| Redis network | {(send[1] + run[1]) / 1024:.1f} KB in, "
+            f"{(send[2] + run[2]) / 1024:.1f} KB out |",
+            f"| Redis CPU | {cpu_ms:.3f} ms (its whole process, enqueue and run) |",
+            f"| message / stored result | {message:,} B waiting / {result:,} B kept for `RESULT_EXPIRES` |",
+            f"| worker | {rate:,.0f} no-op tasks/s for one solo process (one core) |",
+        ]
+        for line in self.capacity_lines:
+            log(f"  {line}")
+
+    capacity_lines: list[str] = []
+
     def commands_row(self) -> None:
         """Dramatiq's cell in the row of Redis commands per no-op task (counted in the box step)."""
         if "dramatiq" not in self.commands:
@@ -1064,7 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated steps to run (noop,box,latency,io,recovery,chord,report,memory)",
+        help="comma-separated steps to run (noop,box,latency,io,recovery,chord,bulk,report,memory,capacity)",
     )
     parser.add_argument(
         "--profile",
@@ -1091,6 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
             "bulk": 500,
             "report": 20_000,
             "memory": 500,
+            "capacity": 2000,
         }
         if args.quick
         else {
@@ -1102,6 +1171,7 @@ def main(argv: list[str] | None = None) -> int:
             "bulk": 5000,
             "report": 1_000_000,  # >= 5 s a run: +-2% must be measurable
             "memory": 2000,
+            "capacity": 5000,
         }
     )
 
@@ -1149,6 +1219,7 @@ def main(argv: list[str] | None = None) -> int:
             ("bulk", "bulk enqueue", lambda: bench.bulk(sizes["bulk"])),
             ("report", "report progress", lambda: bench.progress(sizes["report"])),
             ("memory", "worker memory", lambda: bench.memory_per_service(sizes["memory"])),
+            ("capacity", "Redis cost per task", lambda: bench.capacity(sizes["capacity"])),
         ]
         only = set(filter(None, args.only.split(",")))
         if only - {key for key, _, _ in steps}:
@@ -1206,6 +1277,15 @@ def main(argv: list[str] | None = None) -> int:
                 " command a Lua script runs as well as the `evalsha` that ran it: ours takes a message,"
                 " renews its lease and stores a result in one round trip each.\n\n" + commands + "\n"
                 if commands
+                else ""
+            )
+            + (
+                "\n## What one no-op task costs Redis\n\nOne `--pool=solo` sync worker draining"
+                f" {sizes['capacity']:,} no-op tasks (`INFO` after `CONFIG RESETSTAT`; the README's"
+                " capacity model is built on these).\n\n| per no-op task | |\n|---|---|\n"
+                + "\n".join(bench.capacity_lines)
+                + "\n"
+                if bench.capacity_lines
                 else ""
             )
             + (f"\n## Where the time goes (py-spy --gil, unmeasured round)\n{profiles}" if profiles else "")
