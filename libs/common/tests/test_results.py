@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -173,3 +174,20 @@ def test_other_stores_leave_the_ack_to_celery(redis_client, running, state, requ
     tag = hold(task_id)
     backend().store_result(task_id, {"x": 1}, state, request=Context(id=task_id, **request_fields))
     assert redis_client.hget(owner.inflight_key, tag) is not None and tag in owner.held
+
+
+def test_a_result_whose_notification_was_missed_is_still_returned(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """`.get()` subscribes when it starts waiting; a result stored without a notification it
+    sees (published while that subscription settled) is read again within a second."""
+    task_id = str(uuid.uuid4())
+    got: list[object] = []
+    result = AsyncResult(task_id, app=current_app())
+    waiter = threading.Thread(target=lambda: got.append(result.get(timeout=10)))
+    waiter.start()
+    threading.Event().wait(0.5)  # waiting: subscribed, the stored result read once (none yet)
+    meta = {"status": states.SUCCESS, "result": "late", "traceback": None, "children": [], "task_id": task_id}
+    redis_client.set(backend().get_key_for_task(task_id), backend().encode(meta))  # no PUBLISH
+    started = time.monotonic()
+    waiter.join(timeout=15)
+    assert got == ["late"], "the waiter missed a stored result"
+    assert time.monotonic() - started < 2.0
