@@ -438,7 +438,7 @@ class Bench:
         rounds = max(4, self.rounds)
         # With --profile, an extra round -1 runs under py-spy and is left out of the figures.
         for r in range(-1 if self.profile else 0, rounds):
-            size = n // rounds if r >= 0 else max(n // rounds, 5000)  # enough samples to profile
+            size = n // rounds if r >= 0 else max(n // rounds, 4000)  # enough samples to profile
             for name in ("ours", "stock") if r % 2 == 0 else ("stock", "ours"):
                 v = variants[name]
                 rates = results[name] if r >= 0 else {"enqueue": [], "drain": []}
@@ -653,7 +653,7 @@ class Bench:
         Ours: one sync worker per core on the service's defaults (threads, see
         services/sync/service.py); the chapter: one prefork worker of 4 children; Dramatiq: its
         2 x 8 threads making the same HTTP call. Each runs a batch sized to take a few seconds
-        at its expected rate (ours 8n, Dramatiq 4n, the chapter n), so none is start-up bound.
+        at its expected rate (ours 6n, Dramatiq 4n, the chapter n), so none is start-up bound.
         """
         from common.celery_app import current_app
         from common.models import Doctor
@@ -662,14 +662,14 @@ class Bench:
         cores = os.cpu_count() or 1
         Doctor.objects.all().delete()
         Doctor.objects.bulk_create(
-            Doctor(first_name="B", last_name=f"Io{i}", email=f"io{i}@bench.example") for i in range(8 * n)
+            Doctor(first_name="B", last_name=f"Io{i}", email=f"io{i}@bench.example") for i in range(6 * n)
         )
         ids = list(Doctor.objects.order_by("pk").values_list("pk", flat=True))
         crm.latency = 0.1
         app = current_app()
         ours, chapter = f"ours ({cores} x sync defaults)", "chapter (prefork/4)"
         setups = {
-            ours: ([("sync.worker", f"io{k}", []) for k in range(cores)], 8 * n),
+            ours: ([("sync.worker", f"io{k}", []) for k in range(cores)], 6 * n),
             chapter: ([("sync.worker", "io", ["--pool=prefork", "--concurrency=4"])], n),
         }
         peer = f"dramatiq ({PROCESSES}x{THREADS} threads)"
@@ -702,7 +702,7 @@ class Bench:
             log(f"  {name}: {summary(rates)} tasks/s")
         ratio = statistics.median(runs[ours]) / statistics.median(runs[chapter])
         measure = (
-            f"I/O-bound 100 ms calls, {self.database}: {ours} vs {chapter} (tasks/s, n={8 * n}/{n}/{4 * n})"
+            f"I/O-bound 100 ms calls, {self.database}: {ours} vs {chapter} (tasks/s, n={6 * n}/{n}/{4 * n})"
         )
         self.rows.append((measure, summary(runs[ours]), summary(runs[chapter]), f"{ratio:.2f}", ">= 15"))
         self.peer[measure] = (
