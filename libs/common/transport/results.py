@@ -123,7 +123,11 @@ class ResultConsumer(CeleryResultConsumer):
         if now >= self._reread_at:
             self._reread_at = now + self.REREAD
             keys = list(self.subscribed_to)
-            for raw in self.backend.client.mget(keys) if keys else ():
+            try:
+                stored = self.backend.client.mget(keys) if keys else []
+            except self.backend.connection_errors:
+                return  # Redis away: the subscription's own reconnect re-reads (Celery's)
+            for raw in stored:
                 meta = self._decode_result(raw) if raw else None
                 if meta and meta.get("status") in states.READY_STATES:  # progress is not re-sent
                     self.on_state_change(meta, None)
