@@ -1265,7 +1265,9 @@ def main(argv: list[str] | None = None) -> int:
             "Written by `./scripts/bench`; what each row compares is in the README (Benchmark). The"
             " baseline is stock Celery on kombu's transport (the I/O row: the chapter's prefork/4, the"
             " report row: progress off); Dramatiq runs from the bench's own virtualenv, its CLI's"
-            f" defaults ({PROCESSES} processes x {THREADS} threads) on Redis DB {DB}.\n\n"
+            f" defaults ({PROCESSES} processes x {THREADS} threads) on Redis DB {DB}. Where a row misses"
+            " its target, the README (Benchmark, Where the targets stand) says why, from the profiles"
+            " at the end.\n\n"
             + table
             + "\n"
             + (
