@@ -318,6 +318,15 @@ class Bench:
                 )
             time.sleep(0.02)
 
+    def start_nodes(self, name: str, app, workers: list[tuple[str, str, list[str]]]):  # type: ignore[no-untyped-def]
+        """Start each (module, node, args) worker and wait until every one answers a ping."""
+        procs = [
+            self.start(f"{name}-{node}", module, [f"--hostname={node}@%h", *args])
+            for module, node, args in workers
+        ]
+        nodes = [self.wait_up(app, node, p) for (_, node, _), p in zip(workers, procs, strict=True)]
+        return procs, nodes
+
     def timed_drain(
         self,
         name: str,
@@ -339,11 +348,7 @@ class Bench:
         """
         if commands is not None:
             self.reset_commandstats()
-        procs = [
-            self.start(f"{name}-{node}", module, [f"--hostname={node}@%h", *args])
-            for module, node, args in workers
-        ]
-        nodes = [self.wait_up(app, node, p) for (_, node, _), p in zip(workers, procs, strict=True)]
+        procs, nodes = self.start_nodes(name, app, workers)
         with self.profiling(f"{name}-drain (worker)", procs[0].proc.pid, enabled=profile):
             self.drain(name, queue, procs)
         self.wait_results(name, task_ids, procs)
@@ -362,12 +367,7 @@ class Bench:
     ) -> None:
         """An unmeasured round under py-spy: the workers start on an empty queue, so the
         profile of the first one holds its work, not its start-up; then `send` fills it."""
-        procs = [
-            self.start(f"{name}-profiled-{node}", module, [f"--hostname={node}@%h", *args])
-            for module, node, args in workers
-        ]
-        for (_, node, _), proc in zip(workers, procs, strict=True):
-            self.wait_up(app, node, proc)
+        procs, _ = self.start_nodes(f"{name}-profiled", app, workers)
         label = f"{name}-drain (worker)"
         cpu0, own0 = sum(cpu_seconds(p.proc.pid) for p in procs), time.process_time()
         with self.profiling(label, procs[0].proc.pid):

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
+from celery.worker import state as worker_state
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
@@ -485,9 +486,7 @@ class Channel(kombu_redis.Channel):
 
 def _stopping() -> bool:
     """Celery's worker has begun a warm or cold shutdown (never, outside a worker)."""
-    from celery.worker import state
-
-    return state.should_stop is not None or state.should_terminate is not None
+    return worker_state.should_stop is not None or worker_state.should_terminate is not None
 
 
 def _try_loads(raw: bytes) -> Any:
