@@ -9,6 +9,9 @@ timeout, not by a visibility timeout that must exceed the longest task.
 
 The same tick moves delayed messages (countdown, ETA, retry backoff) that are due onto their
 queues, so nothing waits unacknowledged in a worker's memory.
+
+The lease is also refreshed by a helper process (`heartbeat`), which a task holding the GIL
+cannot starve: a process stuck in one long C call is alive, and keeps its messages.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import redis
 
-from common.transport.broker import scripts
+from common.transport.broker import heartbeat, scripts
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,12 @@ class Owner:
         self.queues: set[str] = set()  # what this process consumes, published on each tick
         self.last_tick: float | None = None  # time.time() of the last heartbeat Redis took
         self.tick()  # hold a lease before the first fetch, so nothing is ever unowned
+        # The lease's refresher that the GIL cannot starve (`heartbeat`); the thread's tick
+        # refreshes it too, and is all there is when the helper cannot run.
+        self._pool_params = pool_params
+        self._helper: heartbeat.Helper | None = None
+        self._helper_lock = threading.Lock()
+        self._start_helper()
         self._thread = threading.Thread(target=self._run, name="jobs-owner-heartbeat", daemon=True)
         self._thread.start()
 
@@ -82,11 +91,50 @@ class Owner:
             self._flush_acks()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.tick_interval):
-            try:
-                self.tick()
-            except redis.RedisError as exc:
-                logger.warning("Broker heartbeat failed (%s); retrying", type(exc).__name__)
+        try:
+            while not self._stop.wait(self.tick_interval):
+                try:
+                    self.tick()
+                except redis.RedisError as exc:
+                    logger.warning("Broker heartbeat failed (%s); retrying", type(exc).__name__)
+                self._check_helper()
+        finally:
+            self._stop_helper()
+
+    # --- the lease's helper process (`heartbeat`) ----------------------------------------
+    def _start_helper(self) -> None:
+        with self._helper_lock:
+            if self._stop.is_set():
+                return
+            self._helper_tried = time.monotonic()
+            self._helper, why = heartbeat.start(
+                self._pool_params, owner=self.id, key=scripts.OWNERS, interval=self.tick_interval
+            )
+        if self._helper is None:
+            _warn_once(
+                "Broker heartbeats run on a thread only: %s. A task holding the GIL longer than "
+                "the heartbeat timeout can make this worker look dead and its tasks run twice.",
+                why,
+            )
+
+    def _check_helper(self) -> None:
+        """Start the helper again (at most every 30 s) if it has exited while this process lives."""
+        helper = self._helper
+        if helper is None:
+            return
+        code = helper.exited()
+        if code is None or self._stop.is_set():
+            return
+        if time.monotonic() - self._helper_tried >= 30:
+            heartbeat.stop(helper)  # reaped
+            _warn_once("Broker heartbeat helper exited (status %s); starting it again", code)
+            self._start_helper()
+
+    def _stop_helper(self) -> None:
+        with self._helper_lock:
+            helper, self._helper = self._helper, None
+        if helper is not None and os.getpid() == self.pid:
+            heartbeat.stop(helper)
 
     def consuming(self, queue: str, consumes: bool = True) -> None:
         """Record that this process (no longer) consumes `queue`; Redis learns it at once."""
@@ -187,6 +235,7 @@ class Owner:
         if os.getpid() != self.pid:
             return  # a forked child inherited this object; it owns nothing
         self._stop.set()
+        self._stop_helper()  # before the lease is dropped, so it is not written again
         try:
             if self._pending_acks:
                 self._flush_acks()
@@ -206,6 +255,13 @@ class Owner:
 
 _owner: Owner | None = None
 _owner_lock = threading.Lock()
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, *args: Any) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message, *args)
 
 
 def owner_for(pool_params: dict[str, Any], *, dead_after: float, tick: float) -> Owner:
