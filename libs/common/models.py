@@ -6,6 +6,7 @@ reads the row as it is when it runs.
 
 from __future__ import annotations
 
+import secrets
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
@@ -115,10 +116,20 @@ class Appointment(models.Model):
 class Payment(models.Model):
     """An appointment's charge, committed with its idempotency key before the gateway is called.
 
-    The key (`appointment-<pk>-<n>`) is the charge's identity at the gateway: a retry after a
-    network error reuses it, so the gateway answers with the same charge; a decline moves on to
-    n+1, so a card fixed since is charged afresh. Because the row exists before the charge, a
-    crash mid-charge leaves a `processing` row that `payments.reconcile_payments` settles by key.
+    The key is the charge's identity at the gateway, so it must name this row and nothing
+    else: `appointment-<pk>-<random>`, 144 random bits (`new_idempotency_key`), generated and
+    committed under the appointment's row lock before the first call. The pk is a label for
+    people; the random part is what makes the key unique and unguessable, so a primary key
+    reused after a restore from an older backup can never pick up another booking's charge.
+    A retry after a network error, a duplicate delivery and the reconcile job reuse the stored
+    key (and the amount, currency and customer stored with it), so the gateway answers with
+    the same charge; a decline moves on to a fresh random key (`key_number` counts them), so a
+    card fixed since is charged afresh. Because the row exists before the charge, a crash
+    mid-charge leaves a `processing` row that `payments.reconcile_payments` settles by key.
+
+    The gateway's answer is checked against the stored amount, currency and customer before
+    the appointment is marked paid; an answer that does not match leaves the row `mismatch`,
+    which no worker charges again until an operator has looked (see `payments.tasks`).
     """
 
     class Status(models.TextChoices):
@@ -127,14 +138,30 @@ class Payment(models.Model):
         SUCCEEDED = "succeeded"
         DECLINED = "declined"
         FAILED = "failed"
+        # The gateway answered with a charge that is not this payment's (amount, currency or
+        # customer differ, or it refused the key as used for other parameters): not paid, not
+        # retried; an operator settles it at the gateway (see payments.tasks.ChargeMismatchError).
+        MISMATCH = "mismatch"
 
     appointment = models.OneToOneField(Appointment, on_delete=models.PROTECT, related_name="payment")
-    idempotency_key = models.CharField(max_length=64, unique=True)
+    idempotency_key = models.CharField(
+        max_length=64,
+        unique=True,
+        help_text="appointment-<pk>-<random>, committed before the gateway is called; reused by retries",
+    )
     key_number = models.PositiveIntegerField(
-        default=1, help_text="n in the key appointment-<pk>-<n>; one more after each decline"
+        default=1, help_text="how many keys this payment has had: a new random key after each decline"
     )
     amount = models.DecimalField(max_digits=10, decimal_places=2, validators=[validate_positive_amount])
     currency = models.CharField(max_length=3, validators=[validate_currency])
+    # db_default: a worker of the previous release, which knows no such column, can still insert.
+    gateway_customer_id = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The gateway customer charged under the current key, stored with it",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     gateway_payment_id = models.CharField(max_length=64, blank=True)
     attempts = models.PositiveIntegerField(default=0)
@@ -153,8 +180,9 @@ class Payment(models.Model):
         return f"Payment {self.idempotency_key} ({self.status})"
 
     @staticmethod
-    def key_for(appointment_id: int, number: int) -> str:
-        return f"appointment-{appointment_id}-{number}"
+    def new_idempotency_key(appointment_id: int) -> str:
+        """A fresh key: unique and unguessable by its random part, not by the appointment's pk."""
+        return f"appointment-{appointment_id}-{secrets.token_urlsafe(18)}"
 
 
 class Report(models.Model):

@@ -1,8 +1,16 @@
-"""The payment gateway interface: one HTTP client, idempotency keys on every charge."""
+"""The payment gateway interface: one HTTP client, idempotency keys on every charge.
+
+The gateway's answer is data to check, not to trust: `charge` and `find_charge` return the
+`Charge` the gateway says it made (id, amount, currency, customer), and `mismatches` says how
+it differs from the charge asked for. A key the gateway refuses as used before with other
+parameters (Stripe's `idempotency_error`) is `ChargeMismatchError`, never a retry.
+"""
 
 from __future__ import annotations
 
-from decimal import Decimal
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import requests
 
@@ -18,6 +26,25 @@ class PaymentGatewayError(Exception):
     """The gateway could not answer (network, timeout, 5xx): worth retrying."""
 
 
+class ChargeMismatchError(Exception):
+    """The gateway's charge under our key is not the charge we asked for: never marked paid.
+
+    Raised by `charge` when the gateway refuses the key as already used for other parameters,
+    and by `payments.tasks` when its answer names another amount, currency or customer. Not
+    retried (the same key gets the same answer): an operator settles it at the gateway.
+    """
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What the gateway says it charged. A field it did not send is None (and fails `mismatches`)."""
+
+    id: str
+    amount: Decimal | None
+    currency: str | None
+    customer: str | None
+
+
 def _base_and_headers() -> tuple[str, dict[str, str], float]:
     s = get_settings()
     headers: dict[str, str] = {}
@@ -27,11 +54,59 @@ def _base_and_headers() -> tuple[str, dict[str, str], float]:
     return str(s.payment_gateway_url).rstrip("/"), headers, s.payment_gateway_timeout
 
 
-def charge(*, amount: Decimal, currency: str, customer_id: str, idempotency_key: str) -> str:
-    """Charge the customer; return the gateway's charge id.
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return body if isinstance(body, dict) else {}
+
+
+def _charge_from(response: requests.Response) -> Charge:
+    body = _json(response)
+    if not body.get("id"):
+        # Whether money moved is unknown: retry under the same key, which finds out.
+        raise PaymentGatewayError(f"gateway answered HTTP {response.status_code} without a charge id")
+    try:
+        amount = Decimal(str(body["amount"])) if body.get("amount") is not None else None
+    except InvalidOperation:
+        amount = None
+    currency, customer = body.get("currency"), body.get("customer")
+    return Charge(
+        id=str(body["id"]),
+        amount=amount if amount is not None and amount.is_finite() else None,
+        currency=str(currency) if currency is not None else None,
+        customer=str(customer) if customer is not None else None,
+    )
+
+
+def mismatches(charge: Charge, *, amount: Decimal, currency: str, customer_id: str) -> list[str]:
+    """How `charge` differs from the charge asked for; [] if it is that charge.
+
+    Amount and customer must be in the answer and equal; the currency must be equal when the
+    answer names one (compared case-insensitively: Stripe answers "eur"). The reasons name
+    amounts and currencies, never a customer id: they go to logs and the admin.
+    """
+    problems: list[str] = []
+    if charge.amount is None:
+        problems.append("the gateway's answer has no amount")
+    elif charge.amount != amount:
+        problems.append(f"amount differs (gateway {charge.amount}, payment {amount})")
+    if charge.currency is not None and charge.currency.upper() != currency.upper():
+        problems.append(f"currency differs (gateway {charge.currency.upper()[:8]}, payment {currency})")
+    if not charge.customer:
+        problems.append("the gateway's answer names no customer")
+    elif charge.customer != customer_id:
+        problems.append("customer differs")
+    return problems
+
+
+def charge(*, amount: Decimal, currency: str, customer_id: str, idempotency_key: str) -> Charge:
+    """Charge the customer; return the charge the gateway says it made (check it: `mismatches`).
 
     The same `idempotency_key` always yields the same charge, so a retry after a lost
-    response cannot charge twice.
+    response cannot charge twice. A key the gateway saw before with other parameters raises
+    `ChargeMismatchError`.
     """
     base, headers, timeout = _base_and_headers()
     headers["Idempotency-Key"] = idempotency_key
@@ -45,15 +120,20 @@ def charge(*, amount: Decimal, currency: str, customer_id: str, idempotency_key:
     except requests.RequestException as exc:
         raise PaymentGatewayError(f"gateway unreachable: {type(exc).__name__}") from exc
     if response.status_code == 402:
-        reason = response.json().get("error", "declined")
+        reason = _json(response).get("error", "declined")
         raise PaymentDeclinedError(reason)
+    if response.status_code == 400 and _json(response).get("type") == "idempotency_error":
+        raise ChargeMismatchError(
+            "the gateway refused the idempotency key: it was used before for another amount, "
+            "currency or customer"
+        )
     if response.status_code >= 400:
         raise PaymentGatewayError(f"gateway answered HTTP {response.status_code}")
-    return str(response.json()["id"])
+    return _charge_from(response)
 
 
-def find_charge(idempotency_key: str) -> str | None:
-    """The id of the charge made under `idempotency_key`, or None if the gateway made none.
+def find_charge(idempotency_key: str) -> Charge | None:
+    """The charge made under `idempotency_key`, or None if the gateway made none.
 
     None means no money moved under this key (never received, or declined), so charging
     again with the same key is safe; the key would dedupe it anyway.
@@ -72,4 +152,4 @@ def find_charge(idempotency_key: str) -> str | None:
         return None
     if response.status_code >= 400:
         raise PaymentGatewayError(f"gateway answered HTTP {response.status_code}")
-    return str(response.json()["id"])
+    return _charge_from(response)

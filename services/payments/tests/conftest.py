@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -32,3 +32,14 @@ def make_appointment() -> Callable[..., Appointment]:
         )
 
     return make
+
+
+@pytest.fixture(params=["stripe-like", "replaying"])
+def gateway_kind(request: pytest.FixtureRequest, gateway_sandbox) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The gateway sandbox as Stripe (a key reused with other parameters is refused, HTTP 400)
+    and as a laxer gateway that replays a key's first answer whatever is asked."""
+    gateway_sandbox.replay_mismatched = request.param == "replaying"
+    try:
+        yield request.param
+    finally:
+        gateway_sandbox.replay_mismatched = False

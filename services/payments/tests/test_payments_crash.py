@@ -48,9 +48,10 @@ def test_a_charge_whose_worker_was_killed_is_settled_by_reconcile(
     make_appointment: Callable[..., Appointment],
 ) -> None:
     appt = make_appointment()
-    key = f"appointment-{appt.pk}-1"
     gateway_sandbox.latency = 3
     payments.process_payment.delay(appt.pk)
+    wait_until(lambda: Payment.objects.filter(appointment=appt).exists())
+    key = Payment.objects.get(appointment=appt).idempotency_key  # random, committed before the call
     wait_until(lambda: any(r["headers"].get("Idempotency-Key") == key for r in gateway_sandbox.requests))
     assert doomed.proc is not None
     os.killpg(doomed.proc.pid, signal.SIGKILL)  # mid-request: the gateway charges, nobody records it

@@ -52,32 +52,45 @@ def queue_drained(workers: list[str]) -> bool:
     )
 
 
-def key(appt: Appointment, n: int = 1) -> str:
-    return f"appointment-{appt.pk}-{n}"
+def stored_key(appt: Appointment) -> str:
+    return Payment.objects.get(appointment=appt).idempotency_key
 
 
-def charges_for(gateway, appt: Appointment, n: int = 1) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [c for c in gateway.charges if c["idempotency_key"] == key(appt, n)]
+def mine(appt: Appointment, key: str, wanted: str | None) -> bool:
+    """Is `key` the key `wanted`, or (None) any key of `appt` (keys are appointment-<pk>-<random>)?"""
+    return key == wanted if wanted is not None else key.startswith(f"appointment-{appt.pk}-")
 
 
-def requests_for(gateway, appt: Appointment, n: int = 1) -> list[dict]:  # type: ignore[no-untyped-def]
+def keys_used(gateway, appt: Appointment) -> list[str]:  # type: ignore[no-untyped-def]
+    """The distinct keys the workers charged `appt` under, in the order they were first sent."""
+    keys = [r["headers"].get("Idempotency-Key", "") for r in gateway.requests if r["method"] == "POST"]
+    return list(dict.fromkeys(k for k in keys if mine(appt, k, None)))
+
+
+def charges_for(gateway, appt: Appointment, key: str | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [c for c in gateway.charges if mine(appt, c["idempotency_key"], key)]
+
+
+def requests_for(gateway, appt: Appointment, key: str | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
     return [
         r
         for r in gateway.requests
-        if r["method"] == "POST" and r["headers"].get("Idempotency-Key") == key(appt, n)
+        if r["method"] == "POST" and mine(appt, r["headers"].get("Idempotency-Key", ""), key)
     ]
 
 
-def lookups_for(gateway, appt: Appointment, n: int = 1) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [r for r in gateway.requests if r["method"] == "GET" and key(appt, n) in r["path"]]
+def lookups_for(gateway, appt: Appointment) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [r for r in gateway.requests if r["method"] == "GET" and f"appointment-{appt.pk}-" in r["path"]]
 
 
-def charge_directly(gateway, appt: Appointment, n: int = 1) -> str:  # type: ignore[no-untyped-def]
+def charge_directly(  # type: ignore[no-untyped-def]
+    gateway, appt: Appointment, key: str | None = None, amount: str | None = None, customer: str = "cus_ok"
+) -> str:
     """What a worker's request did before the worker died: the gateway charged under the key."""
     reply = requests.post(
         f"{gateway.url}/v1/charges",
-        json={"amount": str(appt.amount), "currency": appt.currency, "customer": "cus_ok"},
-        headers={"Idempotency-Key": key(appt, n)},
+        json={"amount": amount or str(appt.amount), "currency": appt.currency, "customer": customer},
+        headers={"Idempotency-Key": key or stored_key(appt)},
         timeout=10,
     )
     reply.raise_for_status()
@@ -88,9 +101,10 @@ def claimed_payment(appt: Appointment, *, age: timedelta, status: str = "process
     """The row a worker commits before calling the gateway, last touched `age` ago."""
     payment = Payment.objects.create(
         appointment=appt,
-        idempotency_key=key(appt),
+        idempotency_key=Payment.new_idempotency_key(appt.pk),
         amount=appt.amount,
         currency=appt.currency,
+        gateway_customer_id=appt.patient.gateway_customer_id,
         status=status,
         attempts=1,
     )
@@ -123,7 +137,13 @@ def test_success_charges_once_and_marks_the_appointment_paid(
     appt.refresh_from_db()
     assert (appt.is_paid, appt.payment_id, appt.payment_status) == (True, charge["id"], "paid")
     payment = Payment.objects.get(appointment=appt)
-    assert (payment.status, payment.idempotency_key, payment.attempts) == ("succeeded", key(appt), 1)
+    assert (payment.status, payment.idempotency_key, payment.attempts) == (
+        "succeeded",
+        charge["idempotency_key"],
+        1,
+    )
+    assert payment.idempotency_key != f"appointment-{appt.pk}-1", "not derived from the pk alone"
+    assert payment.gateway_customer_id == "cus_ok"
 
 
 def test_the_payment_row_and_its_key_are_committed_before_the_gateway_is_called(
@@ -134,8 +154,13 @@ def test_the_payment_row_and_its_key_are_committed_before_the_gateway_is_called(
     result = payments.process_payment.delay(appt.pk)
     wait_until(lambda: requests_for(gateway_sandbox, appt))
     # The gateway has the request in hand and has not answered: the row is already visible.
+    [request] = requests_for(gateway_sandbox, appt)
     payment = Payment.objects.get(appointment=appt)
-    assert (payment.status, payment.idempotency_key, payment.attempts) == ("processing", key(appt), 1)
+    assert (payment.status, payment.idempotency_key, payment.attempts) == (
+        "processing",
+        request["headers"]["Idempotency-Key"],
+        1,
+    )
     assert result.get(timeout=30)["status"] == "success"
 
 
@@ -224,15 +249,19 @@ def test_a_fixed_card_is_charged_under_a_new_key_after_a_decline(
     # Sent again with the card unchanged, the first key would be declined again: a new key.
     with pytest.raises(Exception, match="card_declined"):
         payments.process_payment.delay(appt.pk).get(timeout=30)
-    assert Payment.objects.get(appointment=appt).idempotency_key == key(appt, 2)
+    assert len(keys_used(gateway_sandbox, appt)) == 2
+    assert Payment.objects.get(appointment=appt).idempotency_key == keys_used(gateway_sandbox, appt)[1]
     appt.patient.gateway_customer_id = "cus_ok_card_fixed"
     appt.patient.save()
     result = payments.process_payment.delay(appt.pk).get(timeout=30)
-    [charge] = charges_for(gateway_sandbox, appt, 3)
+    keys = keys_used(gateway_sandbox, appt)
+    [charge] = charges_for(gateway_sandbox, appt, keys[2])
     assert result == {"status": "success", "payment_id": charge["id"]}
-    assert [len(requests_for(gateway_sandbox, appt, n)) for n in (1, 2, 3)] == [1, 1, 1]
+    assert charge["customer"] == "cus_ok_card_fixed"
+    assert [len(requests_for(gateway_sandbox, appt, k)) for k in keys] == [1, 1, 1]
     payment = Payment.objects.get(appointment=appt)
     assert (payment.status, payment.key_number, payment.attempts) == ("succeeded", 3, 3)
+    assert payment.idempotency_key == keys[2]
     appt.refresh_from_db()
     assert (appt.is_paid, appt.payment_status) == (True, "paid")
 
@@ -254,7 +283,7 @@ def test_gateway_error_is_retried_in_60_seconds_under_the_same_key(
     # Any later attempt (here a fresh delivery, sooner than the retry) keeps the key.
     assert payments.process_payment.delay(appt.pk).get(timeout=30)["status"] == "success"
     assert len(requests_for(gateway_sandbox, appt)) == 2 and len(charges_for(gateway_sandbox, appt)) == 1
-    assert not requests_for(gateway_sandbox, appt, 2)
+    assert keys_used(gateway_sandbox, appt) == [payment.idempotency_key]
 
 
 @pytest.mark.parametrize(
@@ -360,6 +389,55 @@ def test_one_reconcile_run_at_a_time(workers, gateway_sandbox, make_appointment)
     assert not lookups_for(gateway_sandbox, appt)
     assert reconcile()["resent"] >= 1
     wait_until(lambda: Appointment.objects.get(pk=appt.pk).is_paid)
+
+
+def test_a_reused_primary_key_is_never_paid_with_another_customers_charge(
+    workers, gateway_sandbox, gateway_kind, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 21 item 9: a restore from an older backup hands an old booking's pk to a new one.
+
+    The gateway still holds the old booking's 10.00 charge under `appointment-<pk>-1`, the key
+    the old code derived from the pk. The new 250.00 booking must be charged on its own.
+    """
+    appt = make_appointment(customer="cus_new_customer", amount="250.00")
+    old_key = f"appointment-{appt.pk}-1"
+    old_charge = charge_directly(gateway_sandbox, appt, old_key, amount="10.00", customer="cus_old_customer")
+    result = payments.process_payment.delay(appt.pk).get(timeout=30)
+    appt.refresh_from_db()
+    assert appt.payment_id != old_charge, "marked paid with another customer's charge"
+    [charge] = [c for c in charges_for(gateway_sandbox, appt) if c["idempotency_key"] != old_key]
+    assert (charge["amount"], charge["customer"]) == ("250.00", "cus_new_customer")
+    assert result == {"status": "success", "payment_id": charge["id"]}
+    assert (appt.is_paid, appt.payment_id, appt.payment_status) == (True, charge["id"], "paid")
+    payment = Payment.objects.get(appointment=appt)
+    assert (payment.status, payment.idempotency_key) == ("succeeded", charge["idempotency_key"])
+    assert not requests_for(gateway_sandbox, appt, old_key)[1:], "the old key was never sent by a worker"
+
+
+def test_reconcile_does_not_mark_paid_a_charge_that_is_not_the_payments(
+    workers, gateway_sandbox, make_appointment
+) -> None:  # type: ignore[no-untyped-def]
+    appt = make_appointment(customer="cus_reconcile_mine", amount="250.00")
+    payment = claimed_payment(appt, age=timedelta(minutes=10))
+    # Under the payment's own key the gateway holds a charge for another amount and customer.
+    other = charge_directly(gateway_sandbox, appt, amount="10.00", customer="cus_reconcile_other")
+    outcome = reconcile()
+    assert outcome["status"] == "done" and outcome["mismatch"] >= 1
+    payment.refresh_from_db()
+    assert payment.status == "mismatch" and payment.gateway_payment_id == ""
+    assert (
+        other in payment.last_error and "amount differs (gateway 10.00, payment 250.00)" in payment.last_error
+    )
+    assert "customer differs" in payment.last_error and "cus_reconcile" not in payment.last_error
+    appt.refresh_from_db()
+    assert (appt.is_paid, appt.payment_id, appt.payment_status) == (False, "", "failed")
+    # Left for an operator: a later run does not look at it again, a delivery does not charge it.
+    reconcile()
+    assert len(lookups_for(gateway_sandbox, appt)) == 1
+    with pytest.raises(Exception, match="marked mismatch") as raised:
+        payments.process_payment.delay(appt.pk).get(timeout=30)
+    assert type(raised.value).__name__ == "ChargeMismatchError"
+    assert len(requests_for(gateway_sandbox, appt)) == 1, "only the seeded charge; no worker charged"
 
 
 def test_a_decline_is_logged_once_without_a_traceback(
