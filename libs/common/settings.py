@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     )
     # Largest JSON-encoded args+kwargs `common.calls` sends (a task takes ids, not data).
     task_max_payload_bytes: PositiveInt = 1_048_576
+    task_max_requeues: NonNegativeInt = Field(
+        10,
+        description="Times a message may go back on its queue (Reject(requeue=True), a recovery "
+        "from a stopped worker, an unstarted prefetch given back) before it is dead-lettered "
+        "with reason requeue-limit: a requeue loop ends by construction.",
+    )
     worker_pool: Pool | None = None
     worker_concurrency: PositiveInt | None = None
     # Remote control commands workers obey beyond the read-only default (common.worker), comma

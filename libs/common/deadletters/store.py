@@ -39,6 +39,7 @@ TOO_LARGE = "too-large"  # over TASK_MAX_PAYLOAD_BYTES
 FAILED = "failed"  # the task failed for good (retries exhausted or unexpected error)
 CRASHED_CONSUMER = "crashed-consumer"  # the worker's message handling raised
 DUPLICATE = "duplicate"  # not dead-lettered: a second copy of an outbox message, dropped
+REQUEUE_LIMIT = "requeue-limit"  # went back on its queue more than TASK_MAX_REQUEUES times
 REASONS = (
     UNDECODABLE,
     MALFORMED,
@@ -48,6 +49,7 @@ REASONS = (
     TOO_LARGE,
     FAILED,
     CRASHED_CONSUMER,
+    REQUEUE_LIMIT,
 )
 
 # KEYS[1] entries hash, KEYS[2] the queue's zset, KEYS[3] queues set, KEYS[4] (optional) the

@@ -182,3 +182,134 @@ def test_install_wins_over_a_redis_url_resolved_before_it() -> None:
     finally:
         TRANSPORT_ALIASES["redis"] = saved
         _transport_cache.pop("redis", None)
+
+
+# --- redelivery: every return to a queue is counted, and marked on the next delivery ------
+import json  # noqa: E402
+
+from common.deadletters.store import MALFORMED, DeadLetters  # noqa: E402
+from common.transport.broker.transport import _marked_redelivered  # noqa: E402
+
+
+def _fetch_counted(client: redis.Redis, owner: ownership.Owner, *lists: str) -> list | None:  # type: ignore[type-arg]
+    """FETCH as the transport calls it: (list, raw, tag, returns, count key) per message."""
+    return client.eval(
+        scripts.FETCH, 1 + len(lists), owner.inflight_key, *lists, ownership.SEP, scripts.BELL_PREFIX, 1, 1
+    )
+
+
+def test_every_return_to_the_queue_is_counted_and_the_item_is_never_rewritten(
+    redis_client, redis_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    owner = _owner(redis_url)
+    raw = b'{"body": "W10=", "headers": {"x": []}, "properties": {"delivery_tag": "t-count-1", "n": 1.10}}'
+    redis_client.lpush("t-count", raw)
+    _, got, tag, returns, key = _fetch_counted(redis_client, owner, "t-count")
+    assert (got, tag, returns, key) == (raw, b"t-count-1", 0, b""), "a first delivery is not redelivered"
+    owner.took("t-count-1")
+    assert owner.requeue(["t-count-1"]) == 1  # Reject(requeue=True)
+    assert redis_client.lindex("t-count", -1) == raw, "the stored message must stay byte for byte"
+    _, got, tag, returns, key = _fetch_counted(redis_client, owner, "t-count")
+    assert (got, returns, key) == (raw, 1, b"t-count-1")
+    # An unstarted prefetch given back after a lost reply counts too.
+    assert owner.requeue_unknown() == 1
+    _, _, tag, returns, key = _fetch_counted(redis_client, owner, "t-count")
+    assert returns == 2 and 0 < redis_client.pttl(scripts.REDELIVERED) <= scripts.REDELIVERED_TTL_MS
+    # Settled: its count goes with it.
+    owner.took(tag.decode())
+    owner.redelivery(tag.decode(), returns, key.decode())
+    owner.ack(tag.decode())
+    assert redis_client.hget(scripts.REDELIVERED, "t-count-1") is None
+    assert redis_client.hlen(owner.inflight_key) == 0
+
+
+def test_a_dead_owners_messages_come_back_counted(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    dead, alive = _owner(redis_url, dead_after=0.5), _owner(redis_url, dead_after=0.5)
+    redis_client.lpush("t-count-dead", '{"properties": {"delivery_tag": "t-count-dead-1"}}')
+    _fetch_counted(redis_client, dead, "t-count-dead")
+    for _ in range(8):
+        time.sleep(0.15)
+        alive.tick()
+    assert redis_client.exists(dead.inflight_key) == 0
+    _, _, tag, returns, key = _fetch_counted(redis_client, alive, "t-count-dead")
+    assert (tag, returns, key) == (b"t-count-dead-1", 1, b"t-count-dead-1")
+    alive.settled("t-count-dead-1")  # e.g. dead-lettered: nothing to clean for an unknown tag
+    alive.redelivery("t-count-dead-1", 1, "t-count-dead-1")
+    alive.settled("t-count-dead-1")
+    assert redis_client.hget(scripts.REDELIVERED, "t-count-dead-1") is None
+
+
+def test_redelivered_is_set_as_kombu_sets_it_and_nothing_else_changes() -> None:
+    raw = json.dumps(
+        {
+            "body": "W1tdLCB7fSwge31d",
+            "headers": {"task": "t", "id": "1", "argsrepr": "[]", "kwargs": {}, "group": None, "n": 1e300},
+            "properties": {"delivery_tag": "x", "delivery_info": {"exchange": "", "routing_key": "q"}},
+        }
+    ).encode()
+    marked = json.loads(_marked_redelivered(raw, 0))
+    assert marked["headers"]["redelivered"] is True
+    assert marked["properties"]["delivery_info"] == {"exchange": "", "routing_key": "q", "redelivered": True}
+    del marked["headers"]["redelivered"], marked["properties"]["delivery_info"]["redelivered"]
+    assert marked == json.loads(raw)
+    for unreadable in (b"not json", b"[" * 100_000, b'{"properties": 1}', b"\xff\xfe"):
+        assert _marked_redelivered(unreadable, 0) == unreadable
+    assert _marked_redelivered(raw, 10) == raw, "over the ceiling: left for the intake to refuse"
+
+
+# --- a malformed entry in the delayed set or an in-flight hash never stops the tick ----------
+def test_a_malformed_delayed_entry_is_set_aside_and_everything_else_keeps_moving(
+    redis_client, redis_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    owner = _owner(redis_url)
+    redis_client.delete("t-aside-hash")
+    redis_client.hset("t-aside-hash", "a", "b")  # a key that is not a list
+    past = 1000
+    redis_client.zadd(
+        scripts.DELAYED,
+        {
+            "no newline at all": past,
+            "t-aside-hash\n{}": past,
+            "jobs.owners\n{}": past,
+            "\nno queue": past,
+            "t-aside\ngood one": past + 1,
+        },
+    )
+    before = {e.id for e in DeadLetters(redis_client).list(reason=MALFORMED, limit=None)}
+    owner.tick()  # must not raise
+    assert redis_client.lrange("t-aside", 0, -1) == [b"good one"]
+    assert redis_client.zcard(scripts.DELAYED) == 0 or not any(
+        redis_client.zscore(scripts.DELAYED, e) is not None
+        for e in ("no newline at all", "t-aside-hash\n{}", "jobs.owners\n{}", "\nno queue")
+    )
+    assert redis_client.llen(scripts.QUARANTINE) == 0, "a live owner dead-letters what was set aside"
+    new = [e for e in DeadLetters(redis_client).list(reason=MALFORMED, limit=None) if e.id not in before]
+    by_queue = {(e.queue, e.raw) for e in new}
+    assert by_queue == {
+        (scripts.DELAYED, "no newline at all"),
+        ("t-aside-hash", "{}"),
+        ("jobs.owners", "{}"),
+        (scripts.DELAYED, "no queue"),
+    }
+    assert all(e.detail.startswith("delayed entry ") for e in new)
+    assert any("WRONGTYPE" in e.detail for e in new if e.queue == "t-aside-hash")
+    assert redis_client.type(scripts.OWNERS) == b"zset"
+
+
+def test_a_malformed_in_flight_entry_does_not_stop_a_dead_owners_recovery(
+    redis_client, redis_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    dead, alive = _owner(redis_url, dead_after=0.5), _owner(redis_url, dead_after=0.5)
+    redis_client.hset("t-aside-hash2", "a", "b")
+    redis_client.hset(
+        dead.inflight_key,
+        mapping={"bad-1": "no newline", "bad-2": "t-aside-hash2\n{}", "good": "t-aside-recover\nthe message"},
+    )
+    for _ in range(8):
+        time.sleep(0.15)
+        alive.tick()  # must not raise
+    assert redis_client.exists(dead.inflight_key) == 0
+    assert redis_client.lrange("t-aside-recover", 0, -1) == [b"the message"]
+    assert redis_client.llen(scripts.QUARANTINE) == 0
+    raws = {e.raw for e in DeadLetters(redis_client).list(reason=MALFORMED, limit=None)}
+    assert {"no newline", "{}"} <= raws

@@ -8,7 +8,16 @@ live owner puts its messages back on their queues: recovery is bounded by the he
 timeout, not by a visibility timeout that must exceed the longest task.
 
 The same tick moves delayed messages (countdown, ETA, retry backoff) that are due onto their
-queues, so nothing waits unacknowledged in a worker's memory.
+queues, so nothing waits unacknowledged in a worker's memory. An entry there (or in a dead
+owner's hash) that cannot go back on a queue is set aside in the same step and then
+dead-lettered here (`drain_quarantine`): one bad entry never stops the others, nor the
+heartbeat.
+
+Every message that goes back on its queue (a requeue, a recovery, an unstarted prefetch
+given back) has its return counted in Redis by that same step (`scripts.REDELIVERED`); the
+transport marks it `redelivered` on its next delivery and dead-letters it past
+TASK_MAX_REQUEUES. The owner remembers the count's key for the messages it holds, to remove
+it when the message is settled.
 
 The lease is also refreshed by a helper process (`heartbeat`), which a task holding the GIL
 cannot starve: a process stuck in one long C call is alive, and keeps its messages.
@@ -28,6 +37,7 @@ from typing import Any
 
 import redis
 
+from common.deadletters.store import MALFORMED, DeadLetters
 from common.transport.broker import heartbeat, scripts
 
 logger = logging.getLogger(__name__)
@@ -51,6 +61,9 @@ class Owner:
         # Tags this process has been handed and not settled -> the task id each carries
         # (None until the message is decoded); at most a prefetch's worth.
         self.held: dict[str, str | None] = {}
+        # Held tags of messages that went back on their queue before -> (returns so far, the
+        # key of their count in scripts.REDELIVERED), removed with the message when settled.
+        self.redelivered: dict[str, tuple[int, str]] = {}
         self._pending_acks: set[str] = set()  # acks that failed while Redis was away
         # A fetch failed on a connection error: Redis may hold a message this process never
         # received. Set here, on the process, because the consumer reconnects on a new channel.
@@ -73,7 +86,7 @@ class Owner:
 
     # --- the heartbeat thread ------------------------------------------------------------
     def tick(self) -> None:
-        recovered, promoted = self._tick(
+        recovered, promoted, *aside = self._tick(
             keys=[scripts.OWNERS, scripts.DELAYED, scripts.TICK, scripts.CONSUMERS],
             args=[
                 self.id, self.dead_after_ms, scripts.INFLIGHT_PREFIX, SEP, scripts.BELL_PREFIX, 500,
@@ -89,6 +102,36 @@ class Owner:
         self.promoted += promoted
         if self._pending_acks:
             self._flush_acks()
+        if aside and aside[0]:
+            self.drain_quarantine()
+
+    def drain_quarantine(self, limit: int = 100) -> int:
+        """Dead-letter what the tick set aside (`scripts.QUARANTINE`), with the reason why.
+
+        One owner at a time (a short lock); each entry is stored before it is removed, so a
+        crash in between leaves a second copy, never none. Never raises: a failure here is
+        logged, and the entries wait for the next tick.
+        """
+        lock = scripts.QUARANTINE + ".lock"
+        moved = 0
+        try:
+            if not self.client.set(lock, self.id, nx=True, px=10_000):
+                return 0
+            store = DeadLetters(self.client)
+            for _ in range(limit):
+                entry = self.client.lindex(scripts.QUARANTINE, 0)
+                if entry is None:
+                    break
+                why, queue, raw = _quarantined(entry)
+                store.add(queue=queue, reason=MALFORMED, detail=why, raw=raw, worker=self.id)
+                self.client.lpop(scripts.QUARANTINE)
+                moved += 1
+                logger.error("Dead-lettered a broker entry that could not go on a queue (%s): %s", queue, why)
+            if self.client.get(lock) == self.id.encode():
+                self.client.delete(lock)
+        except Exception:  # noqa: BLE001 - the heartbeat must go on; the entries wait
+            logger.exception("Could not dead-letter the broker entries set aside; will retry")
+        return moved
 
     def _run(self) -> None:
         try:
@@ -159,10 +202,34 @@ class Owner:
         with self._lock:
             self.held[tag] = task_id
 
+    def redelivery(self, tag: str, count: int, key: str) -> None:
+        """Record that the held message `tag` went back on its queue `count` times before."""
+        with self._lock:
+            self.redelivered[tag] = (count, key)
+
+    def returns(self, tag: str) -> int:
+        """How many times the held message `tag` went back on its queue before (0: never)."""
+        return self.redelivered.get(tag, (0, ""))[0]
+
     def settled(self, tag: str) -> None:
         """Forget a tag whose in-flight record a script already removed (a dead letter)."""
         with self._lock:
             self.held.pop(tag, None)
+            count = self.redelivered.pop(tag, None)
+        if count is not None:
+            try:
+                self.client.hdel(scripts.REDELIVERED, count[1])
+            except redis.RedisError:
+                pass  # the count expires with its hash (scripts.REDELIVERED_TTL_MS)
+
+    def let_go(self, tags: Iterable[str]) -> None:
+        """Forget tags that could not be given back now: Redis still holds them, and the next
+        fetch gives them back (`requeue_unknown`)."""
+        with self._lock:
+            for tag in tags:
+                self.held.pop(tag, None)
+                self.redelivered.pop(tag, None)
+        self.lost_fetch = True
 
     def hand_over(self, task_id: str) -> str | None:
         """The tag of the message running `task_id`, for a result store that settles it in the
@@ -175,8 +242,18 @@ class Owner:
             for tag, held_id in self.held.items():
                 if held_id == task_id:
                     del self.held[tag]
-                    return tag
-        return None
+                    count = self.redelivered.pop(tag, None)
+                    break
+            else:
+                return None
+        if count is not None:  # the store's step does not know the count: remove it first
+            try:
+                self.client.hdel(scripts.REDELIVERED, count[1])
+            except redis.RedisError:
+                self.took(tag, task_id)
+                self.redelivery(tag, *count)
+                return None  # Celery's ack settles it, and removes the count
+        return tag
 
     def ack(self, tag: str) -> None:
         """Forget a finished message; an ack that cannot reach Redis is retried, never dropped.
@@ -186,8 +263,15 @@ class Owner:
         """
         with self._lock:
             self.held.pop(tag, None)
+            count = self.redelivered.get(tag)
         try:
-            removed = self.client.hdel(self.inflight_key, tag)
+            if count is None:
+                removed = self.client.hdel(self.inflight_key, tag)
+            else:
+                pipe = self.client.pipeline(transaction=True)
+                removed = pipe.hdel(self.inflight_key, tag).hdel(scripts.REDELIVERED, count[1]).execute()[0]
+                with self._lock:
+                    self.redelivered.pop(tag, None)
         except redis.RedisError:
             with self._lock:
                 self._pending_acks.add(tag)
@@ -204,9 +288,17 @@ class Owner:
         with self._lock:
             tags = list(self._pending_acks)
         if tags:
-            self.client.hdel(self.inflight_key, *tags)
+            with self._lock:
+                counts = [self.redelivered[t][1] for t in tags if t in self.redelivered]
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.inflight_key, *tags)
+            if counts:
+                pipe.hdel(scripts.REDELIVERED, *counts)
+            pipe.execute()
             with self._lock:
                 self._pending_acks.difference_update(tags)
+                for tag in tags:
+                    self.redelivered.pop(tag, None)
 
     def requeue(self, tags: Iterable[str]) -> int:
         tags = list(tags)
@@ -215,6 +307,7 @@ class Owner:
         with self._lock:
             for tag in tags:
                 self.held.pop(tag, None)
+                self.redelivered.pop(tag, None)  # its count is in Redis, and goes up by one
         return int(self._requeue(keys=[self.inflight_key], args=[SEP, scripts.BELL_PREFIX, *tags]))
 
     def requeue_unknown(self) -> int:
@@ -241,6 +334,7 @@ class Owner:
                 self._flush_acks()
             with self._lock:
                 self.held.clear()
+                self.redelivered.clear()
             n = self._requeue_unknown(keys=[self.inflight_key], args=[SEP, scripts.BELL_PREFIX])
             self.client.zrem(scripts.OWNERS, self.id)
             self.client.hdel(scripts.CONSUMERS, self.id)
@@ -251,6 +345,14 @@ class Owner:
                 "Could not return held messages at exit (%s): they return after the heartbeat timeout",
                 type(exc).__name__,
             )
+
+
+def _quarantined(entry: bytes) -> tuple[str, str, bytes]:
+    """(why, queue, raw message) of a `scripts.QUARANTINE` entry; the queue is
+    `scripts.DELAYED` when the entry named none."""
+    why, _, rest = entry.partition(b"\n")
+    queue, _, raw = rest.partition(b"\n")
+    return why.decode(errors="replace"), queue.decode(errors="replace") or scripts.DELAYED, raw
 
 
 _owner: Owner | None = None

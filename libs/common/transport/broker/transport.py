@@ -23,6 +23,7 @@ Registered under kombu's `redis`/`rediss` aliases (`install()`), so URLs stay as
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import threading
@@ -43,6 +44,7 @@ from redis.commands.core import Script
 from common.deadletters.store import (
     CRASHED_CONSUMER,
     DUPLICATE,
+    REQUEUE_LIMIT,
     TOO_LARGE,
     UNDECODABLE,
     DeadLetters,
@@ -75,6 +77,46 @@ def _due_ms(message: dict[str, Any]) -> int | None:
     return due if due - time.time() * 1000 > _DELAY_THRESHOLD_MS else None
 
 
+def _marked_redelivered(raw: bytes, ceiling: int) -> bytes:
+    """The message with `redelivered` set in its headers and its delivery_info, as kombu's
+    own Redis transport sets it on a restore; unchanged when it cannot be decoded (the
+    worker then dead-letters it on receipt) or is over `ceiling` bytes (0: no ceiling).
+
+    Decoded and encoded again by Python's json, which keeps every value as it was (Lua's
+    cjson would not: `[]` becomes `{}`, numbers change); only a message that went back on
+    its queue pays for it.
+    """
+    if ceiling and len(raw) > ceiling:
+        return raw
+    try:
+        payload = json.loads(raw)
+        headers, properties = payload.get("headers"), payload.get("properties")
+        if not isinstance(properties, dict):
+            return raw
+        if isinstance(headers, dict):
+            headers["redelivered"] = True
+        info = properties.get("delivery_info")
+        if not isinstance(info, dict):
+            properties["delivery_info"] = info = {}
+        info["redelivered"] = True
+        return json.dumps(payload).encode()
+    except Exception:  # noqa: BLE001 - not JSON, too deep, not UTF-8: left to the intake
+        return raw
+
+
+def _names_in(raw: bytes, ceiling: int) -> tuple[str | None, str | None]:
+    """The task name and id a message carries, for its dead letter; (None, None) if unknown."""
+    if ceiling and len(raw) > ceiling:
+        return None, None
+    try:
+        headers = json.loads(raw).get("headers")
+    except Exception:  # noqa: BLE001 - not a message we can read
+        return None, None
+    task = headers.get("task") if isinstance(headers, dict) else None
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return (task if isinstance(task, str) else None), (task_id if isinstance(task_id, str) else None)
+
+
 class QoS(kombu_redis.QoS):
     """Acks and rejects settle the owner's in-flight record; nothing relies on message age."""
 
@@ -95,7 +137,18 @@ class QoS(kombu_redis.QoS):
         owner = self._owner_holding(delivery_tag)
         if owner is not None:
             if requeue:
+                # Counted in Redis by the same step (scripts.REQUEUE): the next delivery is
+                # marked redelivered, and one past TASK_MAX_REQUEUES is dead-lettered instead.
+                returns = owner.returns(delivery_tag) + 1
                 owner.requeue([delivery_tag])
+                limit = int(self.channel.max_requeues)
+                logger.warning(
+                    "Requeued message %s at its task's request (%d of at most %d requeues%s)",
+                    delivery_tag,
+                    returns,
+                    limit,
+                    "; it is dead-lettered when next taken" if returns > limit else "",
+                )
             else:
                 owner.ack(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
@@ -149,6 +202,7 @@ class Channel(kombu_redis.Channel):
     intake: str | None = None  # module with check(payload, queue) / settle(rejection)
     dead_letter_cap: int = 10_000
     dead_letter_retention: float = 7 * 24 * 3600
+    max_requeues: int = 10  # returns to its queue before a message is dead-lettered
     max_payload_bytes: int = 1024 * 1024
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
@@ -157,6 +211,7 @@ class Channel(kombu_redis.Channel):
         "intake",
         "dead_letter_cap",
         "dead_letter_retention",
+        "max_requeues",
         "max_payload_bytes",
     )
 
@@ -345,7 +400,9 @@ class Channel(kombu_redis.Channel):
             for _ in range(100):  # poison in a row is dead-lettered; then the loop breathes
                 try:
                     reply = self._fetch_script(
-                        keys=keys, args=[self.sep, scripts.BELL_PREFIX, self._fetch_limit()], client=client
+                        keys=keys,
+                        args=[self.sep, scripts.BELL_PREFIX, self._fetch_limit(), 1],
+                        client=client,
                     )
                 except self.connection_errors:
                     # Redis may have run FETCH and lost only the reply: reconcile before the
@@ -354,22 +411,47 @@ class Channel(kombu_redis.Channel):
                     raise
                 if not reply:
                     raise virtual.Empty()
+                # Each message: its list, raw item, tag, and how many times it went back on
+                # its queue before (with the key of that count, to remove it when settled).
                 batch = [
-                    (reply[k], reply[k + 1], bytes_to_str(reply[k + 2])) for k in range(0, len(reply), 3)
+                    (
+                        bytes_to_str(reply[k]),
+                        reply[k + 1],
+                        bytes_to_str(reply[k + 2]),
+                        int(reply[k + 3]),
+                        bytes_to_str(reply[k + 4]),
+                    )
+                    for k in range(0, len(reply), 5)
                 ]
-                for _, _, tag in batch:
+                for _, _, tag, returns, count_key in batch:
                     owner.took(tag)
+                    if returns:
+                        owner.redelivery(tag, returns, count_key)
                 delivered = False
-                for n, (list_key, raw, tag) in enumerate(batch):
+                ceiling = 2 * int(self.max_payload_bytes) + 64 * 1024 if self.max_payload_bytes else 0
+                for n, (list_key, raw, tag, returns, _) in enumerate(batch):
                     if n and _stopping():
                         # A shutdown began while the solo pool ran the batch's last task:
                         # what has not started goes back now, not after the batch.
-                        self._give_back([t for _, _, t in batch[n:]])
+                        self._give_back([m[2] for m in batch[n:]])
                         return True
                     try:
-                        delivered = self._deliver_one(bytes_to_str(list_key), raw, tag) or delivered
+                        if returns > int(self.max_requeues):
+                            # A Reject(requeue=True) loop, or a message whose every run
+                            # ends its worker: bounded by construction.
+                            why = (
+                                f"went back on its queue {returns} times, over TASK_MAX_REQUEUES="
+                                f"{int(self.max_requeues)} (requeued by its task, or recovered from "
+                                "a worker that stopped)"
+                            )
+                            rejection = Rejection(REQUEUE_LIMIT, why, *_names_in(raw, ceiling))
+                            self._dead_letter(rejection, raw, list_key.split(self.sep, 1)[0], tag)
+                            continue
+                        if returns:
+                            raw = _marked_redelivered(raw, ceiling)
+                        delivered = self._deliver_one(list_key, raw, tag) or delivered
                     except BaseException:
-                        self._give_back([t for _, _, t in batch[n + 1 :]])
+                        self._give_back([m[2] for m in batch[n + 1 :]])
                         raise
                 if delivered:
                     return True
@@ -420,11 +502,9 @@ class Channel(kombu_redis.Channel):
             return
         owner = self.owner
         try:
-            owner.requeue(tags)
+            owner.requeue(tags)  # each counted as a return: marked redelivered when next taken
         except Exception:  # noqa: BLE001 - Redis away: reconciled on the next fetch
-            for tag in tags:
-                owner.settled(tag)
-            owner.lost_fetch = True
+            owner.let_go(tags)
 
     def _admit(self, raw: bytes, queue: str, tag: str) -> dict[str, Any]:
         """The message as kombu expects it, or a `Rejection` saying why it cannot run."""
