@@ -15,6 +15,22 @@ losing the guarantee. For the one JSON value Lua's cjson rejects (a string holdi
 surrogate) the script also recognises SUCCESS by the meta's first key, which Celery always
 writes first.
 
+Subscriptions. A producer subscribes to a result's channel when it waits for it (`.get()`,
+`.then()`), not at every send as Celery does: fan-outs, the outbox relay and the web side send
+and never wait, and a send then costs no SUBSCRIBE/UNSUBSCRIBE. Each subscription is
+released as Celery's are: when the result is ready (`.get()` returning or raising), on
+`.forget()`, and when the last result object waiting on it is collected. A notification that
+arrives after its subscription was released (published between the waiter's SUBSCRIBE and
+its first read, which already found the result) is dropped, not kept in Celery's buffer of
+unclaimed results. Each new subscription first reads the replies its connection already holds, so
+redis-py's own record of channels does not grow either. A long-lived producer's subscriptions
+stay flat: one `.get()` after another leaves no channel subscribed
+(tests/test_result_subscriptions.py against a real worker: 2,000 `.get()`s in the suite,
+10,000 with RESULT_SUBSCRIPTION_GETS=10000). Celery's own subscribe-at-send is one transport option away,
+`result_backend_transport_options={"subscribe_on_send": True}`, for a caller that wants a
+result's channel subscribed before its task can run; then a result never waited for is
+released when its result object goes away, as with stock Celery.
+
 Selected by `result_backend` in `common.celery_config` (`common.transport.results:RedisBackend+redis://…`).
 """
 
@@ -24,6 +40,7 @@ import time
 from typing import Any
 
 from celery import states
+from celery.backends.asynchronous import _waiting_on
 from celery.backends.base import BackendStoreError
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 from celery.backends.redis import ResultConsumer as CeleryResultConsumer
@@ -117,6 +134,54 @@ class ResultConsumer(CeleryResultConsumer):
     REREAD = 0.25
     _reread_at = 0.0
 
+    def on_state_change(self, meta: dict[str, Any], message: Any) -> None:
+        """Celery's, but a ready result nobody waits for or subscribes to any more is dropped.
+
+        Celery keeps a ready result with no waiter (in `backend._pending_messages`, up to 8192
+        of them) for a `.get()` that subscribed at send and has not started waiting yet. Here a
+        waiter registers before it subscribes, so such a result is a late copy: its `.get()`
+        already read it (the re-read below, or the first read of `.get()` itself) and released
+        the channel, and the notification published meanwhile arrives after. Kept, one more
+        entry per such `.get()` would pile up in a long-lived producer.
+        """
+        if meta.get("status") in states.READY_STATES and not self._wanted(meta["task_id"]):
+            if self.on_message:
+                self.on_message(meta)
+            return
+        super().on_state_change(meta, message)
+
+    # Replies read, at most, before each new subscription (see `consume_from`).
+    READ_AHEAD = 64
+
+    def consume_from(self, task_id: str) -> None:
+        """Celery's, after reading what the pub/sub connection already holds.
+
+        A `.get()` whose result is already stored returns without reading its connection, so
+        the replies to its SUBSCRIBE and UNSUBSCRIBE stay unread, and redis-py keeps the
+        channel in `PubSub.channels` until it reads the UNSUBSCRIBE reply. A producer that
+        only ever collects finished results piled them up: a backlog in Redis' output buffer
+        for this client, and channels redis-py would subscribe again on a reconnect. Reading
+        what has arrived (without waiting) keeps both to the last few `.get()`s.
+        """
+        self._read_available()
+        super().consume_from(task_id)
+
+    def _read_available(self) -> None:
+        with self._locked():
+            pubsub = self._pubsub
+            if pubsub is None or self._socket_waiter:
+                return  # none yet, or another thread is reading it
+            for _ in range(self.READ_AHEAD):
+                if not self._drain_one(pubsub, 0):
+                    return
+
+    def _wanted(self, task_id: str) -> bool:
+        """Someone waits on `task_id`, or its channel is still subscribed (subscribe-on-send)."""
+        if _waiting_on(self._pending_results, task_id):
+            return True
+        key = self._get_key_for_task(task_id)
+        return key in self.subscribed_to and key not in self._pending_unsubscribe
+
     def drain_events(self, timeout: float | None = None) -> None:
         super().drain_events(timeout=timeout if timeout is None else min(timeout, self.REREAD))
         now = time.monotonic()
@@ -160,8 +225,15 @@ class RedisBackend(CeleryRedisBackend):
         Celery's Redis backend subscribes to every task's result channel as it is sent (one
         SUBSCRIBE, later one UNSUBSCRIBE), though most producers never wait: a fan-out, the
         outbox relay and the web side send and move on. `.get()` still subscribes (through
-        `add_pending_result`) and first reads a result already stored.
+        `add_pending_result`) and first reads a result already stored. With the transport
+        option `subscribe_on_send` (module docstring) this is Celery's own again.
         """
+        if self._subscribe_on_send:
+            super().on_task_call(producer, task_id)
+
+    @cached_property
+    def _subscribe_on_send(self) -> bool:
+        return bool(self._transport_options.get("subscribe_on_send", False))
 
     @cached_property
     def _store_script(self) -> Any:
