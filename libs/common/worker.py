@@ -14,6 +14,7 @@ from celery.worker.control import Panel
 
 from common.observability.pii import hide_task_results
 from common.settings import get_settings
+from common.transport.broker import scheduled
 
 
 def worker_argv(app: Celery, *, pool: str, concurrency: int, extra: Sequence[str] = ()) -> list[str]:
@@ -171,6 +172,7 @@ def _observe(app: Celery, pool: str) -> None:
 def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] | None = None) -> None:
     """Run the worker in this process; exit non-zero (SystemExit) if it stopped on an error."""
     extra = sys.argv[1:] if argv is None else argv
+    scheduled.register()  # `inspect scheduled` from the delayed set (Celery's lists its timer)
     restrict_remote_control(
         allowed_remote_control(get_settings().worker_remote_control_allow)
     )
