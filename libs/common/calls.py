@@ -33,8 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.celery_app import current_app
-from common.observability.pii import mask_text
-from common.observability.redaction import redact_url
+from common.observability.masking import mask_text, redact_url
 from common.settings import get_settings
 from contracts.declare import InvalidTaskArgumentsError, TaskContract, bind_sender, lookup
 

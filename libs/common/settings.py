@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
-from common.observability.redaction import redact_url, split_credentials
+from common.observability.masking import redact_url, split_credentials
 from common.transport.sentinel import SentinelURLError, is_sentinel_url, parse_sentinel_url
 
 DEV_SECRET_KEY = "insecure-development-key-do-not-use-in-production"
@@ -328,10 +328,13 @@ class Settings(BaseSettings):
         return self
 
     def __repr_args__(self) -> Any:
-        # A URL's password never reaches repr()/str() (logs, tracebacks, a debugger's display).
+        # A URL's password never reaches repr()/str() (logs, tracebacks, a debugger's display),
+        # in any form: userinfo, `?password=`, each sentinel's; nor one in any other text field.
         for name, value in super().__repr_args__():
             if name in URL_FIELDS and value is not None:
                 value = redact_url(str(value))
+            elif isinstance(value, str) and ("://" in value or "=" in value):
+                value = redact_url(value)
             yield name, value
 
     @property

@@ -24,8 +24,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from common.deadletters import REASONS, DeadLetter, DeadLetters
 from common.deadletters.replay import no_such_entry, opened_store, readable, replay
-from common.observability.pii import mask_text
-from common.observability.redaction import redact_url
+from common.observability.masking import mask_text, redact_url
 from contracts.declare import all_contracts
 
 SHOWN = 200  # entries on one page; the filters narrow it down

@@ -27,9 +27,9 @@ from django.shortcuts import render
 from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_GET
 
+from common.observability.masking import redact_url
 from common.observability.queues import BrokerSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
-from common.observability.redaction import redact_url
 from common.routing import SERVICES
 
 logger = logging.getLogger(__name__)

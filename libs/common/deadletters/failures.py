@@ -21,8 +21,8 @@ from celery.signals import task_failure
 from redis.exceptions import RedisError
 
 from common.deadletters.store import FAILED, DeadLetters
+from common.observability.masking import mask_text
 from common.observability.outcomes import is_outcome
-from common.observability.pii import mask_text
 from common.transport.tls import redis_from_url
 
 logger = logging.getLogger(__name__)

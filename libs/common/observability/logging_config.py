@@ -10,9 +10,10 @@ object per line (python-json-logger), for a log shipper:
 
 The task fields are on every line logged while a task runs (the task's own loggers, Celery's
 trace lines, the failure report), and `task_name`/`task_id` on Celery's "received" line.
-Extras a caller passes (`extra={...}`) become fields. Masking is the text format's: emails
-by pattern in every string (message and traceback included), values of personal keys
-(common.observability.pii.PII_KEYS) in structured extras; done on the fields before they
+Extras a caller passes (`extra={...}`) become fields. Masking is the text format's
+(common.observability.masking): personal data and secrets by pattern in every string (message
+and traceback included, each cut to a bound), values of personal keys (`PII_KEYS`) in
+structured extras; done on the fields before they
 are encoded, so a mask never breaks the JSON. Celery's `data` extra (its message context,
 with the task's arguments) is left out, as the text format leaves it out.
 """
@@ -29,7 +30,7 @@ from typing import Any
 from pythonjsonlogger.core import RESERVED_ATTRS, merge_record_extra
 from pythonjsonlogger.json import JsonFormatter
 
-from common.observability.pii import MaskingFormatter, mask, mask_text
+from common.observability.masking import LINE_CHARS, MaskingFormatter, mask, mask_text
 
 # Record attributes never printed as fields: the LogRecord's own, and Celery's context dict.
 LEFT_OUT = frozenset({*RESERVED_ATTRS, "data", "color_message"})
@@ -48,8 +49,8 @@ def logging_dict(level: str, fmt: str | None = None) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {
-            "mask_pii": {"()": "common.observability.pii.MaskPIIFilter"},
-            "hide_task_results": {"()": "common.observability.pii.HideTaskResultsFilter"},
+            "mask_pii": {"()": "common.observability.masking.MaskPIIFilter"},
+            "hide_task_results": {"()": "common.observability.masking.HideTaskResultsFilter"},
         },
         "formatters": {
             "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"},
@@ -129,13 +130,15 @@ class _Fields(JsonFormatter):
             log_data.setdefault(key, value)
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
-        return mask(log_data)  # emails in every string, personal keys' values
+        # Personal data and secrets in every string, personal keys' values; each field cut as a
+        # whole log line is (a traceback), all of them together to twice that.
+        return mask(log_data, limit=LINE_CHARS, total=2 * LINE_CHARS)
 
 
 class JsonLogFormatter(MaskingFormatter):
     """One JSON object per record, masked field by field.
 
-    A MaskingFormatter, so `pii.mask_handlers` (run when Celery sets up its logging) keeps
+    A MaskingFormatter, so `masking.mask_handlers` (run when Celery sets up its logging) keeps
     it as it is: masking the finished line would cut into JSON escapes (`\\n` before an
     address) and break the line.
     """

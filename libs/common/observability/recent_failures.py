@@ -5,7 +5,7 @@ glance, next to the queues. Each worker pushes one small JSON record per final f
 (Celery's `task_failure`; a retry sends `task_retry` instead, and a business outcome such
 as a declined card is no failure: `common.observability.outcomes`) onto a capped list.
 The record names the task and its exception and carries the exception's message masked
-(`pii.mask_text`); never the task's arguments, which may name a person.
+(`masking.mask_text`); never the task's arguments, which may name a person.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from celery.signals import task_failure
 from redis.exceptions import RedisError
 
+from common.observability.masking import mask_text
 from common.observability.outcomes import is_outcome
-from common.observability.pii import mask_text
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ def _text(value: Any) -> str:
 
 def failure_of(sender: Any, task_id: str | None, exception: BaseException | None) -> Failure:
     """The record for a `task_failure`: the exception's text masked and cut, no arguments."""
-    message = mask_text(" ".join(_text(exception).split())) if exception is not None else ""
+    # Cut before anything else is done to it: an exception may quote a whole 100 KB argument.
+    text = _text(exception)[: MESSAGE_CHARS * 4] if exception is not None else ""
+    message = mask_text(" ".join(text.split()), MESSAGE_CHARS * 2)
     if len(message) > MESSAGE_CHARS:
         message = message[: MESSAGE_CHARS - 1] + "…"
     app = getattr(sender, "app", None)

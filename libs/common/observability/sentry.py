@@ -16,19 +16,23 @@ from typing import Any
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from common.observability.pii import PII_KEYS, mask
+from common.observability.masking import PII_KEYS, mask
 from common.settings import get_settings
 
 _initialised = False
 CONTROL_FLOW = (Retry, Ignore, Reject)  # a task deciding its fate, not an error
+# What is kept of all an event's strings together (each is already cut by the SDK's serializer);
+# the masking is bounded by it, not by what a task's failure put in the event.
+SENTRY_EVENT_CHARS = 256 * 1024
 
 
 def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """`before_send`: drop Celery's control-flow exceptions; mask emails and names."""
+    """`before_send`: drop Celery's control-flow exceptions; mask personal data and secrets
+    (by key and by pattern, bounded: `common.observability.masking`)."""
     exc_info = (hint or {}).get("exc_info")
     if exc_info and isinstance(exc_info[1], CONTROL_FLOW):
         return None
-    masked = mask(event)
+    masked = mask(event, total=SENTRY_EVENT_CHARS)
     user = masked.get("user")
     if isinstance(user, dict):
         masked["user"] = {k: v for k, v in user.items() if k == "id"}

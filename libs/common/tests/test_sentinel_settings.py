@@ -127,7 +127,7 @@ def test_production_needs_the_data_password_and_refuses_remote_sentinels_without
 
 
 def test_the_broker_url_shown_in_errors_hides_the_password() -> None:
-    from common.observability.redaction import redact_url
+    from common.observability.masking import redact_url
 
     shown = redact_url(parse_sentinel_url(URL).kombu_url())
     assert "data" not in shown and shown.startswith("sentinel://:***@")
