@@ -44,12 +44,8 @@ from typing import Any
 
 from celery.worker.control import Panel, _iter_schedule_requests
 
+from common.observability.masking import mask
 from common.transport.broker import scripts
-
-try:
-    from common.observability.masking import mask
-except ImportError:  # before observability.pii became observability.masking
-    from common.observability.pii import mask  # type: ignore[no-redef]  # pants: no-infer-dep
 
 logger = logging.getLogger(__name__)
 
