@@ -71,6 +71,11 @@ def envelope(
     return task_id, json.dumps(message).encode()
 
 
+def nested_header(depth: int) -> tuple[str, bytes]:
+    task_id, raw = envelope(extra="<nested>")
+    return task_id, raw.replace(b'"<nested>"', b"[" * depth + b"]" * depth)
+
+
 POISON: dict[str, tuple[str, bytes]] = {
     "body is an object": envelope(body={"x": 1}),
     "body is a string": envelope(body="a string"),
@@ -88,6 +93,15 @@ POISON: dict[str, tuple[str, bytes]] = {
     "argument breaks the contract": envelope(body=[["not-an-int"], {}, {}]),
     "missing argument": envelope(body=[[], {}, {}]),
     "too large": envelope(body=[[1], {"pad": "x" * 30000}, {}]),
+    # A body nested 30,000 levels: json.loads raised RecursionError into kombu's loop, the
+    # worker exited, and the redelivered message killed each restarted worker in turn.
+    "body nested 30,000 levels": envelope(raw_body=b"[" * 30_000 + b"]" * 30_000),
+    "headers nested 5,000 levels": nested_header(5_000),
+    # Celery's built-ins ran other tasks with unchecked arguments, or stored what they got.
+    "celery.map": envelope("celery.map", [[{"task": "sync.echo"}, [["not-an-int"]]], {}, {}]),
+    "celery.starmap": envelope("celery.starmap", [[{"task": "payments.process_payment"}, [["1;"]]], {}, {}]),
+    "celery.accumulate": envelope("celery.accumulate", [["Ada Lovelace"], {}, {}]),
+    "timelimit negative": envelope(timelimit=[-1, None]),
 }
 EXPECTED_REASON = {
     "body is an object": "malformed",
@@ -104,6 +118,12 @@ EXPECTED_REASON = {
     "argument breaks the contract": "invalid-arguments",
     "missing argument": "invalid-arguments",
     "too large": "too-large",
+    "body nested 30,000 levels": "malformed",
+    "headers nested 5,000 levels": "undecodable",
+    "celery.map": "unknown-task",
+    "celery.starmap": "unknown-task",
+    "celery.accumulate": "unknown-task",
+    "timelimit negative": "malformed",
 }
 RAW_ITEMS = {  # not even an envelope: no task id to fail
     "not JSON": b"\x80\x04garbage",
@@ -152,3 +172,21 @@ def test_every_poison_shape_is_dead_lettered_and_the_worker_goes_on(worker, redi
         return sum(client.hlen(k) for k in client.scan_iter("jobs.inflight:*"))
 
     wait_until(lambda: held() == 0, timeout=10)
+
+
+def test_a_huge_message_is_kept_as_its_head_and_size(worker, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    """A 98 MB message was kept whole for 7 days; ten of them filled a 1 GB Redis."""
+    client = redis.Redis.from_url(redis_url)
+    store = DeadLetters(client)
+    task_id, raw = envelope(body=[[1], {"pad": "x" * 73_000_000}, {}])
+    memory_before = client.info("memory")["used_memory"]
+    client.lpush("sync", raw)
+    assert sync.echo.delay(8).get(timeout=60) == 8  # and the worker went on
+    entry = next(e for e in store.list("sync", limit=None) if e.task_id == task_id)
+    kept = len(entry.raw_bytes)
+    assert entry.reason == "too-large" and entry.extra["raw_size"] == len(raw)
+    assert kept <= 4096 and raw.startswith(entry.raw_bytes)
+    memory_after = client.info("memory")["used_memory"]
+    print(f"\n[poison] a {len(raw) / 1e6:.0f} MB message: dead-lettered, {kept:,} bytes kept; "
+          f"Redis memory {memory_before / 1e6:.1f} MB before, {memory_after / 1e6:.1f} MB after")  # fmt: skip
+    assert memory_after - memory_before < 5_000_000

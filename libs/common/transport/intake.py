@@ -13,6 +13,7 @@ Named by the `intake` broker transport option of worker apps (`common.celery_con
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 from typing import Any
 
@@ -71,16 +72,36 @@ def check(payload: dict[str, Any], queue: str) -> None:
     app = _app()
     if task not in app.tasks:
         raise reject(UNKNOWN_TASK, f"no task {task!r} on queue {queue!r} (service {app.main!r})")
+    if task.startswith("celery.") and task not in builtins_in_use(app):
+        # celery.map/starmap/chunks run any task in-process with arguments nobody checked;
+        # celery.accumulate stores what it is sent as a result.
+        raise reject(
+            UNKNOWN_TASK, f"{task!r} is one of Celery's built-in tasks, which this platform never sends"
+        )
     try:
         # Tolerant of dict keys this version does not know: a newer producer may add them.
         lookup(task).check(tuple(args), kwargs, tolerant=True)
     except UnknownTaskError:
-        pass  # registered without a contract (Celery's own tasks): Celery checks the call
+        pass  # registered without a contract (a built-in above): Celery checks the call
     except InvalidTaskArgumentsError as exc:
         raise reject(INVALID_ARGUMENTS, str(exc)) from None
+    _bound_time_limits(headers, app.tasks[task])
+    # Celery logs a task under its `shadow` name: a message could have passed for another task.
+    headers.pop("shadow", None)
     if headers.get(OUTBOX_HEADER) and _already_seen(payload, headers, task_id):
         logger.info("Dropped a second copy of task %s republished by the outbox relay", task_id)
         raise Rejection(DUPLICATE, "second copy from the outbox relay", task, task_id)
+
+
+def builtins_in_use(app: Any) -> frozenset[str]:
+    """Celery's built-in tasks this platform's own machinery sends: with a Redis result
+    backend (native chord join, results that expire by themselves), none."""
+    used = set()
+    if not app.backend.supports_native_join:
+        used.add("celery.chord_unlock")
+    if not app.backend.supports_autoexpire:
+        used.add("celery.backend_cleanup")
+    return frozenset(used)
 
 
 def _check_headers(headers: dict[str, Any], reject: Any) -> None:
@@ -88,9 +109,9 @@ def _check_headers(headers: dict[str, Any], reject: Any) -> None:
     if limits is not None and not (
         isinstance(limits, list | tuple)
         and len(limits) == 2
-        and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in limits)
+        and all(v is None or (_number(v) and 0 < v < math.inf) for v in limits)
     ):
-        raise reject(MALFORMED, "header 'timelimit' must be [soft, hard] seconds or null")
+        raise reject(MALFORMED, "header 'timelimit' must be [hard, soft] positive seconds or null")
     for name in ("eta", "expires"):
         value = headers.get(name)
         if value is None or (
@@ -107,6 +128,24 @@ def _check_headers(headers: dict[str, Any], reject: Any) -> None:
     for name in ("root_id", "parent_id", "group", "shadow"):
         if headers.get(name) is not None and not isinstance(headers[name], str):
             raise reject(MALFORMED, f"header {name!r} must be a string")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bound_time_limits(headers: dict[str, Any], task: Any) -> None:
+    """A message may shorten its task's configured time limits, never lengthen or lift them."""
+    limits = headers.get("timelimit")
+    if not limits:
+        return
+    bounded = []
+    for sent, configured in zip(limits, (task.time_limit, task.soft_time_limit), strict=True):
+        if configured is None:
+            bounded.append(sent)
+        else:
+            bounded.append(configured if sent is None else min(sent, configured))
+    headers["timelimit"] = bounded
 
 
 def _already_seen(payload: dict[str, Any], headers: dict[str, Any], task_id: str) -> bool:

@@ -9,11 +9,49 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 
 class MalformedMessage(ValueError):
     """The envelope's body is not what Celery's protocol 2 requires; the text says why."""
+
+
+# Deeper than any real message (a canvas of nested chords is a few dozen levels), far below
+# Python's recursion limit: code after the intake (pydantic, kombu, Celery, json.dumps)
+# recurses per level, and a message nested 100,000 deep made the consumer's loop die of
+# RecursionError, a crash loop on redelivery.
+MAX_DEPTH = 100
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON data nests more than `limit` levels; iterative, so it cannot recurse itself."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def loads_bounded(text: bytes | str, object_hook: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    """`json.loads`, refusing what nests deeper than MAX_DEPTH (`MalformedMessage`, never
+    RecursionError) and JSON's non-standard NaN and Infinity (`ValueError`)."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant, object_hook=object_hook)
+    except RecursionError:
+        raise MalformedMessage(f"the JSON nests deeper than {MAX_DEPTH} levels") from None
+    if isinstance(value, dict | list) and too_deep(value):
+        raise MalformedMessage(f"the JSON nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def decode_body(envelope: dict[str, Any]) -> Any:
@@ -30,7 +68,9 @@ def decode_body(envelope: dict[str, Any]) -> Any:
     if not isinstance(body, bytes | str):
         return body
     try:
-        return json.loads(body)
+        return loads_bounded(body)
+    except MalformedMessage:
+        raise
     except (ValueError, UnicodeDecodeError):
         raise MalformedMessage("the body is not JSON") from None
 
