@@ -65,6 +65,7 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
             "dead_letter_cap": s.dead_letter_cap,
             "dead_letter_retention": s.dead_letter_retention,
             "max_requeues": s.task_max_requeues,
+            "dead_letter_max_bytes": s.dead_letter_max_bytes,
             **({"intake": "common.transport.intake"} if worker else {}),
             # Honour every priority 0 (first) .. 9 (last), not kombu's 4 buckets.
             "priority_steps": list(range(10)),

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     )
     dead_letter_cap: PositiveInt = Field(10_000, description="Dead letters kept per queue (oldest dropped).")
     dead_letter_retention: PositiveInt = Field(7 * 24 * 3600, description="Seconds a dead letter is kept.")
+    dead_letter_max_bytes: PositiveInt = Field(
+        64 * 1024 * 1024,
+        description="Bytes the dead letters of one queue may take in Redis (oldest dropped); a "
+        "message far over TASK_MAX_PAYLOAD_BYTES is kept as its first 4 KiB, size and digest.",
+    )
     broker_connection_max_retries: PositiveInt | None = Field(
         100,
         description="Reconnection attempts after a worker loses the broker (2 s apart, growing to "
@@ -351,7 +356,11 @@ class Settings(BaseSettings):
         description="Port a worker serves Prometheus /metrics on (every interface); unset, empty "
         "or 0: no endpoint. One port per worker process on a host.",
     )
-    metrics_address: str = Field("0.0.0.0", description="Interface the /metrics endpoint listens on.")
+    metrics_address: str = Field(
+        "127.0.0.1",
+        description="Interface the /metrics endpoint listens on: loopback unless set (it has no "
+        "authentication); 0.0.0.0 or a private address where Prometheus scrapes from another host.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per log line (python-json-logger), for a log shipper."
     )

@@ -36,7 +36,12 @@ def _dead_letters() -> DeadLetters:
 
         s = get_settings()
         client = redis_from_url(s.redis_url, socket_timeout=s.broker_socket_timeout)
-        _store = DeadLetters(client, cap=s.dead_letter_cap, retention=s.dead_letter_retention)
+        _store = DeadLetters(
+            client,
+            cap=s.dead_letter_cap,
+            retention=s.dead_letter_retention,
+            max_bytes=s.dead_letter_max_bytes,
+        )
     return _store
 
 

@@ -9,6 +9,7 @@ was taken off the queue, so an operator can read it, fix what caused it, and rep
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 import uuid
@@ -52,26 +53,64 @@ REASONS = (
     REQUEUE_LIMIT,
 )
 
-# KEYS[1] entries hash, KEYS[2] the queue's zset, KEYS[3] queues set, KEYS[4] (optional) the
-# in-flight hash holding the message. ARGV: id, entry JSON, time (ms), cap, retention (ms),
-# queue, in-flight tag. Recording and releasing the message is one step: never lost.
-_ADD = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[6])
-if KEYS[4] then redis.call('HDEL', KEYS[4], ARGV[7]) end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[5]))
-local excess = redis.call('ZCARD', KEYS[2]) - #expired - tonumber(ARGV[4])
-if excess > 0 then
-  local oldest = redis.call('ZRANGE', KEYS[2], #expired, #expired + excess - 1)
-  for _, id in ipairs(oldest) do table.insert(expired, id) end
-end
-for _, id in ipairs(expired) do
+SIZES = "jobs.dead.sizes"  # entry id -> bytes it takes
+BYTES = "jobs.dead.bytes"  # queue -> bytes its entries take
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# An entry's raw message over this is kept as its head, its size and its digest: a 98 MB
+# message kept whole filled Redis (about ten fill a 1 GB server) and blocked it to read.
+DEFAULT_MAX_ENTRY_BYTES = 2 * 1024 * 1024 + 64 * 1024
+HEAD_BYTES = 4096
+
+_DROP = """
+local function drop(id)
+  local size = tonumber(redis.call('HGET', KEYS[4], id) or '0')
   redis.call('HDEL', KEYS[1], id)
   redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[4], id)
+  if size == 0 then return tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0') end
+  return redis.call('HINCRBY', KEYS[5], ARGV[1], 0 - size)
 end
-return #expired
 """
+
+# KEYS[1] entries hash, KEYS[2] the queue's zset, KEYS[3] queues set, KEYS[4] sizes hash,
+# KEYS[5] bytes hash, KEYS[6] (optional) the in-flight hash holding the message. ARGV: queue,
+# id, entry JSON, time (ms), cap, retention (ms), byte cap, in-flight tag. Recording and
+# releasing the message is one step: never lost. The queue's entries are then trimmed to
+# the retention, the count cap and the byte cap, oldest first (the newest is always kept).
+_ADD = (
+    _DROP
+    + """
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[2], #ARGV[3])
+local total = redis.call('HINCRBY', KEYS[5], ARGV[1], #ARGV[3])
+if KEYS[6] then redis.call('HDEL', KEYS[6], ARGV[8]) end
+local dropped = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[6]))) do
+  total = drop(id)
+  dropped = dropped + 1
+end
+local count = redis.call('ZCARD', KEYS[2])
+while count > 1 and (count > tonumber(ARGV[5]) or total > tonumber(ARGV[7])) do
+  total = drop(redis.call('ZRANGE', KEYS[2], 0, 0)[1])
+  count = count - 1
+  dropped = dropped + 1
+end
+return dropped
+"""
+)
+
+# KEYS as for _ADD (1-5); ARGV[1] queue, ARGV[2] id.
+_REMOVE = (
+    _DROP
+    + """
+local removed = redis.call('HEXISTS', KEYS[1], ARGV[2])
+drop(ARGV[2])
+return removed
+"""
+)
 
 
 class DeadLetteredError(Exception):
@@ -125,12 +164,25 @@ def _text(raw: bytes | str) -> tuple[str, str]:
 
 class DeadLetters:
     def __init__(
-        self, client: redis.Redis, *, cap: int = DEFAULT_CAP, retention: float = DEFAULT_RETENTION
+        self,
+        client: redis.Redis,
+        *,
+        cap: int = DEFAULT_CAP,
+        retention: float = DEFAULT_RETENTION,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
     ) -> None:
         self.client = client
         self.cap = cap
         self.retention = retention
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
         self._add = client.register_script(_ADD)
+        self._remove = client.register_script(_REMOVE)
+
+    @staticmethod
+    def _keys(queue: str) -> list[str]:
+        return [ENTRIES, QUEUE_PREFIX + queue, QUEUES, SIZES, BYTES]
 
     def add(
         self,
@@ -145,7 +197,17 @@ class DeadLetters:
         inflight: tuple[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> DeadLetter:
-        """Store one dead letter; with `inflight=(hash, tag)` also release the held message."""
+        """Store one dead letter; with `inflight=(hash, tag)` also release the held message.
+
+        A raw message over `max_entry_bytes` is kept as its first HEAD_BYTES, with its size
+        and SHA-256 in `extra` (it cannot be replayed; it was far too large to run anyway).
+        """
+        extra = dict(extra or {})
+        if len(raw) > self.max_entry_bytes:
+            whole = raw.encode() if isinstance(raw, str) else raw
+            extra.update(raw_size=len(whole), raw_sha256=hashlib.sha256(whole).hexdigest(), raw_cut=True)
+            raw = whole[:HEAD_BYTES]
+            detail = f"{detail} (kept its first {HEAD_BYTES:,} of {len(whole):,} bytes)"
         text, encoding = _text(raw)
         entry = DeadLetter(
             id=f"{queue}/{uuid.uuid4().hex[:16]}",
@@ -158,16 +220,17 @@ class DeadLetters:
             task_id=task_id,
             raw=text,
             raw_encoding=encoding,
-            extra=extra or {},
+            extra=extra,
         )
-        keys = [ENTRIES, QUEUE_PREFIX + queue, QUEUES]
+        keys = self._keys(queue)
         args = [
+            queue,
             entry.id,
             json.dumps(asdict(entry)),
             int(entry.time * 1000),
             self.cap,
             int(self.retention * 1000),
-            queue,
+            self.max_bytes,
         ]
         if inflight is not None:
             keys.append(inflight[0])
@@ -211,10 +274,7 @@ class DeadLetters:
 
     def remove(self, entry_id: str) -> bool:
         queue = entry_id.rsplit("/", 1)[0]
-        with self.client.pipeline() as pipe:
-            pipe.hdel(ENTRIES, entry_id).zrem(QUEUE_PREFIX + queue, entry_id)
-            removed, _ = pipe.execute()
-        return bool(removed)
+        return bool(self._remove(keys=self._keys(queue), args=[queue, entry_id]))
 
     def purge(self, queue: str | None = None, *, task: str | None = None, reason: str | None = None) -> int:
         entries = self.list(queue, task=task, reason=reason, limit=None)

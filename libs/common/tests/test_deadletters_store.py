@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 
 import redis
 
 from common.deadletters import DeadLetters
-from common.deadletters.store import ENTRIES, FAILED, INVALID_ARGUMENTS, UNKNOWN_TASK
+from common.deadletters.store import (
+    BYTES,
+    ENTRIES,
+    FAILED,
+    HEAD_BYTES,
+    INVALID_ARGUMENTS,
+    SIZES,
+    TOO_LARGE,
+    UNKNOWN_TASK,
+)
 
 
 def a_queue() -> str:
@@ -89,3 +99,33 @@ def test_raw_bytes_are_kept_exactly_and_the_held_message_is_released(redis_url: 
     assert not client.hexists(
         inflight, tag
     ), "dead-lettering must release the in-flight message in the same step"
+
+
+def test_over_the_byte_cap_the_oldest_go_and_removal_gives_bytes_back(redis_url: str) -> None:
+    """Capped by count alone, ten 98 MB dead letters filled a 1 GB Redis (noeviction)."""
+    client = redis.Redis.from_url(redis_url)
+    store, queue = DeadLetters(client, max_bytes=5_000), a_queue()
+    ids = [
+        store.add(queue=queue, reason=FAILED, detail="big", raw="x" * 1_500, task_id=str(i)).id
+        for i in range(6)
+    ]
+    kept = [e.id for e in store.list(queue, limit=None)]
+    assert kept == ids[::-1][: len(kept)] and 2 <= len(kept) <= 3, kept  # the newest, under 5,000 bytes
+    used = int(client.hget(BYTES, queue))
+    assert used <= 5_000 and used == sum(int(client.hget(SIZES, i)) for i in kept)
+    assert store.remove(kept[0]) and int(client.hget(BYTES, queue)) < used
+    assert not store.remove(kept[0])  # twice: nothing more given back
+    assert store.purge(queue) == len(kept) - 1 and int(client.hget(BYTES, queue)) == 0
+
+
+def test_a_message_far_too_large_is_kept_as_its_head_size_and_digest(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    store, queue = DeadLetters(client, max_entry_bytes=10_000), a_queue()
+    raw = b'{"body": "' + b"y" * 50_000 + b'"}'
+    entry = store.add(queue=queue, reason=TOO_LARGE, detail="too large", raw=raw)
+    kept = store.get(entry.id)
+    assert kept is not None and raw.startswith(kept.raw_bytes) and len(kept.raw_bytes) == HEAD_BYTES
+    assert kept.extra["raw_size"] == len(raw) and kept.extra["raw_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert "first 4,096 of 50,012 bytes" in kept.detail
+    whole = store.add(queue=queue, reason=TOO_LARGE, detail="fits", raw=raw[:9_000])
+    assert store.get(whole.id).raw_bytes == raw[:9_000]  # type: ignore[union-attr]

@@ -63,3 +63,19 @@ def test_error_for_a_bad_url_does_not_echo_its_credentials(monkeypatch: pytest.M
         load_settings()
     assert "DATABASE_URL" in str(err.value)
     assert "hunter2" not in str(err.value)
+
+
+def test_unauthenticated_endpoints_listen_on_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's /metrics has no login: it was open on every interface by default."""
+    monkeypatch.delenv("METRICS_ADDRESS", raising=False)
+    assert load_settings().metrics_address == "127.0.0.1"
+    monkeypatch.setenv("METRICS_ADDRESS", "10.0.0.5")
+    assert load_settings().metrics_address == "10.0.0.5"
+
+
+def test_dead_letters_are_capped_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = celery_config(load_settings(), worker=True)["broker_transport_options"]
+    assert conf["dead_letter_max_bytes"] == 64 * 1024 * 1024
+    monkeypatch.setenv("DEAD_LETTER_MAX_BYTES", "0")
+    with pytest.raises(SettingsError, match="DEAD_LETTER_MAX_BYTES"):
+        load_settings()
