@@ -313,3 +313,11 @@ def test_a_malformed_in_flight_entry_does_not_stop_a_dead_owners_recovery(
     assert redis_client.llen(scripts.QUARANTINE) == 0
     raws = {e.raw for e in DeadLetters(redis_client).list(reason=MALFORMED, limit=None)}
     assert {"no newline", "{}"} <= raws
+
+
+def test_marking_keeps_non_ascii_text_as_it_was() -> None:
+    raw = '{"body": "x", "headers": {"argsrepr": "(\'Zoë\',)"}, "properties": {}}'.encode()
+    marked = _marked_redelivered(raw, 0)
+    assert "Zoë".encode() in marked and json.loads(marked)["properties"]["delivery_info"]["redelivered"]
+    lone = b'{"body": "\\ud800", "headers": {}, "properties": {}}'
+    assert json.loads(_marked_redelivered(lone, 0))["body"] == "\ud800"

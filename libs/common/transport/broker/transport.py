@@ -99,7 +99,10 @@ def _marked_redelivered(raw: bytes, ceiling: int) -> bytes:
         if not isinstance(info, dict):
             properties["delivery_info"] = info = {}
         info["redelivered"] = True
-        return json.dumps(payload).encode()
+        try:  # non-ASCII text kept as it was, not escaped (which could grow it sixfold)
+            return json.dumps(payload, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate escape: only escaped JSON can hold it
+            return json.dumps(payload).encode()
     except Exception:  # noqa: BLE001 - not JSON, too deep, not UTF-8: left to the intake
         return raw
 
