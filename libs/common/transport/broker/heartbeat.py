@@ -37,8 +37,9 @@ inside one C call keeps its messages; restarting it is the liveness probe's job
 Parameters go over the pipe, never on the command line: the Redis password must not show in
 `ps`. The helper is run by path (`python .../heartbeat.py`), not with `-m`, so it imports
 only redis-py and the standard library, not the `common` package (Celery, kombu, Django).
-It costs one interpreter with redis-py loaded (~0.6 s of CPU once, ~45 MB) and one EVALSHA
-per tick; it sleeps in `select` the rest of the time.
+It costs one interpreter with redis-py loaded (measured: 0.2-0.6 s of CPU at start, ~32 MB
+resident) and one EVALSHA per tick (0.02 s of CPU in 20 s at the default 0.5 s tick); it
+sleeps in `select` the rest of the time.
 
 When it cannot run, the owner keeps heartbeating on its thread and says so once, in its log:
 - `sentinel://` brokers: their connections find the primary through a proxy object of
@@ -144,7 +145,7 @@ def helper_params(pool_params: dict[str, Any]) -> tuple[dict[str, Any] | None, s
     cls = pool_params.get("connection_class", redis.Connection)
     name = next((n for n in CONNECTION_CLASSES if getattr(redis, n) is cls), None)
     if name is None:
-        what = "sentinel://" if "Sentinel" in getattr(cls, "__name__", "") else f"a {cls!r} connection"
+        what = "a sentinel:// connection" if "Sentinel" in getattr(cls, "__name__", "") else repr(cls)
         return None, f"{what} cannot be handed to a helper process"
     if pool_params.get("credential_provider") is not None:
         return None, "a credential provider cannot be handed to a helper process"
