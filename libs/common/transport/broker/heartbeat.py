@@ -202,7 +202,24 @@ def stop(helper: Helper, timeout: float = 2.0) -> None:
 
 # --- the helper process ----------------------------------------------------------------------
 def _log(message: str) -> None:
-    sys.stderr.write(f"[broker heartbeat helper {os.getpid()}] {message}\n")
+    """A warning on the worker's stderr, as one JSON object when the worker logs JSON (LOG_FORMAT)."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        import json
+        from datetime import UTC, datetime
+
+        line = json.dumps(
+            {
+                "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "level": "WARNING",
+                "logger": "common.transport.broker.heartbeat",
+                "message": message,
+                "process": "heartbeat-helper",
+                "pid": os.getpid(),
+            }
+        )
+    else:
+        line = f"[broker heartbeat helper {os.getpid()}] WARNING {message}"
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
 
