@@ -1,8 +1,9 @@
-"""docker-compose.yml's Redis: a password on every URL, never on a command line; Flower on loopback.
+"""docker-compose.yml's Redis: TLS and a password on every URL, never on a command line; Flower on loopback.
 
 Docker does not run here, so the redis service's command runs as compose would run it
 (`sh -c`, its environment, `$$` and `${VAR:?..}` interpolated as compose does), on a free
-port, and a real worker and producer use the REDIS_URL compose gives every service.
+port with deploy/compose/dev-certs' certificates in place of /tls, and a real worker and
+producer use the REDIS_URL compose gives every service.
 """
 
 from __future__ import annotations
@@ -49,9 +50,14 @@ def test_every_service_reaches_redis_with_the_password_and_flower_only_on_loopba
     services = spec["services"]
     for name, service in services.items():
         url = (service.get("environment") or {}).get("REDIS_URL")
-        if name in ("redis", "postgres"):
+        if name in ("redis", "postgres", "proxy"):
             continue
-        assert url == "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379/0", (name, url)
+        assert (
+            url == "rediss://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis:6379/0?ssl_ca_certs=/tls/ca.crt"
+        ), (
+            name,
+            url,
+        )
     with pytest.raises(KeyError, match="REDIS_PASSWORD"):
         interpolate(spec["x-app-env"]["REDIS_URL"], {})
     assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
@@ -70,15 +76,19 @@ def test_compose_redis_demands_the_password_and_a_worker_runs_tasks_with_it(
     env = {"REDIS_PASSWORD": PASSWORD}
     container_env = {k: interpolate(str(v), env) for k, v in redis["environment"].items()}
     port = free_port()
-    argv = [interpolate(part, env) for part in redis["command"]]
-    argv[-1] = argv[-1].replace(
-        "exec redis-server -", f"exec redis-server - --port {port} --bind 127.0.0.1 --dir {tmp_path}"
+    tls = tmp_path / "tls"  # what compose mounts at /tls
+    made = subprocess.run(
+        [str(ROOT / "deploy" / "compose" / "dev-certs"), str(tls)], capture_output=True, text=True
     )
+    assert made.returncode == 0, made.stderr
+    argv = [interpolate(part, env).replace("/tls/", f"{tls}/") for part in redis["command"]]
+    assert "--port 0 --tls-port 6379" in argv[-1], "TLS only"
+    argv[-1] = argv[-1].replace("--tls-port 6379", f"--tls-port {port} --bind 127.0.0.1 --dir {tmp_path}")
     server = subprocess.Popen(argv, env={**os.environ, **container_env}, stdout=subprocess.DEVNULL)
     try:
-        cli = ["redis-cli", "-p", str(port)]
+        cli = ["redis-cli", "--tls", "--cacert", f"{tls}/ca.crt", "-h", "localhost", "-p", str(port)]
         health = redis["healthcheck"]["test"][1:]
-        assert health == ["redis-cli", "ping"]
+        assert health == ["redis-cli", "--tls", "--cacert", "/tls/ca.crt", "-h", "localhost", "ping"]
         deadline = time.monotonic() + 10
         while True:  # the healthcheck, as compose runs it: REDISCLI_AUTH from the environment
             out = subprocess.run(
@@ -99,7 +109,12 @@ def test_compose_redis_demands_the_password_and_a_worker_runs_tasks_with_it(
         cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode()
         assert "redis-server" in cmdline and PASSWORD not in cmdline
 
-        url = interpolate(spec["x-app-env"]["REDIS_URL"], env).replace("@redis:6379", f"@127.0.0.1:{port}")
+        url = (
+            interpolate(spec["x-app-env"]["REDIS_URL"], env)
+            .replace("@redis:6379", f"@localhost:{port}")
+            .replace("/tls/", f"{tls}/")
+        )
+        assert url.startswith("rediss://"), "the certificate is verified against compose's CA"
         log = data_dir / "compose-sync-worker.log"
         worker = worker_process(
             "sync", log, ["--without-mingle", "--without-gossip"], {"REDIS_URL": url}, name="compose-sync"

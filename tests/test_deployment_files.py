@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import configparser
+import ipaddress
+import json
 import re
 import shutil
 import subprocess
@@ -195,3 +197,106 @@ def test_the_outbox_relay_runs_everywhere_the_platform_runs() -> None:
     unit = units()["jobs-outbox-relay.service"]["Service"]
     assert unit["ExecStart"] == "/opt/jobs/web.pex relay_outbox" and unit["KillSignal"] == "SIGTERM"
     assert "relay_outbox" in (ROOT / "README.md").read_text()
+
+
+# ---- compose is production-shaped (issue 21, items 5 and 8) ----
+
+COMPOSE_DIR = ROOT / "deploy" / "compose"
+
+
+def test_gunicorn_is_published_nowhere_only_the_tls_proxy_is() -> None:
+    services = compose()["services"]
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert "web" not in published, "gunicorn must be reachable only through the proxy"
+    assert set(published) == {"proxy", "flower"}
+    assert published["flower"] == ["127.0.0.1:5555:5555"]
+    assert published["proxy"] == ["${PROXY_HTTPS_PORT:-443}:443", "${PROXY_HTTP_PORT:-80}:80"]
+    assert not any("8000" in port for ports in published.values() for port in ports)
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("nginx:")
+    assert "./deploy/compose/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+
+
+def test_the_admin_trusts_x_forwarded_for_from_the_proxy_alone() -> None:
+    spec = compose()
+    services = spec["services"]
+    address = services["proxy"]["networks"]["edge"]["ipv4_address"]
+    assert json.loads(services["web"]["environment"]["TRUSTED_PROXIES"]) == [address]
+    subnet = spec["networks"]["edge"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
+    on_edge = sorted(n for n, s in services.items() if "edge" in (s.get("networks") or []))
+    assert on_edge == ["proxy", "web"], "only the proxy may reach gunicorn from the trusted network"
+
+
+def test_the_proxy_terminates_tls_and_sets_the_forwarded_headers_itself() -> None:
+    conf = (COMPOSE_DIR / "nginx.conf").read_text()
+    lines = [line.split("#", 1)[0].strip() for line in conf.splitlines()]
+    directives = [line for line in lines if line]
+    assert "listen 443 ssl;" in directives and "listen 80;" in directives
+    assert "return 301 https://$host$request_uri;" in directives, "plain HTTP only redirects"
+    assert "server web:8000;" in directives and "proxy_pass http://web;" in directives
+    assert "ssl_certificate /tls/proxy.crt;" in directives
+    assert "ssl_certificate_key /tls/proxy.key;" in directives
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in directives
+    # Overwritten, never appended to: a client's own X-Forwarded-For does not reach the admin.
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in directives
+    assert "proxy_set_header X-Forwarded-Proto https;" in directives
+    assert "proxy_set_header Host $http_host;" in directives
+    assert not any("proxy_add_x_forwarded_for" in line for line in directives)
+
+
+def test_compose_runs_production_with_redis_over_verified_tls() -> None:
+    spec = compose()
+    env = spec["x-app-env"]
+    assert env["ENVIRONMENT"] == "${ENVIRONMENT:-production}"
+    assert env["REDIS_URL"].startswith("rediss://:${REDIS_PASSWORD:?")
+    assert env["REDIS_URL"].endswith("@redis:6379/0?ssl_ca_certs=/tls/ca.crt")
+    for name in ("CRM_URL", "PAYMENT_GATEWAY_URL", "EMAIL_HOST"):
+        assert env[name].startswith(f"${{{name}:?"), f"{name}: required (production has no safe default)"
+    assert env["EMAIL_USE_TLS"] == "${EMAIL_USE_TLS:-true}"
+    redis_command = spec["services"]["redis"]["command"][2]
+    for flag in (
+        "--port 0",
+        "--tls-port 6379",
+        "--tls-cert-file /tls/redis.crt",
+        "--tls-key-file /tls/redis.key",
+    ):
+        assert flag in redis_command, flag
+    assert "--tls" in spec["services"]["redis"]["healthcheck"]["test"]
+    tls = "${TLS_DIR:-./deploy/compose/tls}:/tls:ro"
+    for name, service in spec["services"].items():
+        if name not in ("postgres",):
+            assert tls in service.get("volumes", []), f"{name}: needs the CA (or its certificate) at /tls"
+    assert (COMPOSE_DIR / "tls" / ".gitignore").read_text().splitlines()[1:] == ["*", "!.gitignore"]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_dev_certs_makes_what_compose_mounts_and_clients_can_verify(tmp_path: Path) -> None:
+    import ssl
+
+    out = subprocess.run(
+        [str(COMPOSE_DIR / "dev-certs"), str(tmp_path), "jobs.example.com"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    for name in ("ca.crt", "redis.crt", "redis.key", "proxy.crt", "proxy.key"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "redis.key").stat().st_mode & 0o077 == 0, "keys are private"
+    for name, hosts in (("redis", ["redis", "localhost"]), ("proxy", ["jobs.example.com", "localhost"])):
+        verified = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / f"{name}.crt")],
+            capture_output=True,
+            text=True,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        for host in hosts:  # the names the clients check (REDIS_URL's `redis`, the browser's)
+            named = subprocess.run(
+                ["openssl", "x509", "-in", str(tmp_path / f"{name}.crt"), "-noout", "-checkhost", host],
+                capture_output=True,
+                text=True,
+            )
+            assert "does match" in named.stdout, (name, host, named.stdout)
+    # What redis-py does with REDIS_URL's ssl_ca_certs: a context that loads this CA.
+    ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))

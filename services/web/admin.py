@@ -1,4 +1,10 @@
-"""Admin over the platform's data; django_celery_beat registers the schedules itself."""
+"""Admin over the platform's data; django_celery_beat registers the schedules itself.
+
+Every action that sends work declares the permission it needs (`@admin.action(permissions=...)`):
+Django leaves it out of the action menu for a user without it, and refuses a forged POST of
+it. Welcome mails and CRM syncs need `change_doctor`, a report run `change_report`, and a
+charge (a new attempt at the payment gateway) `web.charge_appointment` (web/models.py).
+"""
 
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +31,7 @@ from common.models import (
 from common.outbox.models import OutboxMessage
 from contracts import emails, payments, reports, sync
 from web import report_views
+from web.models import CHARGE_APPOINTMENT
 
 
 def queued_message(what: str, queued: list[tuple[str, str]]) -> str:
@@ -47,7 +54,7 @@ class DoctorAdmin(admin.ModelAdmin):
     search_fields = ("last_name", "email")
     actions = ("send_welcome_email", "sync_to_crm")
 
-    @admin.action(description="Send welcome email")
+    @admin.action(description="Send welcome email", permissions=["change"])
     def send_welcome_email(self, request: HttpRequest, queryset: QuerySet[Doctor]) -> None:
         # The emails service sends one welcome per doctor (its ledger, SentEmail), however often
         # it is asked: a doctor already welcomed is told, not mailed again.
@@ -68,7 +75,7 @@ class DoctorAdmin(admin.ModelAdmin):
         if refused:
             self.message_user(request, refused_message(refused), messages.WARNING)
 
-    @admin.action(description="Sync to CRM now")
+    @admin.action(description="Sync to CRM now", permissions=["change"])
     def sync_to_crm(self, request: HttpRequest, queryset: QuerySet[Doctor]) -> None:
         # The CRM upserts by our reference: a second sync updates the record, never duplicates it.
         with transaction.atomic():
@@ -98,7 +105,11 @@ class AppointmentAdmin(admin.ModelAdmin):
     list_filter = ("payment_status",)
     actions = ("charge_now",)
 
-    @admin.action(description="Charge now / retry payment")
+    def has_charge_permission(self, request: HttpRequest) -> bool:
+        """Asking the gateway for money is its own permission, not "change appointment"."""
+        return request.user.has_perm(CHARGE_APPOINTMENT)
+
+    @admin.action(description="Charge now / retry payment", permissions=["charge"])
     def charge_now(self, request: HttpRequest, queryset: QuerySet[Appointment]) -> None:
         # process_payment charges once per idempotency key and leaves a charge in progress alone,
         # so pressing this twice, or while the booking's own charge runs, charges once.
@@ -202,7 +213,7 @@ class ReportAdmin(admin.ModelAdmin):
             extra["progress_url"] = reverse("admin:common_report_progress", args=[int(object_id)])
         return super().change_view(request, object_id, form_url, extra)
 
-    @admin.action(description="Generate report")
+    @admin.action(description="Generate report", permissions=["change"])
     def generate_report(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
         queued, refused = [], []
         with transaction.atomic():  # the row says "queued" with its task id before a worker sees it

@@ -2,7 +2,10 @@
 
 There is no model: entries live in Redis (`common.deadletters`). The views sit under
 /admin/deadletters/ behind `admin.site.admin_view`, so only logged-in staff reach them,
-and every change is a CSRF-protected POST whose outcome comes back as a Django message.
+and each checks its own permission (web/models.py) on top, 403 without it: reading needs
+`web.view_deadletter`, replaying `web.replay_deadletter` (a replayed payment is a real
+charge), purging `web.purge_deadletter`. Pages show only the buttons the user may press.
+Every change is a CSRF-protected POST whose outcome comes back as a Django message.
 Replay goes through `common.deadletters.replay`, the same code as `manage.py deadletters`.
 """
 
@@ -17,6 +20,7 @@ from urllib.parse import urlencode
 
 import redis
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import URLPattern, path, reverse
@@ -26,6 +30,7 @@ from common.deadletters import REASONS, DeadLetter, DeadLetters
 from common.deadletters.replay import no_such_entry, opened_store, readable, replay
 from common.observability.masking import mask_text, redact_url
 from contracts.declare import all_contracts
+from web.models import PURGE_DEADLETTER, REPLAY_DEADLETTER, VIEW_DEADLETTER
 
 SHOWN = 200  # entries on one page; the filters narrow it down
 FILTERS = ("queue", "task", "reason")
@@ -83,7 +88,30 @@ def _store_down(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse
     return wrapped
 
 
+def _needs(permission: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Refuse (403) a user without `permission`; checked before Redis is touched."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.has_perm(permission):
+                raise PermissionDenied(f"{permission} is needed here")
+            return view(request, *args, **kwargs)
+
+        wrapped.__name__ = view.__name__
+        wrapped.__doc__ = view.__doc__
+        return wrapped
+
+    return decorate
+
+
+def _may(request: HttpRequest) -> dict[str, bool]:
+    """What the pages offer this user: only the buttons their permissions allow."""
+    user = request.user
+    return {"may_replay": user.has_perm(REPLAY_DEADLETTER), "may_purge": user.has_perm(PURGE_DEADLETTER)}
+
+
 @require_GET
+@_needs(VIEW_DEADLETTER)
 @_store_down
 def index(request: HttpRequest) -> HttpResponse:
     """Entries, newest first, filtered by queue, task and reason; counts per queue."""
@@ -104,11 +132,13 @@ def index(request: HttpRequest) -> HttpResponse:
         "reasons": REASONS,
         "queues": sorted(set(counts) | {c.queue for c in declared}),
         "tasks": sorted(c.name for c in declared),
+        **_may(request),
     }
     return render(request, "web/deadletters/list.html", context)
 
 
 @require_GET
+@_needs(VIEW_DEADLETTER)
 @_store_down
 def entry(request: HttpRequest, entry_id: str) -> HttpResponse:
     """One entry with its message decoded (personal data masked)."""
@@ -126,11 +156,13 @@ def entry(request: HttpRequest, entry_id: str) -> HttpResponse:
         "worker": found.worker or "-",
         "size": len(found.raw_bytes),
         "message": message if isinstance(message, str) else json.dumps(message, indent=2, ensure_ascii=False),
+        **_may(request),
     }
     return render(request, "web/deadletters/entry.html", context)
 
 
 @require_POST
+@_needs(REPLAY_DEADLETTER)
 @_store_down
 def replay_view(request: HttpRequest) -> HttpResponse:
     """Replay the posted ids; each outcome (task id, or why it was refused) becomes a message."""
@@ -150,6 +182,7 @@ def replay_view(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+@_needs(PURGE_DEADLETTER)
 @_store_down
 def purge_view(request: HttpRequest) -> HttpResponse:
     """Purge the selected entries, or all matching the filters, after a confirmation page.

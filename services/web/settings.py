@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import typing
 from datetime import timedelta
 
@@ -75,26 +77,67 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 
 
-def client_ip(request: HttpRequest) -> str | None:
-    """The address a login attempt counts against (AXES_CLIENT_IP_CALLABLE).
+def _trusted_proxies(value: str | None) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """TRUSTED_PROXIES: a JSON list of the addresses (or networks) of the proxies in front.
 
-    Behind the TLS proxy (SECURE_PROXY_SSL_HEADER set: production's default) every request
-    comes from the proxy, so the client is the last X-Forwarded-For entry, the one the proxy
-    itself appended or set; entries before it are the client's to invent (trusting the first
-    would let an attacker rotate addresses and never be locked out). Without a proxy, or
-    without the header, the peer address. axes' own AXES_IPWARE_* settings need the optional
-    django-ipware package, which is not installed.
+    Unset: this machine's loopback, where the systemd units' TLS proxy talks to gunicorn
+    (bound to 127.0.0.1). `[]`: no proxy; X-Forwarded-For is never read. A process that
+    cannot read it says so in one line and exits, as for any other variable.
     """
-    from django.conf import settings  # at call time: the settings module is still loading here
+    if value is None or not value.strip():
+        return tuple(ipaddress.ip_network(a) for a in ("127.0.0.1/32", "::1/128"))
+    try:
+        entries = json.loads(value)
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ValueError(value)
+        return tuple(ipaddress.ip_network(e.strip(), strict=False) for e in entries)
+    except ValueError:
+        raise SystemExit(
+            "Invalid configuration (environment variables):\n  TRUSTED_PROXIES: must be a JSON list "
+            'of the proxies\' addresses or networks, e.g. ["172.30.0.10"] or ["10.0.0.0/24"] ([]: none)'
+        ) from None
+
+
+TRUSTED_PROXIES = _trusted_proxies(os.environ.get("TRUSTED_PROXIES"))
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The address a login attempt counts against (AXES_CLIENT_IP_CALLABLE): what the proxy saw.
+
+    X-Forwarded-For is read only from a peer in TRUSTED_PROXIES: anyone else (gunicorn reached
+    without the proxy) could write any address there and rotate it to dodge the lockout, so
+    their own address (REMOTE_ADDR) counts. From a trusted proxy the list is read from the
+    right, the end each proxy appends to: the first address that is not itself a trusted
+    proxy is the client; entries left of it are the client's to invent and never read. A
+    malformed entry ends the walk at the last proxy. axes' own AXES_IPWARE_* settings need
+    the optional django-ipware package, which is not installed.
+    """
+    from django.conf import settings  # at call time: tests override TRUSTED_PROXIES
+
+    trusted = settings.TRUSTED_PROXIES
+
+    def is_proxy(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(address in network for network in trusted)
 
     peer = request.META.get("REMOTE_ADDR")
-    if not settings.SECURE_PROXY_SSL_HEADER:
+    seen = _address(peer or "")
+    if seen is None or not is_proxy(seen):
         return peer
-    last = request.META.get("HTTP_X_FORWARDED_FOR", "").rpartition(",")[2].strip()
-    try:
-        return str(ipaddress.ip_address(last))
-    except ValueError:
-        return peer
+    for entry in reversed(request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")):
+        hop = _address(entry)
+        if hop is None:
+            break
+        seen = hop
+        if not is_proxy(hop):
+            break
+    return str(seen)
 
 
 AXES_CLIENT_IP_CALLABLE = client_ip

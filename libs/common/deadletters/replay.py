@@ -8,6 +8,12 @@ holds its AsyncResult sees the outcome: the result store lets SUCCESS replace th
 that dead-lettering stored. Only then is the entry removed. Anything that cannot be
 replayed is refused with a reason a person can act on, and stays in the store.
 
+Replay sends a message only back to the queue it came from, and only when that is the queue
+its task's contract names: routing goes by the task's name, so a `payments.*` message
+forged onto the `sync` queue (by whoever could write there) would otherwise become a real
+charge on replay. A dead letter taken from another queue than its contract's is refused
+(`check_queue`) and kept, for a person to look at and purge.
+
 What the new message keeps: arguments, task id, canvas links from the embed (callbacks,
 errbacks, the rest of a chain, chord membership), group id and index, root and parent id,
 time limits, priority. What it drops: `eta` and `expires` (replay means run now; an
@@ -146,6 +152,26 @@ def check(message: Message, raw_size: int, *, reason: str = "") -> tuple[dict[st
     return _options(message, reason)
 
 
+def check_queue(message: Message, queue: str) -> str:
+    """The contract's queue for `message`, which must be the one it was dead-lettered from.
+
+    Raises `Refused` for a message found on another queue than its task's contract names:
+    no producer of ours sends it there, so replaying it would launder a forgery.
+    """
+    try:
+        expected = lookup(message.task).queue
+    except UnknownTaskError as exc:
+        raise Refused(f"unknown task: {exc}") from None
+    if queue != expected:
+        raise Refused(
+            f"wrong queue: {message.task} belongs on queue {expected!r} (its contract), but this "
+            f"message was taken from queue {queue!r}; no producer sends it there, so it is not "
+            "replayed (a forged message?). Look at it and purge it; send the task anew from its "
+            "producer if it is wanted"
+        )
+    return expected
+
+
 def _options(message: Message, reason: str) -> tuple[dict[str, Any], list[str]]:
     embed, headers = message.embed, message.headers
     options: dict[str, Any] = {"task_id": message.task_id}
@@ -200,6 +226,7 @@ def replay_entry(store: DeadLetters, entry: DeadLetter) -> Outcome:
     try:
         message = parse(entry.raw_bytes)
         options, notes = check(message, len(entry.raw_bytes), reason=entry.reason)
+        queue = check_queue(message, entry.queue)
     except Refused as exc:
         return Outcome(entry.id, False, task=entry.task, task_id=entry.task_id, reason=str(exc))
     claim = CLAIM_PREFIX + entry.id
@@ -222,7 +249,7 @@ def replay_entry(store: DeadLetters, entry: DeadLetter) -> Outcome:
         True,
         task=message.task,
         task_id=message.task_id,
-        queue=lookup(message.task).queue,
+        queue=queue,
         notes=tuple(notes),
     )
 

@@ -48,12 +48,23 @@ def envelope(
 
 
 def dead(
-    store: DeadLetters, queue: str, reason: str, raw: bytes, task_id: str | None, *, detail: str = "test"
+    store: DeadLetters,
+    queue: str,
+    reason: str,
+    raw: bytes,
+    task_id: str | None,
+    *,
+    detail: str = "test",
+    task: str = "sync.echo",
 ) -> DeadLetter:
-    """Store a dead letter as the transport does, FAILURE included for a caller waiting on it."""
-    entry = store.add(queue=queue, reason=reason, detail=detail, raw=raw, task="sync.echo", task_id=task_id)
+    """Store a dead letter as the transport does, FAILURE included for a caller waiting on it.
+
+    Replay sends only what was taken from its contract's queue: a message to replay goes
+    under its real queue (`sync` for sync.echo), not `a_queue()`.
+    """
+    entry = store.add(queue=queue, reason=reason, detail=detail, raw=raw, task=task, task_id=task_id)
     if task_id:
-        settle(Rejection(reason, "dead-lettered by the test", "sync.echo", task_id))
+        settle(Rejection(reason, "dead-lettered by the test", task, task_id))
     return entry
 
 

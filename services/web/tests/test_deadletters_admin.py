@@ -1,4 +1,5 @@
-"""The admin's dead-letter page through Django's test client: staff only, and its actions work."""
+"""The admin's dead-letter page through Django's test client: staff with the permission only
+(web.view_deadletter / replay_deadletter / purge_deadletter), and its actions work."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from celery import states
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.test.utils import setup_test_environment, teardown_test_environment
 
@@ -31,15 +33,27 @@ def test_environment() -> Iterator[None]:
     teardown_test_environment()
 
 
-def user(*, staff: bool) -> Any:
-    return get_user_model().objects.create_user(f"op-{uuid.uuid4().hex[:8]}", password="x", is_staff=staff)
+DEADLETTER_PERMISSIONS = ("view_deadletter", "replay_deadletter", "purge_deadletter")
+
+
+def user(*, staff: bool, permissions: tuple[str, ...] = ()) -> Any:
+    made = get_user_model().objects.create_user(f"op-{uuid.uuid4().hex[:8]}", password="x", is_staff=staff)
+    made.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="web", codename__in=permissions)
+    )
+    assert made.user_permissions.count() == len(permissions), "a permission is missing (migrate?)"
+    return made
+
+
+def client_of(*permissions: str) -> Client:
+    client = Client()
+    client.force_login(user(staff=True, permissions=permissions))
+    return client
 
 
 @pytest.fixture
 def operator() -> Client:
-    client = Client()
-    client.force_login(user(staff=True))
-    return client
+    return client_of(*DEADLETTER_PERMISSIONS)
 
 
 def page(response: Any) -> str:
@@ -99,7 +113,7 @@ def test_list_filters_counts_and_detail(operator: Client, store: DeadLetters) ->
 def test_replay_reports_each_outcome(sync_worker: Workers, operator: Client, store: DeadLetters) -> None:
     queue = a_queue()
     good_id, good_raw = real_message("sync.echo", [41])
-    good = dead(store, queue, UNKNOWN_TASK, good_raw, good_id)
+    good = dead(store, "sync", UNKNOWN_TASK, good_raw, good_id)  # replay wants its contract's queue
     bad_id, bad_raw = envelope([["forty-one"], {}, {}])
     bad = dead(store, queue, INVALID_ARGUMENTS, bad_raw, bad_id)
 
@@ -143,3 +157,81 @@ def test_purge_asks_first_then_removes(operator: Client, store: DeadLetters) -> 
     )
     assert "Removed 1 dead letter(s)." in page(response)
     assert store.get(other.id) is None and store.get(late.id) is not None
+
+
+def test_a_staff_user_without_permissions_is_refused_everywhere(store: DeadLetters) -> None:
+    task_id, raw = real_message("sync.echo", [7])
+    entry = dead(store, "sync", UNKNOWN_TASK, raw, task_id)
+    nobody = client_of()
+    assert nobody.get("/admin/").status_code == 200, "still staff: the admin itself opens"
+    assert f'href="{LIST}"' not in page(nobody.get("/admin/")), "no link to what they cannot open"
+    queued = store.client.llen("sync")
+    for response in (
+        nobody.get(LIST),
+        nobody.get(f"{LIST}entry/{entry.id}/"),
+        nobody.post(f"{LIST}replay/", {"ids": [entry.id]}),
+        nobody.post(f"{LIST}purge/", {"ids": [entry.id], "scope": "selected"}),
+        nobody.post(f"{LIST}purge/", {"ids": [entry.id], "scope": "selected", "confirm": "yes"}),
+        nobody.post(
+            f"{LIST}purge/", {"queue": "sync", "scope": "filtered", "confirm": "yes", "shown_at": "9e99"}
+        ),
+    ):
+        assert response.status_code == 403, response.status_code
+        assert entry.id not in response.content.decode()
+    assert store.get(entry.id) is not None, "neither replayed nor purged"
+    assert store.client.llen("sync") == queued, "nothing was sent"
+    assert stored_result(task_id)["status"] == states.FAILURE
+    store.remove(entry.id)
+
+
+def test_each_permission_opens_its_own_action_only(sync_worker: Workers, store: DeadLetters) -> None:
+    task_id, raw = real_message("sync.echo", [8])
+    entry = dead(store, "sync", UNKNOWN_TASK, raw, task_id)
+
+    viewer = client_of("view_deadletter")
+    assert f'href="{LIST}"' in page(viewer.get("/admin/"))
+    text = page(viewer.get(LIST, {"queue": "sync"}))
+    assert entry.id in text and 'name="ids"' not in text, "nothing to select"
+    assert "Replay selected" not in text and "Purge" not in text
+    text = page(viewer.get(f"{LIST}entry/{entry.id}/"))
+    assert task_id in text and 'value="Replay"' not in text and "Purge…" not in text
+    assert viewer.post(f"{LIST}replay/", {"ids": [entry.id]}).status_code == 403
+    assert viewer.post(f"{LIST}purge/", {"ids": [entry.id], "confirm": "yes"}).status_code == 403
+    assert store.get(entry.id) is not None
+
+    purger = client_of("view_deadletter", "purge_deadletter")
+    text = page(purger.get(f"{LIST}entry/{entry.id}/"))
+    assert "Purge…" in text and 'value="Replay"' not in text
+    assert purger.post(f"{LIST}replay/", {"ids": [entry.id]}).status_code == 403
+
+    replayer = client_of("replay_deadletter")  # replaying alone, without reading the list
+    assert replayer.get(LIST).status_code == 403
+    response = replayer.post(f"{LIST}replay/", {"ids": [entry.id]})
+    assert response.status_code == 302
+    wait_until(lambda: stored_result(task_id)["status"] == states.SUCCESS, timeout=30)
+    assert stored_result(task_id)["result"] == 8 and store.get(entry.id) is None
+
+    other = dead(store, a_queue(), FAILED, b"{}", None)
+    assert replayer.post(f"{LIST}purge/", {"ids": [other.id], "confirm": "yes"}).status_code == 403
+    response = purger.post(f"{LIST}purge/", {"ids": [other.id], "scope": "selected", "confirm": "yes"})
+    assert response.status_code == 302 and store.get(other.id) is None
+
+
+def test_replay_refuses_a_message_on_another_queue_than_its_contract(
+    operator: Client, store: DeadLetters
+) -> None:
+    # A payments task forged onto the sync queue (whoever can write to Redis): routing by name
+    # would make its replay a real charge.
+    task_id, raw = real_message("payments.process_payment", [1])
+    forged = dead(store, "sync", UNKNOWN_TASK, raw, task_id, task="payments.process_payment")
+    queued = store.client.llen("payments")
+
+    response = operator.post(f"{LIST}replay/", {"ids": [forged.id], "from": "entry"}, follow=True)
+    text = page(response)
+    assert (
+        f"Refused {forged.id}: wrong queue: payments.process_payment belongs on queue 'payments' "
+        "(its contract), but this message was taken from queue 'sync'" in text
+    )
+    assert store.get(forged.id) is not None, "a refused dead letter stays"
+    assert store.client.llen("payments") == queued, "nothing was sent to the payments queue"
+    assert stored_result(task_id)["status"] == states.FAILURE

@@ -107,6 +107,7 @@ def test_replay_refuses_what_today_s_contract_or_limit_would_refuse(
     pickle_id, pickle_raw = envelope([[1], {}, {}], content_type="application/x-python-serialize")
     gone_id, gone_raw = envelope([[1], {}, {}], task="sync.no_longer_exists")
     big_id, big_raw = envelope([[1], {}, {"pad": "x" * 1_100_000}])
+    forged_id, forged_raw = envelope([[1], {}, {}], task="payments.process_payment")
     cases = {
         dead(
             store, queue, "undecodable", b"\x80\x04garbage", None
@@ -119,6 +120,10 @@ def test_replay_refuses_what_today_s_contract_or_limit_would_refuse(
         ).id: "unknown task: No service exposes a task named",
         dead(store, queue, "too-large", big_raw, big_id).id: "too large: the message is 1,4",
         invalid.id: "the arguments do not fit today's contract: sync.echo(value: int): argument 'value'",
+        dead(
+            store, "sync", UNKNOWN_TASK, forged_raw, forged_id, task="payments.process_payment"
+        ).id: "wrong queue: payments.process_payment belongs on queue 'payments' (its contract), "
+        "but this message was taken from queue 'sync'",
     }
     code, out = run("replay", *cases, "sync/not-there")
     assert code == 1, out
@@ -127,14 +132,14 @@ def test_replay_refuses_what_today_s_contract_or_limit_would_refuse(
         assert line.startswith(f"Refused {entry_id}: {why}"), line
         assert store.get(entry_id) is not None, "a refused dead letter must stay"
     assert "Refused sync/not-there: no dead letter with id 'sync/not-there'" in out
-    assert "Replayed 0, refused 6." in out and "6 dead letter(s) refused" in out
+    assert "Replayed 0, refused 7." in out and "7 dead letter(s) refused" in out
     assert stored_result(bad_id)["status"] == states.FAILURE
 
 
 def test_replay_runs_under_the_original_task_id_and_keeps_its_callback(
     sync_worker: Workers, store: DeadLetters
 ) -> None:
-    queue = a_queue()
+    queue = "sync"  # its contract's queue: replay sends nothing taken from another
     callback_id = str(uuid.uuid4())
     failed_id, failed_raw = real_message(
         "sync.echo", [5], link=calls.signature("sync.echo", (), task_id=callback_id)
@@ -156,11 +161,12 @@ def test_replay_runs_under_the_original_task_id_and_keeps_its_callback(
     assert AsyncResult(callback_id, app=current_app()).get(timeout=30) == 5, "the callback link was lost"
     assert store.get(failed.id) is None, "a replayed dead letter must leave the store"
 
-    code, out = run("replay", "--queue", queue, "--reason", UNKNOWN_TASK)
+    # By filter: the newest matching entry (the session shares the store, and its sync queue).
+    code, out = run("replay", "--queue", queue, "--reason", UNKNOWN_TASK, "--limit", "1")
     assert code == 0 and f"Replayed {unknown.id} as sync.echo[{unknown_id}]" in out
     wait_until(lambda: stored_result(unknown_id)["status"] == states.SUCCESS, timeout=30)
     assert stored_result(unknown_id)["result"] == 6
-    assert store.count(queue) == 0
+    assert store.get(unknown.id) is None
 
     code, out = run("replay")
     assert code == 1 and "Say which dead letters to replay" in out
@@ -169,7 +175,7 @@ def test_replay_runs_under_the_original_task_id_and_keeps_its_callback(
 def test_an_entry_being_replayed_is_not_sent_twice(store: DeadLetters) -> None:
     """Two operators replaying the same entry at once: the second is refused, nothing is sent."""
     task_id, raw = envelope([[1], {}, {}])
-    entry = dead(store, a_queue(), FAILED, raw, task_id)
+    entry = dead(store, "sync", FAILED, raw, task_id)  # replayable: its contract's queue
     claim = replay.CLAIM_PREFIX + entry.id
     store.client.set(claim, 1, ex=60)  # the first operator's replay, under way
     try:

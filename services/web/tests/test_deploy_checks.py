@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from devtools.processes import child_env
 
@@ -89,3 +92,82 @@ def test_the_web_entry_point_refuses_an_insecure_production_config_in_one_line(t
         "Invalid configuration (environment variables):",
         "  CRM_URL: must be an https:// URL in production (CRM_API_TOKEN would travel in clear)",
     ]
+
+
+# ---- docker-compose.yml's admin, as compose would start it (issue 21, item 8) ----
+
+ROOT = Path(__file__).resolve().parents[3]
+# What an operator puts in compose's .env: every required variable, nothing else.
+COMPOSE_DOT_ENV = {
+    "DJANGO_SECRET_KEY": PRODUCTION["DJANGO_SECRET_KEY"],
+    "POSTGRES_PASSWORD": "db-hunter2",
+    "REDIS_PASSWORD": "0123456789abcdef0123456789abcdef",
+    "FLOWER_PASSWORD": "flower-hunter2",
+    "CRM_URL": "https://crm.example",
+    "PAYMENT_GATEWAY_URL": "https://gateway.example",
+    "EMAIL_HOST": "smtp.example.com",
+}
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+
+
+def interpolate(value: str, dot_env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, as `docker compose config` does."""
+
+    def one(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if dot_env.get(name):
+            return dot_env[name]
+        assert kind != "?", f"compose would refuse to start: {rest}"
+        return rest if kind == "-" else ""
+
+    return INTERPOLATION.sub(one, value.replace("$$", "\0")).replace("\0", "$")
+
+
+def compose_web_env(dot_env: dict[str, str]) -> dict[str, str]:
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = spec["services"]["web"]["environment"]
+    return {name: interpolate(str(value), dot_env) for name, value in env.items()}
+
+
+# Through compose's proxy (its address is TRUSTED_PROXIES) and straight at gunicorn.
+COMPOSE_PROBE = """
+import json, django
+django.setup()
+from django.conf import settings
+from django.test import Client
+proxy = json.loads(__import__("os").environ["TRUSTED_PROXIES"])[0]
+c = Client(HTTP_HOST="localhost", REMOTE_ADDR=proxy)
+login = c.get("/admin/login/", HTTP_X_FORWARDED_PROTO="https", HTTP_X_FORWARDED_FOR="198.51.100.7")
+plain = Client(HTTP_HOST="localhost", REMOTE_ADDR="172.30.0.99").get("/admin/login/")
+print(json.dumps({
+    "environment": settings.SESSION_COOKIE_SECURE and settings.CSRF_COOKIE_SECURE,
+    "login": login.status_code,
+    "csrf_cookie_secure": bool(login.cookies["csrftoken"]["secure"]),
+    "hsts": login.get("Strict-Transport-Security"),
+    "plain": [plain.status_code, plain.get("Location")],
+}))
+"""
+
+
+def test_compose_runs_the_admin_as_production_and_it_passes_the_deploy_check(tmp_path: Path) -> None:
+    env = compose_web_env(COMPOSE_DOT_ENV)
+    assert env["ENVIRONMENT"] == "production", "compose's default"
+    # Only the entries the production settings read; PRODUCTION's own values are replaced.
+    changes = {**{k: "" for k in PRODUCTION if k not in env}, **env}
+    out = manage(tmp_path, "-m", "web.manage", "check", "--deploy", "--fail-level", "WARNING", **changes)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = manage(tmp_path, "-c", COMPOSE_PROBE, **changes)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["environment"] is True, "Secure session and CSRF cookies"
+    assert seen["login"] == 200 and seen["csrf_cookie_secure"] is True
+    assert seen["hsts"] == "max-age=31536000; includeSubDomains"
+    assert seen["plain"] == [301, "https://localhost/admin/login/"], "plain HTTP is only redirected"
+
+
+def test_compose_without_the_https_peers_does_not_start(tmp_path: Path) -> None:
+    dot_env = {**COMPOSE_DOT_ENV, "CRM_URL": "http://crm.example"}
+    changes = {**{k: "" for k in PRODUCTION}, **compose_web_env(dot_env)}
+    out = manage(tmp_path, "-m", "web.manage", "check", **changes)
+    assert out.returncode == 1
+    assert "  CRM_URL: must be an https:// URL in production" in out.stderr

@@ -2,12 +2,14 @@
 
 A username that fails AXES_FAILURE_LIMIT times from one address is refused there, right
 password or not, until the cool-off passes or an operator resets it; other usernames and
-other addresses are not. Each test uses its own usernames and addresses: the session's
-database (and so axes' attempts) is shared by every test.
+other addresses are not. The address is the one the trusted proxy saw: X-Forwarded-For is
+read only from a peer in TRUSTED_PROXIES. Each test uses its own usernames and addresses:
+the session's database (and so axes' attempts) is shared by every test.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -126,8 +128,9 @@ def test_a_successful_login_resets_the_count() -> None:
 
 @override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"))
 def test_behind_the_proxy_the_client_is_the_address_the_proxy_appended() -> None:
-    # Every request comes from the proxy (127.0.0.1); what precedes the proxy's own
-    # X-Forwarded-For entry is the client's to invent and must not dodge the lockout.
+    # Every request comes from the proxy (127.0.0.1, trusted by default: TRUSTED_PROXIES unset);
+    # what precedes the proxy's own X-Forwarded-For entry is the client's to invent and must
+    # not dodge the lockout.
     username, client, other_client = staff_user(), an_address(), an_address()
     for _ in range(LIMIT - 1):
         forged = f"{an_address()}, {client}"
@@ -137,6 +140,64 @@ def test_behind_the_proxy_the_client_is_the_address_the_proxy_appended() -> None
     forged = f"{an_address()}, {client}"
     assert Attempt(username, PASSWORD, "127.0.0.1", HTTP_X_FORWARDED_FOR=forged).locked_out
     assert Attempt(username, PASSWORD, "127.0.0.1", HTTP_X_FORWARDED_FOR=other_client).logged_in
+
+
+@override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"))
+def test_rotating_x_forwarded_for_from_an_untrusted_address_is_locked_out() -> None:
+    # Production settings, gunicorn reached without the proxy: the peer is not a trusted proxy,
+    # so what it writes in X-Forwarded-For is ignored and its own address counts.
+    username, attacker = staff_user(), an_address()
+    assert not any(ipaddress.ip_address(attacker) in n for n in settings.TRUSTED_PROXIES)
+    for _ in range(LIMIT - 1):
+        assert Attempt(username, "wrong", attacker, HTTP_X_FORWARDED_FOR=an_address()).refused_as_wrong
+    assert Attempt(username, "wrong", attacker, HTTP_X_FORWARDED_FOR=an_address()).locked_out
+    assert AccessAttempt.objects.get(username=username).ip_address == attacker
+    assert Attempt(username, PASSWORD, attacker, HTTP_X_FORWARDED_FOR=an_address()).locked_out
+
+
+@override_settings(
+    SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"),
+    TRUSTED_PROXIES=(ipaddress.ip_network("172.30.0.10/32"), ipaddress.ip_network("10.250.0.0/24")),
+)
+def test_through_a_chain_of_trusted_proxies_the_client_is_the_first_untrusted_address() -> None:
+    # Compose's proxy (172.30.0.10) behind a load balancer (10.250.0.x): each appends its peer.
+    username, client = staff_user(), an_address()
+    for _ in range(LIMIT - 1):
+        chain = f"{an_address()}, {client}, 10.250.0.7"
+        assert Attempt(username, "wrong", "172.30.0.10", HTTP_X_FORWARDED_FOR=chain).refused_as_wrong
+    chain = f"{client}, 10.250.0.8"
+    assert Attempt(username, "wrong", "172.30.0.10", HTTP_X_FORWARDED_FOR=chain).locked_out
+    assert AccessAttempt.objects.get(username=username).ip_address == client
+    # The same forged header from a peer that is not one of the proxies counts against that peer.
+    other = staff_user()
+    for _ in range(LIMIT - 1):
+        chain = f"{an_address()}, 10.250.0.7"
+        assert Attempt(other, "wrong", "172.30.0.11", HTTP_X_FORWARDED_FOR=chain).refused_as_wrong
+    assert Attempt(other, "wrong", "172.30.0.11", HTTP_X_FORWARDED_FOR=chain).locked_out
+
+
+@override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"), TRUSTED_PROXIES=())
+def test_with_no_trusted_proxy_x_forwarded_for_is_never_read() -> None:
+    username = staff_user()
+    for _ in range(LIMIT - 1):
+        assert Attempt(username, "wrong", "127.0.0.1", HTTP_X_FORWARDED_FOR=an_address()).refused_as_wrong
+    assert Attempt(username, "wrong", "127.0.0.1", HTTP_X_FORWARDED_FOR=an_address()).locked_out
+    assert AccessAttempt.objects.get(username=username).ip_address == "127.0.0.1"
+
+
+def test_trusted_proxies_is_read_from_the_environment() -> None:
+    from web.settings import _trusted_proxies
+
+    loopback = {str(n) for n in _trusted_proxies(None)}
+    assert loopback == {"127.0.0.1/32", "::1/128"}, "unset: the systemd units' local proxy"
+    assert _trusted_proxies("[]") == ()
+    assert [str(n) for n in _trusted_proxies('["172.30.0.10", "10.0.0.0/24"]')] == [
+        "172.30.0.10/32",
+        "10.0.0.0/24",
+    ]
+    for wrong in ("172.30.0.10", '["not-an-address"]', '{"a": 1}'):
+        with pytest.raises(SystemExit, match="TRUSTED_PROXIES: must be a JSON list"):
+            _trusted_proxies(wrong)
 
 
 def test_without_a_proxy_x_forwarded_for_is_ignored() -> None:
