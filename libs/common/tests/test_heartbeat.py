@@ -48,7 +48,10 @@ def test_the_password_goes_over_the_pipe_not_the_command_line(redis_url: str) ->
     helper, why = heartbeat.start(params, owner="test-owner-argv", key="t-owners-argv", interval=3600)
     assert helper is not None, why
     try:
-        cmdline = Path(f"/proc/{helper.pid}/cmdline").read_bytes()
+        deadline = time.monotonic() + 5
+        while not (cmdline := Path(f"/proc/{helper.pid}/cmdline").read_bytes()):
+            assert time.monotonic() < deadline and helper.exited() is None  # empty just after exec
+            time.sleep(0.05)
         assert b"not-in-ps-7731" not in cmdline and cmdline.endswith(b"heartbeat.py\x00")
     finally:
         heartbeat.stop(helper)
