@@ -59,7 +59,14 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
             # Every command bounded: a hung Redis fails a publish in seconds, not forever.
             "socket_timeout": s.broker_socket_timeout,
             "socket_connect_timeout": s.broker_socket_timeout,
+            # A peer that went away silently is found by the kernel within ~25 s (the transport's
+            # keepalive probes); a half-open connection by the checks below within seconds.
             "socket_keepalive": True,
+            # A half-open connection (a NAT or load balancer that dropped its state): the
+            # pidbox's pub/sub connection is pinged this often and dropped after two missed
+            # pongs, and redis-py pings a connection idle this long before using it. The
+            # task BRPOP has its own deadline (common.transport.broker, `_drop_overdue_brpop`).
+            "health_check_interval": s.broker_socket_timeout,
             "retry_on_timeout": False,
             "max_payload_bytes": s.task_max_payload_bytes,
             "dead_letter_cap": s.dead_letter_cap,
@@ -85,11 +92,12 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
             "interval_step": 0.5,
             "interval_max": 0.5,
         },
-        # A worker keeps retrying a result write through a Redis restart (the result is owed);
-        # a producer's subscription to its task's result gives up at once, so a send
-        # to a hung Redis fails within seconds and the outbox keeps the task.
+        # A worker keeps retrying a result write through a Redis restart or a half-open
+        # connection (the result is owed: each attempt on a dead connection costs a socket
+        # timeout, the reconnect another); a producer's subscription to its task's result gives
+        # up at once, so a send to a hung Redis fails within seconds and the outbox keeps the task.
         "result_backend_transport_options": {
-            "retry_policy": {"timeout": 5.0}
+            "retry_policy": {"timeout": 30.0}
             if worker
             else {"max_retries": 0, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
             **results_sentinel,

@@ -15,8 +15,10 @@ import json
 import os
 import random
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import celery
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,6 +39,15 @@ from common.transport.broker import Channel
 from sync.app import app
 
 MAX_PAYLOAD = 20_000
+
+
+@pytest.fixture(autouse=True)
+def sync_service_app() -> Iterator[None]:
+    """The intake checks against the process's app: here, the sync service's."""
+    previous = celery.current_app._get_current_object()
+    app.set_current()
+    yield
+    previous.set_current()
 
 
 def admission() -> Channel:

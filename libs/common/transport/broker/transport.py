@@ -26,6 +26,8 @@ import importlib
 import json
 import logging
 import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -37,12 +39,14 @@ from typing import Any
 from celery.worker import state as worker_state
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual
 from kombu.transport import redis as kombu_redis
+from kombu.utils import json as kombu_json
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 from redis.commands.core import Script
 
 from common.deadletters.store import (
     CRASHED_CONSUMER,
+    DEFAULT_MAX_ENTRY_BYTES,
     DUPLICATE,
     REQUEUE_LIMIT,
     TOO_LARGE,
@@ -50,6 +54,7 @@ from common.deadletters.store import (
     DeadLetters,
     Rejection,
 )
+from common.transport import protocol
 from common.transport.broker import ownership, scripts
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,29 @@ FETCH_BATCH = 16
 
 # A due time this close is not worth a round trip through the delayed set.
 _DELAY_THRESHOLD_MS = 50
+
+# Every socket the transport opens is bounded, whatever the configuration says: kombu's
+# defaults (no socket_timeout, no keepalive) let a read on a half-open connection (a NAT or
+# load balancer that dropped its state, a partition) wait forever, and Celery bounds only the
+# sockets it knows of (a channel's `client` and `subclient`) when it cleans up after a
+# connection error, not the channel's own client, nor the owner's. Used where the transport
+# options leave these unset; `common.celery_config` sets them from Settings.
+DEFAULT_SOCKET_TIMEOUT = 5.0
+# TCP keepalive: a silent peer is probed after 10 s idle, every 5 s, and the kernel fails the
+# socket after 3 unanswered probes (about 25 s): a read blocked on a dead peer then ends.
+DEFAULT_KEEPALIVE_OPTIONS = {
+    option: value
+    for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), 10),
+        (getattr(socket, "TCP_KEEPINTVL", None), 5),
+        (getattr(socket, "TCP_KEEPCNT", None), 3),
+    )
+    if option is not None
+}
+# How often the event loop looks for a BRPOP whose reply is overdue (`Channel._drop_overdue_brpop`).
+BRPOP_CHECK_INTERVAL = 1.0
+# The most a read may wait while a channel closes (`Channel.close`): it is clean-up only.
+CLOSE_TIMEOUT = 2.0
 
 
 def _due_ms(message: dict[str, Any]) -> int | None:
@@ -206,6 +234,7 @@ class Channel(kombu_redis.Channel):
     dead_letter_cap: int = 10_000
     dead_letter_retention: float = 7 * 24 * 3600
     max_requeues: int = 10  # returns to its queue before a message is dead-lettered
+    dead_letter_max_bytes: int = 64 * 1024 * 1024
     max_payload_bytes: int = 1024 * 1024
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
@@ -215,6 +244,7 @@ class Channel(kombu_redis.Channel):
         "dead_letter_cap",
         "dead_letter_retention",
         "max_requeues",
+        "dead_letter_max_bytes",
         "max_payload_bytes",
     )
 
@@ -239,8 +269,26 @@ class Channel(kombu_redis.Channel):
             client = self._sync_client = super()._create_client(asynchronous=False)
         return client
 
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        """kombu's connection parameters, with every socket bounded where the transport options
+        leave it unbounded: a read times out (`DEFAULT_SOCKET_TIMEOUT`) and a dead peer is
+        found by TCP keepalive. The channel's clients, its BRPOP and pub/sub connections
+        (`_create_client(asynchronous=True)`) and the process's owner (`owner`) all use these.
+        """
+        params = super()._connparams(asynchronous=asynchronous)
+        for key in ("socket_timeout", "socket_connect_timeout"):
+            if key in params and params[key] is None:  # a unix socket has no connect timeout
+                params[key] = DEFAULT_SOCKET_TIMEOUT
+        if "socket_keepalive" in params:  # TCP only: kombu drops it for a unix socket
+            if params["socket_keepalive"] is None:
+                params["socket_keepalive"] = True
+            if params["socket_keepalive"] and not params.get("socket_keepalive_options"):
+                params["socket_keepalive_options"] = dict(DEFAULT_KEEPALIVE_OPTIONS)
+        return params
+
     def close(self) -> None:
-        """Close all the way even when Redis is gone or hung.
+        """Close all the way, and within a bounded time, even when Redis is gone, hung or
+        half-open.
 
         kombu's close stops at the first connection error (reading the poll in flight, or
         deleting the pidbox reply queue) and leaves the channel open after
@@ -248,9 +296,13 @@ class Channel(kombu_redis.Channel):
         `_connparams` on `client.hostname` ("Unrecoverable error", half of Redis restarts).
         A poll in flight is dropped unread, as reading it from a hung Redis costs a socket
         timeout: on a task queue it holds a bell token, never a message; on a reply queue
-        (no acks) the reply was for this closing consumer anyway.
+        (no acks) the reply was for this closing consumer anyway. What close still sends
+        (deleting auto-delete bindings) is clean-up: every socket of the channel gets at most
+        CLOSE_TIMEOUT per read first, so a half-open connection costs seconds, not forever
+        (Celery's own bound reaches only `client` and `subclient`, not the channel's pool).
         """
         self._sync_client = None
+        self._bound_sockets(min(float(self.socket_timeout or DEFAULT_SOCKET_TIMEOUT), CLOSE_TIMEOUT))
         if self._in_poll:
             self._in_poll = None
             self._reliable_poll = False
@@ -259,6 +311,30 @@ class Channel(kombu_redis.Channel):
             except Exception:  # noqa: BLE001 - closing; the socket may be gone already
                 pass
         super().close()
+
+    def _bound_sockets(self, timeout: float) -> None:
+        """Give every open socket of this channel (its clients' and its pools') a read timeout
+        of at most `timeout`. Best effort: never raises, and connects nothing."""
+        connections: list[Any] = []
+        for name in ("client", "subclient"):
+            client = self.__dict__.get(name)  # cached only: the property would connect
+            connections.append(getattr(client, "connection", None))
+        for pool in (self._pool, self._async_pool):
+            for attr in ("_available_connections", "_in_use_connections"):
+                try:
+                    connections.extend(list(getattr(pool, attr, None) or ()))
+                except Exception:  # noqa: BLE001 - another thread changed it: bound what we have
+                    pass
+        for connection in connections:
+            sock = getattr(connection, "_sock", None)
+            if sock is None:
+                continue
+            try:
+                current = sock.gettimeout()
+                if current is None or current > timeout:
+                    sock.settimeout(timeout)
+            except Exception:  # noqa: BLE001 - closed under us
+                pass
 
     def queue_delete(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -368,12 +444,57 @@ class Channel(kombu_redis.Channel):
         self._reliable_poll = True
         self._poll_queues = list(queues)
         self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()
         # Block on the queues' bells, never on the queues: the message stays in Redis until
         # FETCH moves it to the in-flight hash. The timeout also picks up messages from
-        # producers that do not ring (stock kombu): at most one second late.
+        # producers that do not ring (stock kombu): at most one second late. A live Redis
+        # answers within that timeout; a reply overdue past `_brpop_deadline` means the
+        # connection is half-open, and the event loop drops it (`_drop_overdue_brpop`).
         bells = [scripts.BELL_PREFIX + q for q in queues]
+        self._brpop_wait = float(timeout or 0)
+        self._brpop_sent_at = time.monotonic()
         self.client.connection.send_command("BRPOP", *bells, timeout or 0)
+
+    _brpop_wait: float = 0.0
+
+    def _brpop_deadline(self) -> float:
+        """Seconds after which a BRPOP of ours without a reply means a half-open connection:
+        its server-side timeout, plus a socket timeout for the reply to arrive (as any other
+        command gets). Not used for a BRPOP without a timeout: kombu's health check applies."""
+        return self._brpop_wait + float(self.socket_timeout or DEFAULT_SOCKET_TIMEOUT)
+
+    def _drop_overdue_brpop(self) -> bool:
+        """Drop the BRPOP connection if its reply is overdue (`_brpop_deadline`); True if dropped.
+
+        On a half-open connection the socket never becomes readable, so the event loop never
+        reads it and no socket timeout applies: without this, the worker waits on it until
+        kombu's health check (`brpop_timeout + 2 * health_check_interval`, 51 s by default).
+        Only our own polls, whose reply is a bell token and never a message, are dropped;
+        the next tick reconnects and polls again, and the channel's other connections fail
+        within their socket timeout when next used. Called by `Transport`'s event loop timer.
+        """
+        connection = self._in_poll
+        sent = getattr(self, "_brpop_sent_at", None)
+        if not connection or not self._reliable_poll or sent is None or not self._brpop_wait:
+            return False
+        waited = time.monotonic() - sent
+        if waited < self._brpop_deadline():
+            return False
+        sock = getattr(connection, "_sock", None)
+        if sock is None or kombu_redis._socket_readable(sock):
+            return False  # the reply is there (or the socket is gone): the loop reads it
+        logger.warning(
+            "Redis did not answer a BRPOP for %.1f s (it answers within %.0f s): the connection "
+            "is half-open; dropping it to reconnect",
+            waited,
+            self._brpop_wait,
+        )
+        self._reliable_poll = False
+        try:
+            connection.disconnect()  # kombu forgets the poll and unregisters the socket
+        finally:
+            if self._in_poll is connection:
+                self._in_poll = None
+        return True
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._reliable_poll:
@@ -478,6 +599,18 @@ class Channel(kombu_redis.Channel):
             else:
                 self._dead_letter(rejection, raw, queue, tag)
             return False
+        except self.connection_errors:
+            raise  # the intake could not reach Redis: the message stays held, not judged
+        except Exception as exc:  # noqa: BLE001 - whatever a message makes the intake raise
+            # Nothing a message holds may end the consumer: an error here used to escape into
+            # kombu's loop ("Unrecoverable error"), and the redelivered message killed the
+            # restarted worker in turn.
+            logger.exception("Admitting a message from queue %s raised; dead-lettering it", queue)
+            rejection = Rejection(
+                CRASHED_CONSUMER, f"admitting it raised {type(exc).__name__}", *_task_named_in(raw)
+            )
+            self._dead_letter(rejection, raw, queue, tag)
+            return False
         owner.took(tag, _task_of(payload)[1])  # its result store may settle it (Owner.hand_over)
         self._queue_cycle.rotate(queue)
         try:
@@ -514,16 +647,19 @@ class Channel(kombu_redis.Channel):
         # A guard before decoding, against memory blow-ups: the arguments' own limit, which
         # the producer applies too, is checked on the decoded body (common.transport.intake); the whole
         # message is larger (base64, headers, canvas), hence the margin.
-        ceiling = 2 * int(self.max_payload_bytes) + 64 * 1024 if self.max_payload_bytes else 0
+        ceiling = self._ceiling()
         if ceiling and len(raw) > ceiling:
             raise Rejection(
                 TOO_LARGE,
                 f"message of {len(raw):,} bytes, far over TASK_MAX_PAYLOAD_BYTES={self.max_payload_bytes:,}",
-                *_task_of(_try_loads(raw)),
+                *_task_named_in(raw),
             )
-        payload = _try_loads(raw)
-        if payload is None:
-            raise Rejection(UNDECODABLE, "not JSON (or not UTF-8)")
+        try:
+            payload = protocol.loads_bounded(bytes_to_str(raw), object_hook=kombu_json.object_hook)
+        except protocol.MalformedMessage as exc:
+            raise Rejection(UNDECODABLE, str(exc), *_task_named_in(raw)) from None
+        except ValueError:  # not JSON, or not UTF-8
+            raise Rejection(UNDECODABLE, "not JSON (or not UTF-8)") from None
         properties = payload.get("properties") if isinstance(payload, dict) else None
         headers = payload.get("headers", {}) if isinstance(payload, dict) else None
         if not isinstance(properties, dict) or not isinstance(headers, dict) or "body" not in payload:
@@ -538,10 +674,18 @@ class Channel(kombu_redis.Channel):
             self._intake_module.check(payload, queue)
         return payload
 
+    def _ceiling(self) -> int:
+        """Bytes over which a message is refused undecoded (0: no limit)."""
+        return 2 * int(self.max_payload_bytes) + 64 * 1024 if self.max_payload_bytes else 0
+
     def _dead_letter(self, rejection: Rejection, raw: bytes, queue: str, tag: str) -> None:
         owner = self.owner
         entry = DeadLetters(
-            owner.client, cap=int(self.dead_letter_cap), retention=float(self.dead_letter_retention)
+            owner.client,
+            cap=int(self.dead_letter_cap),
+            retention=float(self.dead_letter_retention),
+            max_bytes=int(self.dead_letter_max_bytes),
+            max_entry_bytes=self._ceiling() or DEFAULT_MAX_ENTRY_BYTES,
         ).add(
             queue=queue,
             reason=rejection.reason,
@@ -572,11 +716,18 @@ def _stopping() -> bool:
     return worker_state.should_stop is not None or worker_state.should_terminate is not None
 
 
-def _try_loads(raw: bytes) -> Any:
-    try:
-        return loads(bytes_to_str(raw))
-    except Exception:
-        return None
+_NAMED = re.compile(rb'"(task|id)": ?"([\w.:-]{1,200})"')
+
+
+def _task_named_in(raw: bytes) -> tuple[str | None, str | None]:
+    """The task name and id of a message that cannot be decoded whole (too large, too deep):
+    read from its first and last 16 KiB only, where kombu's JSON puts the headers."""
+    found: dict[bytes, bytes] = {}
+    for part in (raw[:16384], raw[-16384:]):
+        for key, value in _NAMED.findall(part):
+            found.setdefault(key, value)
+    task, task_id = found.get(b"task"), found.get(b"id")
+    return (task.decode() if task else None), (task_id.decode() if task_id else None)
 
 
 def _task_of(payload: Any) -> tuple[str | None, str | None]:
@@ -589,6 +740,28 @@ def _task_of(payload: Any) -> tuple[str | None, str | None]:
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        # A BRPOP reply overdue past its deadline (a half-open connection) is dropped within
+        # about a second of it (`Channel._drop_overdue_brpop`), not after kombu's health check.
+        cycle = self.cycle
+        tref = getattr(cycle, "_jobs_brpop_deadline_tref", None)
+        if tref is not None:
+            tref.cancel()  # a previous connection's, as kombu does for its own timers
+        cycle._jobs_brpop_deadline_tref = loop.call_repeatedly(
+            BRPOP_CHECK_INTERVAL, _drop_overdue_brpops, cycle
+        )
+
+
+def _drop_overdue_brpops(cycle: Any) -> None:
+    for channel in list(cycle._channels):
+        drop = getattr(channel, "_drop_overdue_brpop", None)
+        if drop is not None:
+            try:
+                drop()
+            except Exception:  # noqa: BLE001 - a timer must not end the event loop
+                logger.debug("Dropping an overdue BRPOP failed", exc_info=True)
 
 
 def install() -> None:
