@@ -105,10 +105,10 @@ def test_over_the_byte_cap_the_oldest_go_and_removal_gives_bytes_back(redis_url:
     """Capped by count alone, ten 98 MB dead letters filled a 1 GB Redis (noeviction)."""
     client = redis.Redis.from_url(redis_url)
     store, queue = DeadLetters(client, max_bytes=5_000), a_queue()
-    ids = [
-        store.add(queue=queue, reason=FAILED, detail="big", raw="x" * 1_500, task_id=str(i)).id
-        for i in range(6)
-    ]
+    ids = []
+    for i in range(6):
+        ids.append(store.add(queue=queue, reason=FAILED, detail="big", raw="x" * 1_500, task_id=str(i)).id)
+        time.sleep(0.002)  # distinct millisecond scores: "oldest" is then well defined
     kept = [e.id for e in store.list(queue, limit=None)]
     assert kept == ids[::-1][: len(kept)] and 2 <= len(kept) <= 3, kept  # the newest, under 5,000 bytes
     used = int(client.hget(BYTES, queue))
