@@ -20,7 +20,7 @@ import pytest
 from common.celery_app import current_app
 from common.transport.broker import scripts
 from common.transport.broker.scheduled import delayed_requests
-from devtools.testing.workers import Workers
+from devtools.testing.workers import running
 
 REQUEST_KEYS = {
     "id",
@@ -38,14 +38,8 @@ REQUEST_KEYS = {
 
 @pytest.fixture(scope="module")
 def worker(data_dir: Path) -> Iterator[str]:
-    log_dir = data_dir / "inspect-scheduled"
-    log_dir.mkdir(exist_ok=True)
-    workers = Workers(log_dir)
-    names = workers.start(["sync"])
-    try:
+    with running(data_dir, "inspect-scheduled", ["sync"]) as names:
         yield names["sync"]
-    finally:
-        workers.stop()
 
 
 def scheduled(node: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from celery.exceptions import TimeoutError as ResultTimeout
 from common.celery_app import current_app
 from common.celery_config import celery_config
 from common.settings import get_settings
-from devtools.testing.workers import Workers
+from devtools.testing.workers import running
 
 GETS = int(os.environ.get("RESULT_SUBSCRIPTION_GETS", "2000"))
 CHECK_EVERY = max(1, GETS // 10)
@@ -35,14 +35,8 @@ CHANNELS = "celery-task-meta-*"
 
 @pytest.fixture(scope="module")
 def worker(data_dir: Path) -> Iterator[str]:
-    log_dir = data_dir / "result-subscriptions"
-    log_dir.mkdir(exist_ok=True)
-    workers = Workers(log_dir)
-    names = workers.start(["sync"])
-    try:
+    with running(data_dir, "result-subscriptions", ["sync"]) as names:
         yield names["sync"]
-    finally:
-        workers.stop()
 
 
 def counts(app: Celery, redis_client: Any) -> dict[str, int]:

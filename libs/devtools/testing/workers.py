@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from common.celery_app import current_app
@@ -58,3 +59,16 @@ class Workers:
         for proc in self.procs.values():
             proc.stop()
         self.procs.clear()
+
+
+@contextmanager
+def running(data_dir: Path, name: str, services: Iterable[str]) -> Iterator[dict[str, str]]:
+    """Workers of `services` with their logs under `data_dir/name`, stopped on leaving; yields
+    each service's worker hostname."""
+    log_dir = data_dir / name
+    log_dir.mkdir(exist_ok=True)
+    workers = Workers(log_dir)
+    try:
+        yield workers.start(services)
+    finally:
+        workers.stop()
