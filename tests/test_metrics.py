@@ -64,7 +64,9 @@ def test_worker_serves_task_counts_runtimes_and_queue_depth(pool: str, data_dir:
         samples = wait_until(
             port,
             lambda s: total(s, "celery_task_runtime_seconds_count") >= 6
-            and total(s, "celery_dead_lettered_total") >= 1,
+            and total(s, "celery_dead_lettered_total") >= 1
+            # What waits in Redis is read at most once a second: it may lag a scrape by that.
+            and total(s, "celery_dead_letters", queue="sync") >= 1,
         )
         print("\n".join(f"{n}{dict(labels)} {v}" for (n, labels), v in sorted(samples.items()) if v))
         echo = {"service": "sync", "task": "sync.echo"}
@@ -167,3 +169,15 @@ def test_metrics_port_zero_or_empty_is_off() -> None:
     assert load_settings(metrics_port="").metrics_port is None
     assert load_settings(metrics_port="9101").metrics_port == 9101
     assert QUEUE_PREFIX == "jobs.dead:"
+
+
+def test_a_flood_of_scrapes_reads_redis_once_a_second(redis_client) -> None:  # type: ignore[no-untyped-def]
+    """/metrics has no login: each request made a round trip to the broker's Redis."""
+    collector = RedisCollector(["sync"], lambda: redis_client, min_interval=60)
+    for _ in range(500):
+        families = {f.name: f for f in collector.collect()}
+        assert families["celery_broker_up"].samples[0].value == 1
+    assert collector.reads == 1
+    collector.min_interval = 0
+    list(collector.collect())
+    assert collector.reads == 2

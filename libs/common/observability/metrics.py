@@ -13,7 +13,8 @@ files (a prefork child's counts survive its replacement). The directory is the m
 process's own, wiped when it starts and removed when it exits; directories whose main
 process is gone are removed by the next worker that starts there.
 
-What waits in Redis is read on each scrape (`common.observability.queues`, one round trip):
+What waits in Redis is read on a scrape (`common.observability.queues`, one round trip, at
+most once a second however often /metrics is asked):
 nothing to keep in step, never stale. Each worker reports its own queue; the monitor
 service (Flower's /metrics) reports every queue, so a queue nobody consumes is still seen.
 
@@ -45,8 +46,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -56,7 +59,7 @@ from celery import Celery, signals
 
 from common.deadletters.store import dead_lettered
 from common.observability.outcomes import is_outcome
-from common.observability.queues import read_broker
+from common.observability.queues import BrokerSnapshot, read_broker
 from common.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -187,20 +190,37 @@ def _safely(update: Callable[[], None]) -> None:
 
 
 class RedisCollector:
-    """Reads, on each scrape, what waits in Redis for `queues` (one pipelined round trip)."""
+    """Reads what waits in Redis for `queues` (one pipelined round trip), at most once per
+    `min_interval` seconds whatever the scrape rate: /metrics has no login, and a flood of
+    requests made as many round trips to the broker's Redis."""
 
-    def __init__(self, queues: Sequence[str], client: Callable[[], Any]) -> None:
+    def __init__(self, queues: Sequence[str], client: Callable[[], Any], min_interval: float = 1.0) -> None:
         self.queues = list(queues)
         self.client = client
+        self.min_interval = min_interval
+        self.reads = 0
+        self._lock = threading.Lock()
+        self._read_at = -math.inf
+        self._last: BrokerSnapshot | Exception | None = None
+
+    def _read(self) -> BrokerSnapshot | Exception:
+        with self._lock:
+            now = time.monotonic()
+            if self._last is None or now - self._read_at >= self.min_interval:
+                self._read_at, self.reads = now, self.reads + 1
+                try:
+                    self._last = read_broker(self.client(), self.queues)
+                except Exception as exc:  # noqa: BLE001 - Redis down: reported as celery_broker_up 0
+                    logger.warning("metrics: could not read queue lengths from Redis", exc_info=True)
+                    self._last = exc
+            return self._last
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
         up = GaugeMetricFamily("celery_broker_up", "1 if this scrape could read the broker's Redis.")
-        try:
-            broker = read_broker(self.client(), self.queues)
-        except Exception:  # noqa: BLE001 - Redis down: say so, and keep serving the task counts
-            logger.warning("metrics: could not read queue lengths from Redis", exc_info=True)
+        broker = self._read()
+        if isinstance(broker, Exception):  # keep serving the task counts
             up.add_metric([], 0)
             yield up
             return
