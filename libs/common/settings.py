@@ -57,16 +57,37 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    environment: Literal["development", "test", "staging", "production"] = "development"
+    environment: Literal["development", "test", "staging", "production"] = Field(
+        "development",
+        description="production refuses to start unless the configuration is secure "
+        "(docs/configuration.md, What production requires).",
+    )
     # The release Sentry reports and a worker's `inspect stats` shows: JOBS_RELEASE, the
     # `<service>@<version>` that ./scripts/release freezes into each pex (`release_for`).
-    jobs_release: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]*@\S+$")
+    jobs_release: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_-]*@\S+$",
+        description="<service>@<version>: Sentry's release and `release` in `inspect stats`; "
+        "stamped into the pex by ./scripts/release (<service>@dev when built outside it).",
+    )
     release: str | None = Field(None, description="A version alone: <service>@<RELEASE> if no JOBS_RELEASE.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of workers, beat and the web side."
+    )
 
     # Broker and result backend: one Redis for every service.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    result_backend_url: str | None = None
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Broker, result backend and locks. In production with a password and, off-host, "
+        "TLS: rediss://:PASSWORD@host:6380/0?ssl_ca_certs=/etc/jobs/redis-ca.pem (plus "
+        "ssl_certfile/ssl_keyfile for client certificates); the certificate is always verified "
+        "and must name the host. sentinel://... for Redis Sentinel.",
+    )
+    result_backend_url: str | None = Field(
+        None,
+        description="A Redis for results other than the broker's; unset: REDIS_URL. Gives up storing "
+        "a SUCCESS and its ack in one step.",
+    )
     # Redis Sentinel (common.transport.sentinel): REDIS_URL=sentinel://:PW@s1:26379;sentinel://s2:26379/0
     # names the sentinels (the password there is the data nodes'); these name the primary they
     # monitor and the sentinels' own password.
@@ -102,28 +123,49 @@ class Settings(BaseSettings):
     )
 
     # Django
-    database_url: str | None = None
+    database_url: str | None = Field(
+        None, description="sqlite:// or postgres://; unset: SQLite in DATA_DIR. postgres:// in production."
+    )
     # Seconds a worker thread keeps its database connection between tasks (0: reconnect for
     # every task, which cost a sync task a fifth of its CPU). A worker holds up to its
     # concurrency in connections; common.db_connections drops broken or expired ones.
-    db_conn_max_age: NonNegativeInt = 60
+    db_conn_max_age: NonNegativeInt = Field(
+        60,
+        description="Seconds a worker thread reuses its database connection; a worker holds up to "
+        "its concurrency in connections.",
+    )
     # Relative to where the process runs (a pex's files live elsewhere): ./var.
-    data_dir: Path = Field(default_factory=lambda: Path.cwd() / "var")
-    django_secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
-    django_debug: bool = False
+    data_dir: Path = Field(
+        default_factory=lambda: Path.cwd() / "var",
+        description="SQLite file, report files, stack logs, prefork metrics files.",
+    )
+    django_secret_key: SecretStr = Field(
+        SecretStr(DEV_SECRET_KEY),
+        description="Django's secret key; production needs at least 50 random characters.",
+    )
+    django_debug: bool = Field(False, description="Django's DEBUG; refused in production.")
     # JSON lists (`["jobs.example.com"]`); NoDecode: a malformed one is reported by
     # `_json_list` like any other wrong value, not by pydantic-settings' traceback.
-    allowed_hosts: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "[::1]"]
-    csrf_trusted_origins: Annotated[list[str], NoDecode] = []
-    time_zone: str = "UTC"
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        ["localhost", "127.0.0.1", "[::1]"],
+        description='The admin hosts, a JSON list such as ["jobs.example.com"]; no "*" in production.',
+    )
+    csrf_trusted_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="Django's CSRF_TRUSTED_ORIGINS, a JSON list of origins (https://jobs.example.com)."
+    )
+    time_zone: str = Field("UTC", description="Django's TIME_ZONE.")
 
     # HTTPS for the admin (web.settings). Unset: on in production, off elsewhere (runserver and
     # the tests speak plain HTTP). See README "Configuration" for the TLS proxy in front.
-    secure_ssl_redirect: bool | None = None
+    secure_ssl_redirect: bool | None = Field(
+        None, description="Redirect the admin to HTTPS (/healthz exempt); unset: on in production only."
+    )
     secure_hsts_seconds: NonNegativeInt | None = Field(
         None, description="Strict-Transport-Security max-age; unset: a year in production, 0 elsewhere."
     )
-    secure_hsts_include_subdomains: bool = True
+    secure_hsts_include_subdomains: bool = Field(
+        True, description="includeSubDomains in Strict-Transport-Security."
+    )
     secure_hsts_preload: bool = Field(
         False, description="Consent to the browsers' preload list: a domain-wide decision, so opt-in."
     )
@@ -140,53 +182,86 @@ class Settings(BaseSettings):
     )
 
     # Celery: the chapter's values are the defaults.
-    task_soft_time_limit: PositiveInt = 300
-    task_time_limit: PositiveInt = 600
-    result_expires: PositiveInt = 3600
-    worker_prefetch_multiplier: PositiveInt = 1
+    task_soft_time_limit: PositiveInt = Field(
+        300, description="Seconds before SoftTimeLimitExceeded is raised in a task (prefork pool)."
+    )
+    task_time_limit: PositiveInt = Field(
+        600, description="Seconds before a task's process is killed (prefork pool); above the soft limit."
+    )
+    result_expires: PositiveInt = Field(3600, description="Seconds a task's result is kept in Redis.")
+    worker_prefetch_multiplier: PositiveInt = Field(
+        1, description="Messages a worker process reserves per unit of concurrency."
+    )
     report_progress_interval: PositiveFloat = Field(
         0.5, description="Seconds between PROGRESS updates: a poller sees movement, a big report pays ~0."
     )
     # Largest JSON-encoded args+kwargs `common.calls` sends (a task takes ids, not data).
-    task_max_payload_bytes: PositiveInt = 1_048_576
+    task_max_payload_bytes: PositiveInt = Field(
+        1_048_576,
+        description="Largest args+kwargs, as JSON, a producer may send (1 MiB): pass ids. Workers "
+        "dead-letter larger messages.",
+    )
     task_max_requeues: NonNegativeInt = Field(
         10,
         description="Times a message may go back on its queue (Reject(requeue=True), a recovery "
         "from a stopped worker, an unstarted prefetch given back) before it is dead-lettered "
         "with reason requeue-limit: a requeue loop ends by construction.",
     )
-    worker_pool: Pool | None = None
-    worker_concurrency: PositiveInt | None = None
+    worker_pool: Pool | None = Field(
+        None, description="Overrides the pool the service declares (services/<name>/service.py)."
+    )
+    worker_concurrency: PositiveInt | None = Field(
+        None, description="Overrides the concurrency the service declares (services/<name>/service.py)."
+    )
     # Remote control commands workers obey beyond the read-only default (common.worker), comma
     # separated, e.g. "shutdown,pool_restart"; "*" obeys all (Celery's default).
-    worker_remote_control_allow: str = ""
+    worker_remote_control_allow: str = Field(
+        "",
+        description="Remote control commands workers obey beyond the read-only default, comma "
+        "separated (shutdown,pool_restart); * obeys all (Celery's default).",
+    )
 
     # Mail (Django's SMTP backend)
-    email_host: str = "127.0.0.1"
-    email_port: PositiveInt = 1025
-    email_host_user: str = ""
-    email_host_password: SecretStr = SecretStr("")
-    email_use_tls: bool = False
-    email_use_ssl: bool = False
-    email_timeout: PositiveFloat = 30
-    default_from_email: str = "noreply@example.com"
-    admin_email: str = "admin@example.com"
+    email_host: str = Field("127.0.0.1", description="SMTP server.")
+    email_port: PositiveInt = Field(
+        1025, description="SMTP port (587 with EMAIL_USE_TLS, 465 with EMAIL_USE_SSL)."
+    )
+    email_host_user: str = Field("", description="SMTP user name; empty: no login.")
+    email_host_password: SecretStr = Field(SecretStr(""), description="SMTP password.")
+    email_use_tls: bool = Field(
+        False,
+        description="STARTTLS (port 587); production needs it or EMAIL_USE_SSL unless the relay is local.",
+    )
+    email_use_ssl: bool = Field(False, description="Implicit TLS (port 465); not with EMAIL_USE_TLS.")
+    email_timeout: PositiveFloat = Field(30, description="Seconds an SMTP operation may take.")
+    default_from_email: str = Field("noreply@example.com", description="Sender of the mails.")
+    admin_email: str = Field("admin@example.com", description="Recipient of the admin notifications.")
 
     # External peers
-    crm_url: AnyUrl = AnyUrl("http://127.0.0.1:8701")
-    crm_api_token: SecretStr = SecretStr("")
-    crm_timeout: PositiveFloat = 30
-    payment_gateway_url: AnyUrl = AnyUrl("http://127.0.0.1:8702")
-    payment_gateway_api_key: SecretStr = SecretStr("")
-    payment_gateway_timeout: PositiveFloat = 30
+    crm_url: AnyUrl = Field(
+        AnyUrl("http://127.0.0.1:8701"), description="The CRM's API; https:// in production."
+    )
+    crm_api_token: SecretStr = Field(SecretStr(""), description="Token for the CRM's API.")
+    crm_timeout: PositiveFloat = Field(30, description="Seconds a CRM request may take.")
+    payment_gateway_url: AnyUrl = Field(
+        AnyUrl("http://127.0.0.1:8702"), description="The payment gateway's API; https:// in production."
+    )
+    payment_gateway_api_key: SecretStr = Field(
+        SecretStr(""), description="Key for the payment gateway's API."
+    )
+    payment_gateway_timeout: PositiveFloat = Field(30, description="Seconds a gateway request may take.")
 
     # Operations
-    sentry_dsn: SecretStr | None = None
-    sentry_traces_sample_rate: float = Field(0.1, ge=0, le=1)
-    flower_user: str = "admin"
-    flower_password: SecretStr | None = None
-    flower_address: str = "127.0.0.1"
-    flower_port: PositiveInt = 5555
+    sentry_dsn: SecretStr | None = Field(None, description="Sentry project DSN; unset: no Sentry.")
+    sentry_traces_sample_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of transactions Sentry traces (0 to 1)."
+    )
+    flower_user: str = Field("admin", description="Flower's basic-auth user.")
+    flower_password: SecretStr | None = Field(
+        None, description="Flower's basic-auth password; Flower refuses to start without it."
+    )
+    flower_address: str = Field("127.0.0.1", description="Interface Flower listens on.")
+    flower_port: PositiveInt = Field(5555, description="Port Flower listens on.")
 
     @field_validator("redis_url", "result_backend_url")
     @classmethod
