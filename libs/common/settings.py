@@ -428,7 +428,7 @@ class Settings(BaseSettings):
     # Observability (common.observability.metrics, .logging_config).
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         None,
-        description="Port a worker serves Prometheus /metrics on (every interface); unset, empty "
+        description="Port a worker serves Prometheus /metrics on (at METRICS_ADDRESS); unset, empty "
         "or 0: no endpoint. One port per worker process on a host.",
     )
     metrics_address: str = Field(
