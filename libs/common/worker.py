@@ -83,19 +83,20 @@ class ExitStatus:
 logger = logging.getLogger(__name__)
 
 # Remote control commands a worker obeys by default: whoever can write to Redis can send
-# any of them (the broker is the trust boundary), so only reading, event switching (Flower)
-# and revoking a task not yet running. `hello` is mingle's start-up sync (it merges revoked
-# ids, as `revoke` does). Everything else - shutdown, pool_restart/grow/shrink, autoscale,
-# add/cancel_consumer, rate_limit, time_limit, terminate, revoke with terminate=True,
-# election, objgraph, and any command added later - is refused unless
-# WORKER_REMOTE_CONTROL_ALLOW names it.
+# any of them (the broker is the trust boundary), so only reading and event switching
+# (Flower). `revoke` (it cancels any task by id), `hello` (mingle's start-up sync: it merges
+# the sender's revoked ids, a forged revoke by another name) and everything else - shutdown,
+# pool_restart/grow/shrink, autoscale, add/cancel_consumer, rate_limit, time_limit,
+# terminate, election, objgraph, and any command added later - is refused unless
+# WORKER_REMOTE_CONTROL_ALLOW names it (`revoke` for Flower's revoke button; mingle then
+# logs each peer's refusal and syncs nothing).
 DEFAULT_REMOTE_CONTROL = frozenset(
     {
         # inspect: read only
         "ping", "stats", "active_queues", "registered", "scheduled", "active", "reserved",
-        "revoked", "query_task", "conf", "clock", "report", "memsample", "memdump", "hello",
-        # control: events for Flower, and revoke (without terminate)
-        "enable_events", "disable_events", "heartbeat", "revoke", "revoke_by_stamped_headers",
+        "revoked", "query_task", "conf", "clock", "report", "memsample", "memdump",
+        # control: events for Flower
+        "enable_events", "disable_events", "heartbeat",
     }
 )  # fmt: skip
 # `revoke(..., terminate=True)` kills the running task's process: allowed only with `terminate`.
@@ -173,9 +174,7 @@ def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] 
     """Run the worker in this process; exit non-zero (SystemExit) if it stopped on an error."""
     extra = sys.argv[1:] if argv is None else argv
     scheduled.register()  # `inspect scheduled` from the delayed set (Celery's lists its timer)
-    restrict_remote_control(
-        allowed_remote_control(get_settings().worker_remote_control_allow)
-    )
+    restrict_remote_control(allowed_remote_control(get_settings().worker_remote_control_allow))
     hide_task_results()  # "Task ... succeeded": never the return value (a name, an email)
     _observe(app, get_settings().worker_pool or pool)
     status = ExitStatus()
