@@ -73,7 +73,7 @@ def test_worker_log_has_no_task_return_values(pool: str, data_dir: Path) -> None
 def test_filter_keeps_none_and_hides_everything_else() -> None:
     import logging
 
-    from common.observability.masking import HideTaskResultsFilter
+    from common.masking import HideTaskResultsFilter
 
     def line(value: str) -> str:
         record = logging.LogRecord(

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.celery_app import current_app
-from common.observability.masking import mask_text, redact_url
+from common.masking import mask_text, redact_url
 from common.settings import get_settings
 from contracts.declare import InvalidTaskArgumentsError, TaskContract, bind_sender, lookup
 

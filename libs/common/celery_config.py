@@ -7,11 +7,11 @@ from typing import Any
 from kombu import Queue
 
 from common.routing import SERVICES
+from common.sentinel_urls import is_sentinel_url, parse_sentinel_url, sentinel_kwargs
 from common.settings import Settings
 from common.transport import broker
 from common.transport.results import BACKEND as RESULTS_BACKEND
 from common.transport.results import SENTINEL_BACKEND
-from common.transport.sentinel import is_sentinel_url, parse_sentinel_url, sentinel_kwargs
 from common.transport.tls import split_tls
 
 

@@ -30,8 +30,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
-from common.observability.masking import redact_url, split_credentials
-from common.transport.sentinel import SentinelURLError, is_sentinel_url, parse_sentinel_url
+from common.masking import redact_url, split_credentials
+from common.sentinel_urls import SentinelURLError, is_sentinel_url, parse_sentinel_url
 
 DEV_SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 # Django's own bar (`check --deploy`, security.W009): 50 characters, 5 distinct, not its template's.

@@ -12,7 +12,7 @@ from celery.platforms import EX_FAILURE
 from celery.worker import WorkController
 from celery.worker.control import Panel
 
-from common.observability.masking import hide_task_results
+from common.masking import hide_task_results
 from common.settings import get_settings
 from common.transport.broker import scheduled
 

@@ -28,7 +28,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from common.deadletters import REASONS, DeadLetter, DeadLetters
 from common.deadletters.replay import no_such_entry, opened_store, readable, replay
-from common.observability.masking import mask_text, redact_url
+from common.masking import mask_text, redact_url
 from contracts.declare import all_contracts
 from web.models import PURGE_DEADLETTER, REPLAY_DEADLETTER, VIEW_DEADLETTER
 

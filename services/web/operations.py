@@ -27,7 +27,7 @@ from django.shortcuts import render
 from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_GET
 
-from common.observability.masking import redact_url
+from common.masking import redact_url
 from common.observability.queues import BrokerSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES

@@ -3,7 +3,7 @@
 Issue 21: `sync.create_account` with a 160 KB string in `problems` failed; masking the report
 (an e-mail pattern that backtracked quadratically) held the GIL for about 22 s, the worker's
 heartbeat stopped, another worker judged it dead and requeued its message, and the task ran
-again and again. Masking is now bounded (common.observability.masking): the failure is logged
+again and again. Masking is now bounded (common.masking): the failure is logged
 at once, capped, the lease stays fresh, and the task runs once.
 
 Two sync workers with a short heartbeat timeout, as in the report: either could take the
@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from common.celery_app import current_app
-from common.observability.masking import LINE_CHARS
+from common.masking import LINE_CHARS
 from common.transport.broker import scripts
 from contracts import sync
 from devtools.testing.faults import NamedWorker

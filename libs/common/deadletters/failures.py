@@ -21,7 +21,7 @@ from celery.signals import task_failure
 from redis.exceptions import RedisError
 
 from common.deadletters.store import FAILED, DeadLetters
-from common.observability.masking import mask_text
+from common.masking import mask_text
 from common.observability.outcomes import is_outcome
 from common.transport.tls import redis_from_url
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.deadletters.store import FAILED, DeadLetter, DeadLetters
-from common.observability.masking import mask, mask_text
+from common.masking import mask, mask_text
 from common.transport import protocol
 from common.transport.tls import redis_from_url
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError, lookup

@@ -1,3 +1,3 @@
-"""Seeing the platform run without seeing personal data: Sentry, error reporting, logging, and
-the masking (`masking`: personal data and credentials, bounded) every log line and error event
-passes through."""
+"""Seeing the platform run without seeing personal data: Sentry, error reporting, logging and
+metrics, each passing what it shows through `common.masking` (personal data and credentials,
+bounded) first."""

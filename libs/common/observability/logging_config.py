@@ -11,7 +11,7 @@ object per line (python-json-logger), for a log shipper:
 The task fields are on every line logged while a task runs (the task's own loggers, Celery's
 trace lines, the failure report), and `task_name`/`task_id` on Celery's "received" line.
 Extras a caller passes (`extra={...}`) become fields. Masking is the text format's
-(common.observability.masking): personal data and secrets by pattern in every string (message
+(common.masking): personal data and secrets by pattern in every string (message
 and traceback included, each cut to a bound), values of personal keys (`PII_KEYS`) in
 structured extras; done on the fields before they
 are encoded, so a mask never breaks the JSON. Celery's `data` extra (its message context,
@@ -30,7 +30,7 @@ from typing import Any
 from pythonjsonlogger.core import RESERVED_ATTRS, merge_record_extra
 from pythonjsonlogger.json import JsonFormatter
 
-from common.observability.masking import LINE_CHARS, MaskingFormatter, mask, mask_text
+from common.masking import LINE_CHARS, MaskingFormatter, mask, mask_text
 
 # Record attributes never printed as fields: the LogRecord's own, and Celery's context dict.
 LEFT_OUT = frozenset({*RESERVED_ATTRS, "data", "color_message"})
@@ -49,8 +49,8 @@ def logging_dict(level: str, fmt: str | None = None) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {
-            "mask_pii": {"()": "common.observability.masking.MaskPIIFilter"},
-            "hide_task_results": {"()": "common.observability.masking.HideTaskResultsFilter"},
+            "mask_pii": {"()": "common.masking.MaskPIIFilter"},
+            "hide_task_results": {"()": "common.masking.HideTaskResultsFilter"},
         },
         "formatters": {
             "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"},

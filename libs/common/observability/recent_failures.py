@@ -20,7 +20,7 @@ from typing import Any
 from celery.signals import task_failure
 from redis.exceptions import RedisError
 
-from common.observability.masking import mask_text
+from common.masking import mask_text
 from common.observability.outcomes import is_outcome
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Error reporting for every process: one structured log per task failure, and Sentry.
 
-Both paths mask personal data and secrets first (common.observability.masking: by key name and
+Both paths mask personal data and secrets first (common.masking: by key name and
 by pattern, on a capped prefix of each value, in bounded time), so neither logs nor Sentry
 events carry PII, whatever size of argument or exception text a task failed with.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from celery.signals import after_setup_logger, after_setup_task_logger, task_failure
 
-from common.observability.masking import mask, mask_handlers, mask_text
+from common.masking import mask, mask_handlers, mask_text
 from common.observability.outcomes import is_outcome
 
 logger = logging.getLogger("common.task_failure")

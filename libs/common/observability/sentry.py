@@ -16,7 +16,7 @@ from typing import Any
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from common.observability.masking import PII_KEYS, mask
+from common.masking import PII_KEYS, mask
 from common.settings import get_settings
 
 _initialised = False
@@ -28,7 +28,7 @@ SENTRY_EVENT_CHARS = 256 * 1024
 
 def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """`before_send`: drop Celery's control-flow exceptions; mask personal data and secrets
-    (by key and by pattern, bounded: `common.observability.masking`)."""
+    (by key and by pattern, bounded: `common.masking`)."""
     exc_info = (hint or {}).get("exc_info")
     if exc_info and isinstance(exc_info[1], CONTROL_FLOW):
         return None

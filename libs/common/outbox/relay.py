@@ -21,7 +21,7 @@ from django.db import DatabaseError, close_old_connections, connection, transact
 from django.db.models import F, QuerySet
 
 from common import calls
-from common.observability.masking import mask_text
+from common.masking import mask_text
 from common.outbox.models import OutboxMessage
 from common.outbox.store import decode_options
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from common.observability.masking import (
+from common.masking import (
     ITEMS,
     LINE_CHARS,
     MASK,
@@ -69,7 +69,7 @@ CHILD = (
     SHAPES
     + """
 import json
-from common.observability.masking import mask_text
+from common.masking import mask_text
 out = {}
 for name, text in ADVERSARIAL.items():
     capped = mask_text(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.observability.masking import redact_url, split_credentials
+from common.masking import redact_url, split_credentials
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from common.celery_config import celery_config
+from common.sentinel_urls import SentinelURL, SentinelURLError, parse_sentinel_url
 from common.settings import SettingsError, load_settings
-from common.transport.sentinel import SentinelURL, SentinelURLError, parse_sentinel_url
 
 URL = "sentinel://:data%23pw@10.0.0.1:26379;sentinel://10.0.0.2:26380;sentinel://10.0.0.3/2"
 
@@ -127,7 +127,7 @@ def test_production_needs_the_data_password_and_refuses_remote_sentinels_without
 
 
 def test_the_broker_url_shown_in_errors_hides_the_password() -> None:
-    from common.observability.masking import redact_url
+    from common.masking import redact_url
 
     shown = redact_url(parse_sentinel_url(URL).kombu_url())
     assert "data" not in shown and shown.startswith("sentinel://:***@")

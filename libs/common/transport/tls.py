@@ -17,6 +17,9 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from common.sentinel_urls import is_sentinel_url
+from common.transport.sentinel import master_client
+
 # The TLS options a `rediss://` URL may carry; each is passed on to every client.
 PATH_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
 TLS_OPTIONS = (*PATH_OPTIONS, "ssl_cert_reqs", "ssl_check_hostname")
@@ -80,8 +83,6 @@ def redis_from_url(url: str, **kwargs: Any) -> Any:
     (`common.transport.sentinel`; REDIS_SENTINEL_MASTER names the primary).
     """
     import redis
-
-    from common.transport.sentinel import is_sentinel_url, master_client
 
     if is_sentinel_url(url):
         return master_client(url, **kwargs)

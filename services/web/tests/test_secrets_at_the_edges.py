@@ -2,7 +2,7 @@
 form, nor as userinfo, nor in a Sentinel URL (issue 21, item 10).
 
 The admin's dead-letter page and the `deadletters` command name the Redis they could not reach,
-through `common.observability.masking.redact_url`.
+through `common.masking.redact_url`.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from typing import Any
 
 from celery.worker.control import Panel, _iter_schedule_requests
 
-from common.observability.masking import mask
+from common.masking import mask
 from common.transport.broker import scripts
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from common.deadletters import REASONS, DeadLetter, DeadLetters
 from common.deadletters.replay import Outcome, no_such_entry, opened_store, readable, replay, replay_many
-from common.observability.masking import mask_text, redact_url
+from common.masking import mask_text, redact_url
 
 
 def when(entry: DeadLetter) -> str:
