@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     time_zone: str = Field("UTC", description="Django's TIME_ZONE.")
 
     # HTTPS for the admin (web.settings). Unset: on in production, off elsewhere (runserver and
-    # the tests speak plain HTTP). See README "Configuration" for the TLS proxy in front.
+    # the tests speak plain HTTP). See docs/configuration.md for the TLS proxy in front.
     secure_ssl_redirect: bool | None = Field(
         None, description="Redirect the admin to HTTPS (/healthz exempt); unset: on in production only."
     )

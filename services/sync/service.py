@@ -9,6 +9,6 @@ SERVICE = WorkerService(
     why=(
         "Each sync waits on the CRM's HTTP round trip: 32 threads keep many in flight (64 were "
         "CPU-bound, no faster). Each thread holds a database connection: 32 per worker process "
-        "count against PostgreSQL's max_connections (README, the database budget)."
+        "count against PostgreSQL's max_connections (docs/operations.md, Database connections)."
     ),
 )

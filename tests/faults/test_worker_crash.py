@@ -24,7 +24,7 @@ from devtools.testing.faults import NamedWorker
 from devtools.testing.prometheus import total, worker_metrics
 from devtools.testing.waiting import wait_until
 
-RECOVERY_BOUND = 15.0  # the README's promise at the default BROKER_HEARTBEAT_TIMEOUT (10 s)
+RECOVERY_BOUND = 15.0  # docs/guarantees.md's promise at the default BROKER_HEARTBEAT_TIMEOUT (10 s)
 
 
 @pytest.fixture
