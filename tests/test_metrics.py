@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from common.deadletters.store import QUEUE_PREFIX, DeadLetters
 from common.observability.metrics import RedisCollector
 from common.observability.queues import queue_keys
 from common.transport.broker.scripts import BELL_PREFIX, CONSUMERS, DELAYED, OWNERS
+from common.transport.dead_letter_store import QUEUE_PREFIX, DeadLetters
 from contracts import sync
 from devtools.ports import free_port
 from devtools.testing.prometheus import Samples, scrape_until, total, worker_metrics

@@ -23,8 +23,8 @@ import pytest
 import redis
 
 from common.celery_app import current_app
-from common.deadletters.store import MALFORMED, REQUEUE_LIMIT, DeadLetters
 from common.transport.broker import scripts
+from common.transport.dead_letter_store import MALFORMED, REQUEUE_LIMIT, DeadLetters
 from devtools.processes import ServiceProcess
 
 HEARTBEAT_TIMEOUT = 2.0

@@ -1,6 +1,6 @@
 """Dead letters: messages a worker could not run, kept per queue with the reason why."""
 
-from common.deadletters.store import (
+from common.transport.dead_letter_store import (
     REASONS,
     DeadLetter,
     DeadLetteredError,

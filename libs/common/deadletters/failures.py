@@ -20,9 +20,10 @@ from typing import Any
 from celery.signals import task_failure
 from redis.exceptions import RedisError
 
-from common.deadletters.store import FAILED, DeadLetters
 from common.masking import mask_text
 from common.observability.outcomes import is_outcome
+from common.settings import get_settings
+from common.transport.dead_letter_store import FAILED, DeadLetters
 from common.transport.tls import redis_from_url
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ _store: DeadLetters | None = None
 def _dead_letters() -> DeadLetters:
     global _store
     if _store is None:
-        from common.settings import get_settings
-
         s = get_settings()
         client = redis_from_url(s.redis_url, socket_timeout=s.broker_socket_timeout)
         _store = DeadLetters(

@@ -34,9 +34,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.deadletters.store import FAILED, DeadLetter, DeadLetters
 from common.masking import mask, mask_text
+from common.settings import get_settings
 from common.transport import protocol
+from common.transport.dead_letter_store import FAILED, DeadLetter, DeadLetters
 from common.transport.tls import redis_from_url
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError, lookup
 
@@ -84,8 +85,6 @@ class Outcome:
 @contextmanager
 def opened_store() -> Iterator[DeadLetters]:
     """The dead-letter store on the broker's Redis (REDIS_URL), with the configured cap and retention."""
-    from common.settings import get_settings
-
     s = get_settings()
     client = redis_from_url(
         s.redis_url, socket_timeout=s.broker_socket_timeout, socket_connect_timeout=s.broker_socket_timeout
@@ -134,8 +133,6 @@ def check(message: Message, raw_size: int, *, reason: str = "") -> tuple[dict[st
     Raises `Refused` for an unknown task (or canvas step), arguments that do not fit the
     contract, or a message larger than workers accept.
     """
-    from common.settings import get_settings
-
     try:
         contract = lookup(message.task)
         contract.check(tuple(message.args), message.kwargs, tolerant=True)

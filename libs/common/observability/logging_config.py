@@ -31,6 +31,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS, merge_record_extra
 from pythonjsonlogger.json import JsonFormatter
 
 from common.masking import LINE_CHARS, MaskingFormatter, mask, mask_text
+from common.settings import get_settings
 
 # Record attributes never printed as fields: the LogRecord's own, and Celery's context dict.
 LEFT_OUT = frozenset({*RESERVED_ATTRS, "data", "color_message"})
@@ -40,8 +41,6 @@ _service: str | None = None
 def logging_dict(level: str, fmt: str | None = None) -> dict[str, Any]:
     """dictConfig for a process; `fmt` "text" or "json", by default LOG_FORMAT."""
     if fmt is None:
-        from common.settings import get_settings
-
         fmt = get_settings().log_format
     if fmt == "json":
         _follow_celery_logging()  # beat and flower set up Celery's handlers too: JSON as well

@@ -57,10 +57,12 @@ from typing import Any
 
 from celery import Celery, signals
 
-from common.deadletters.store import dead_lettered
 from common.observability.outcomes import is_outcome
 from common.observability.queues import BrokerSnapshot, read_broker
 from common.settings import Settings, get_settings
+from common.transport.broker.ownership import current_owner
+from common.transport.dead_letter_store import dead_lettered
+from common.transport.tls import redis_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +266,6 @@ class WorkerCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from common.transport.broker.ownership import current_owner
-
         info = GaugeMetricFamily(
             "celery_worker_info", "1 while the worker runs.", labels=["service", "release", "pool"]
         )
@@ -296,8 +296,6 @@ def broker_collector(queues: Sequence[str], settings: Settings | None = None) ->
 
     def redis() -> Any:
         if not client:
-            from common.transport.tls import redis_from_url
-
             timeout = s.broker_socket_timeout
             client.append(redis_from_url(s.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout))
         return client[0]

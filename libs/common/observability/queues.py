@@ -18,6 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.settings import get_settings
+from common.transport.broker import scripts
+from common.transport.dead_letter_store import QUEUE_PREFIX
+
 PRIORITY_SEP = "\x06\x16"  # kombu: priority 0 is the queue's own list, 1..9 `<queue>\x06\x16<n>`
 PRIORITIES = range(10)  # common.celery_config sets the steps 0..9
 
@@ -49,12 +53,7 @@ def read_broker(client: Any, queues: Sequence[str], *, dead_after: float | None 
     (default: BROKER_HEARTBEAT_TIMEOUT). Without it, a queue whose every worker was killed
     would show its dead consumers until some live worker swept them.
     """
-    from common.deadletters.store import QUEUE_PREFIX
-    from common.transport.broker import scripts
-
     if dead_after is None:
-        from common.settings import get_settings
-
         dead_after = get_settings().broker_heartbeat_timeout
     pipe = client.pipeline(transaction=False)
     pipe.time()

@@ -22,6 +22,8 @@ from redis.exceptions import RedisError
 
 from common.masking import mask_text
 from common.observability.outcomes import is_outcome
+from common.settings import get_settings
+from common.transport.tls import redis_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +98,6 @@ def recent(client: Any, limit: int = 50) -> list[Failure]:
 def _redis() -> Any:
     global _client
     if _client is None:
-        from common.settings import get_settings
-        from common.transport.tls import redis_from_url
-
         s = get_settings()
         timeout = s.broker_socket_timeout
         _client = redis_from_url(s.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -9,7 +9,7 @@ import uuid
 import redis
 
 from common.deadletters import DeadLetters
-from common.deadletters.store import (
+from common.transport.dead_letter_store import (
     BYTES,
     ENTRIES,
     FAILED,

@@ -24,7 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sync.tasks  # noqa: F401 - registers the sync service's tasks on its app
-from common.deadletters.store import (
+from common.transport import intake, protocol
+from common.transport.broker import Channel
+from common.transport.dead_letter_store import (
     CONTENT_TYPE,
     CRASHED_CONSUMER,
     INVALID_ARGUMENTS,
@@ -34,8 +36,6 @@ from common.deadletters.store import (
     UNKNOWN_TASK,
     Rejection,
 )
-from common.transport import intake, protocol
-from common.transport.broker import Channel
 from sync.app import app
 
 MAX_PAYLOAD = 20_000

@@ -17,10 +17,12 @@ import math
 from datetime import datetime
 from typing import Any
 
-from celery import states
+from celery import current_app, states
 from kombu.utils.json import dumps
 
-from common.deadletters.store import (
+from common.settings import get_settings
+from common.transport import protocol
+from common.transport.dead_letter_store import (
     CONTENT_TYPE,
     DUPLICATE,
     INVALID_ARGUMENTS,
@@ -30,8 +32,6 @@ from common.deadletters.store import (
     DeadLetteredError,
     Rejection,
 )
-from common.settings import get_settings
-from common.transport import protocol
 from contracts.declare import InvalidTaskArgumentsError, UnknownTaskError, lookup
 
 logger = logging.getLogger(__name__)
@@ -42,9 +42,8 @@ _SEEN_TTL = 7 * 24 * 3600
 
 
 def _app() -> Any:
-    from common.celery_app import current_app
-
-    return current_app()
+    """The worker's own app: the intake runs only inside a worker, whose app is the default."""
+    return current_app._get_current_object()
 
 
 def check(payload: dict[str, Any], queue: str) -> None:

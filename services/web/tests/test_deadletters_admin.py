@@ -17,7 +17,7 @@ from django.test import Client
 from django.test.utils import setup_test_environment, teardown_test_environment
 
 from common.deadletters import DeadLetter, DeadLetters
-from common.deadletters.store import FAILED, INVALID_ARGUMENTS, UNKNOWN_TASK
+from common.transport.dead_letter_store import FAILED, INVALID_ARGUMENTS, UNKNOWN_TASK
 from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers
 from web.tests.deadletters_testing import a_queue, dead, envelope, real_message, stored_result

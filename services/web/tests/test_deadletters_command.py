@@ -17,7 +17,7 @@ from django.core.management.base import CommandError
 from common import calls
 from common.celery_app import current_app
 from common.deadletters import DeadLetter, DeadLetters, replay
-from common.deadletters.store import FAILED, INVALID_ARGUMENTS, UNKNOWN_TASK
+from common.transport.dead_letter_store import FAILED, INVALID_ARGUMENTS, UNKNOWN_TASK
 from devtools.processes import child_env
 from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers

@@ -24,9 +24,9 @@ from django.test import Client
 
 from common.celery_app import current_app
 from common.deadletters import DeadLetters
-from common.deadletters.store import FAILED
 from common.observability.recent_failures import KEY, recent
 from common.settings import reset_settings_cache
+from common.transport.dead_letter_store import FAILED
 from devtools.ports import free_port
 from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers

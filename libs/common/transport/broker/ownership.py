@@ -37,8 +37,8 @@ from typing import Any
 
 import redis
 
-from common.deadletters.store import MALFORMED, DeadLetters
 from common.transport.broker import heartbeat, scripts
+from common.transport.dead_letter_store import MALFORMED, DeadLetters
 
 logger = logging.getLogger(__name__)
 

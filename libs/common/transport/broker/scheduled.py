@@ -45,7 +45,10 @@ from typing import Any
 from celery.worker.control import Panel, _iter_schedule_requests
 
 from common.masking import mask
-from common.transport.broker import scripts
+from common.settings import get_settings
+from common.transport.broker import ownership, scripts
+from common.transport.protocol import MalformedMessage, task_call
+from common.transport.tls import redis_from_url
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +123,6 @@ def _entry(member: bytes | str, due_ms: float, queues: set[str], hostname: str) 
 
 def _call(message: dict[str, Any]) -> tuple[Any, Any]:
     """The masked `(args, kwargs)` of the message, or `(None, None)` if its body is not a call."""
-    from common.transport.protocol import MalformedMessage, task_call
-
     try:
         args, kwargs, _ = task_call(message)
     except (MalformedMessage, ValueError, TypeError):
@@ -138,20 +139,14 @@ def _consumed_queues(consumer: Any) -> set[str]:
 
 @lru_cache(maxsize=2)
 def _client(url: str) -> Any:
-    from common.transport.tls import redis_from_url
-
     return redis_from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
 def _redis() -> Any:
     """The broker's Redis: this worker's owner's client, else one on REDIS_URL."""
-    from common.transport.broker import ownership
-
     owner = ownership.current_owner()
     if owner is not None:
         return owner.client
-    from common.settings import get_settings
-
     return _client(get_settings().redis_url)
 
 

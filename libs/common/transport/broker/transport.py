@@ -44,7 +44,9 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 from redis.commands.core import Script
 
-from common.deadletters.store import (
+from common.transport import protocol
+from common.transport.broker import ownership, scripts
+from common.transport.dead_letter_store import (
     CRASHED_CONSUMER,
     DEFAULT_MAX_ENTRY_BYTES,
     DUPLICATE,
@@ -54,8 +56,6 @@ from common.deadletters.store import (
     DeadLetters,
     Rejection,
 )
-from common.transport import protocol
-from common.transport.broker import ownership, scripts
 
 logger = logging.getLogger(__name__)
 
