@@ -21,6 +21,9 @@ from devtools.sandboxes.crm import CRMSandbox
 from devtools.sandboxes.gateway import GatewaySandbox
 from devtools.sandboxes.smtp import SMTPSink
 
+# The fast tier's fixtures (jobs, mailbox, gateway, crm) in every session.
+pytest_plugins = ["devtools.testing.fast"]
+
 _platform: LocalPlatform | None = None
 _data_dir: Path | None = None
 _pg_database: str | None = None
@@ -29,6 +32,13 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.
 
 def pytest_configure(config: pytest.Config) -> None:
     global _platform, _data_dir
+    from devtools.testing import fast  # registered above (pytest_plugins), so assertions are rewritten
+
+    if fast.is_fast_session(config):
+        # Only fast tests (their paths lie in `fast` directories, or JOBS_TEST_TIER=fast): no
+        # Redis, no database server, no process; the platform fixtures are not available.
+        fast.configure(config)
+        return
     _data_dir = Path(tempfile.mkdtemp(prefix="jobs-test-"))
     # The session's own Redis now; the SMTP, CRM and gateway sandboxes when a test asks.
     _platform = LocalPlatform(_data_dir, use_environment=False)
@@ -84,8 +94,17 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _platform_tier() -> None:
+    if _platform is None:
+        pytest.fail(
+            "a platform-tier fixture (a real Redis, peers, processes) in a fast session: move the "
+            "test out of its `fast` directory, or use the fast fixtures (jobs, mailbox, gateway, crm)"
+        )
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
+    _platform_tier()
     assert _platform is not None
     return _platform.peer("redis").url
 
@@ -101,6 +120,7 @@ def redis_client(redis_url: str) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    _platform_tier()
     assert _data_dir is not None
     return _data_dir
 
@@ -108,6 +128,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def platform() -> LocalPlatform:
     """The session's local platform (devtools.platform): its peers and its processes."""
+    _platform_tier()
     assert _platform is not None
     return _platform
 
