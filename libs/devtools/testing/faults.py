@@ -6,25 +6,39 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from celery import Celery
 
 from devtools.local_redis import LocalRedis
-from devtools.platform import worker_process
+from devtools.platform import platform_process, worker_process
 from devtools.processes import wait_for_workers
 
 
 class NamedWorker:
     """One worker process of `service` under its own node name, e.g. `sync-a@host`."""
 
-    def __init__(self, service: str, name: str, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        name: str,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        args: Sequence[str] = (),
+        module: str = "",
+    ) -> None:
+        """`args` follow the node name's; `module` runs in place of `<service>.worker` (the
+        bench's stock Celery worker, `bench.stock`)."""
         self.name = name
+        self.node = ""  # the full node name (`sync-a@host`) once it answers ping
         self.log = log_dir / f"{name}-worker.log"
-        self.proc = worker_process(
-            service, self.log, [f"--hostname={name}@%h", "--without-mingle", "--without-gossip"], env, name
-        )
+        argv = [f"--hostname={name}@%h", "--without-mingle", "--without-gossip", *args]
+        if module:
+            self.proc = platform_process(name, module, self.log, argv, env)
+        else:
+            self.proc = worker_process(service, self.log, argv, env, name)
 
     def start(self, app: Celery, timeout: float = 90) -> NamedWorker:
         self.proc.start()
@@ -33,7 +47,7 @@ class NamedWorker:
             if not self.proc.running:
                 raise RuntimeError(f"worker {self.name} exited during start-up:\n{self.tail()}")
             try:
-                wait_for_workers(app, [self.name], timeout=1)
+                self.node = wait_for_workers(app, [self.name], timeout=1)[self.name]
                 return self
             except TimeoutError:
                 if time.monotonic() > deadline:
