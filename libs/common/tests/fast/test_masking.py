@@ -32,7 +32,7 @@ from common.masking import (
 from common.observability.reporting import handle_task_failure
 
 MiB = 1 << 20
-LIBS = str(Path(__file__).resolve().parents[2])
+LIBS = str(Path(__file__).resolve().parents[3])
 # Shapes that make a backtracking pattern quadratic, or that hit each kind's first character
 # at every position: letters without `@`, dots, `a.`, `@` without a dot, digits, separators.
 SHAPES = """
