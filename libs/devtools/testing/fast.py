@@ -60,6 +60,7 @@ def configure(config: pytest.Config) -> None:
     """Set the fast tier up for this session (called by devtools.testing.plugin)."""
     global _configured
     data_dir = tempfile.mkdtemp(prefix="jobs-fast-")
+    Path(data_dir, "static").mkdir()  # the admin's STATIC_ROOT (whitenoise warns when it is missing)
     os.environ.update(FAST_ENV, DATA_DIR=data_dir)
     for name in UNSET:
         os.environ.pop(name, None)
