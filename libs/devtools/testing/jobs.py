@@ -37,12 +37,10 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual
-from kombu.utils.json import loads as kombu_loads
 
 STUB_URL = "stub://"
 MEMORY_RESULTS = "cache+memory://"
@@ -339,6 +337,7 @@ class Jobs:
             self._point(apps, STUB_URL, MEMORY_RESULTS, save=True)
         self._patch_redis_edges()
         _clear_memory_results()
+        _forget_broker_outages()
         _active = self
         return self
 
@@ -352,9 +351,7 @@ class Jobs:
             self._point(app, conf["broker_url"], conf["result_backend"])
         self._saved.clear()
         _reset_redis_caches()
-        from common import calls
-
-        calls._broker_down_until.clear()
+        _forget_broker_outages()
 
     def _point(self, app: Any, broker_url: str, result_backend: str, save: bool = False) -> None:
         if save:
@@ -528,21 +525,24 @@ def load_workers() -> list[str]:
 
 
 def _apps() -> list[Any]:
-    from common.celery_app import _apps as created
+    """Every Celery app of this process (the workers' after `load_workers`, and a producer's)."""
+    from celery import _state
+
     from common.celery_app import create_app
 
     load_workers()
     create_app("producer")
-    return list(created.values())
+    return list(_state._get_active_apps())
 
 
 def _app_for(queue: str) -> Any:
-    from common.celery_app import _apps as created
+    """The app of the worker service consuming `queue` (a service's queue is its name)."""
+    from celery import _state
 
-    app = created.get(queue)
-    if app is None:
-        raise LookupError(f"no worker app for queue {queue!r} in this process (is {queue}.tasks importable?)")
-    return app
+    for app in _state._get_active_apps():
+        if app.main == queue:
+            return app
+    raise LookupError(f"no worker app for queue {queue!r} in this process (is {queue}.tasks importable?)")
 
 
 class _current:
@@ -579,10 +579,8 @@ def _reset_redis_caches() -> None:
     recent_failures._client = None
 
 
-def loads_body(raw: bytes) -> Any:
-    return kombu_loads(raw)
+def _forget_broker_outages() -> None:
+    """A publish refused before (say, a send with no harness) must not send the next to the outbox."""
+    from common import calls
 
-
-def iter_calls(messages: list[Message]) -> Iterator[tuple[str, list[Any], dict[str, Any]]]:
-    for m in messages:
-        yield m.call
+    calls._broker_down_until.clear()
