@@ -1,61 +1,36 @@
-"""The Celery app factory every service, beat, flower and the web side use."""
+"""The Celery app factory every service, beat, flower and the web side use: the top of `common`.
+
+`create_app` is the configured app (`common.celery_base`) plus what sits above sending:
+contracts' `.delay()` and friends bound to `common.calls` (on import of this module), and in a
+service the final-failure receivers (the dead-letter store's `failures`, the operations page's
+`recent_failures`).
+"""
 
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
+import common.calls  # noqa: F401 - binds contracts' .delay() and friends to sending
+from common.celery_base import DJANGO_SETTINGS, configured_app, current_app
+from common.deadletters import failures
+from common.observability import recent_failures
+from common.routing import SERVICES
 from contracts.declare import TaskContract
 
-DJANGO_SETTINGS = "common.django_settings"
-_apps: dict[str, Celery] = {}
+__all__ = ["DJANGO_SETTINGS", "create_app", "current_app", "implements"]
 
 
 def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
     """A configured app for `service`; Django is set up so tasks can use the ORM."""
-    if service in _apps:
-        return _apps[service]
-    # Set before Celery() so its Django fixup (DB connection hygiene per task) installs.
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", DJANGO_SETTINGS)
-    import django
-
-    django.setup()
-
-    from common.celery_config import celery_config
-    from common.db_connections import install_connection_reuse
-    from common.observability.reporting import install_error_reporting
-    from common.routing import SERVICES
-    from common.settings import get_settings
-
-    app = Celery(service, include=list(include))
-    # A queue service checks each message on receipt (common.transport.intake); producers do not.
-    app.conf.update(celery_config(get_settings(), worker=service in SERVICES))
-    app.set_default()
-    import common.calls  # noqa: F401 - binds contracts' .delay() and friends to sending
-    install_connection_reuse(app)
-    install_error_reporting(service)
+    app = configured_app(service, include=include)
     if service in SERVICES:
-        from common.deadletters import failures
-        from common.observability import recent_failures
-
         failures.install()  # tasks that opt in keep their final failure for replay
         recent_failures.install()  # the admin's operations page lists the last ones
-    _apps[service] = app
     return app
-
-
-def current_app() -> Celery:
-    """The process's own app, or a producer-only app for code that is no service."""
-    from celery import current_app as celery_current
-
-    app = celery_current._get_current_object()
-    if app in _apps.values():
-        return app
-    return create_app("producer")
 
 
 def implements(app: Celery, contract: TaskContract, **options: Any) -> Callable[[Callable[..., Any]], Any]:

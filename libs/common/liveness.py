@@ -15,7 +15,9 @@ import argparse
 import socket
 import sys
 
+from common.celery_app import current_app
 from common.routing import SERVICES
+from common.service import declared
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostname", default=socket.gethostname())
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
-
-    from common.celery_app import current_app
-    from common.service import declared
-
     service = declared(args.service)
     node = service.node(args.hostname)
     app = current_app()

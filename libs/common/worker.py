@@ -13,6 +13,8 @@ from celery.worker import WorkController
 from celery.worker.control import Panel
 
 from common.masking import hide_task_results
+from common.observability.logging_config import install_worker_json_logs
+from common.observability.metrics import serve_metrics
 from common.settings import get_settings
 from common.transport.broker import scheduled
 
@@ -161,12 +163,8 @@ def _observe(app: Celery, pool: str) -> None:
     """LOG_FORMAT=json and METRICS_PORT (common.observability): set up before the pool forks."""
     settings = get_settings()
     if settings.log_format == "json":
-        from common.observability.logging_config import install_worker_json_logs
-
         install_worker_json_logs(app.main)
     if settings.metrics_port is not None:
-        from common.observability.metrics import serve_metrics
-
         serve_metrics(app, settings, pool=pool)
 
 

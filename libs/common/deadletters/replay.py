@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import calls
 from common.masking import mask, mask_text
 from common.settings import get_settings
 from common.transport import protocol
@@ -218,8 +219,6 @@ def _options(message: Message, reason: str) -> tuple[dict[str, Any], list[str]]:
 
 def replay_entry(store: DeadLetters, entry: DeadLetter) -> Outcome:
     """Replay one stored dead letter (see the module docstring); never raises for a bad entry."""
-    from common import calls
-
     try:
         message = parse(entry.raw_bytes)
         options, notes = check(message, len(entry.raw_bytes), reason=entry.reason)

@@ -15,6 +15,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, task_fai
 
 from common.masking import mask, mask_handlers, mask_text
 from common.observability.outcomes import is_outcome
+from common.observability.sentry import init_sentry
 
 logger = logging.getLogger("common.task_failure")
 _installed: set[str] = set()
@@ -104,6 +105,4 @@ def install_error_reporting(service: str) -> None:
     for signal in (after_setup_logger, after_setup_task_logger):
         signal.connect(_mask_celery_logging, weak=False, dispatch_uid=f"common.mask.{signal.name}")
     mask_handlers(logging.getLogger())
-    from common.observability.sentry import init_sentry
-
     init_sentry(service)

@@ -20,10 +20,11 @@ from celery import Celery
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F, QuerySet
 
-from common import calls
+from common import publishing
+from common.celery_base import current_app
 from common.masking import mask_text
 from common.outbox.models import OutboxMessage
-from common.outbox.store import decode_options
+from common.outbox.options import decode_options
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def publish_kept(app: Celery, task_ids: Iterable[str]) -> Pass:
     """Publish these kept tasks (if still there and not claimed by a relay) and delete them."""
     done = Pass()
     ids = list(task_ids)
-    if calls.broker_marked_down(app):  # a publish just failed: do not wait for another timeout
+    if publishing.broker_marked_down(app):  # a publish just failed: do not wait for another timeout
         done.broker_down = "the broker was unreachable moments ago"
         _warn_kept(len(ids), done.broker_down)
         return done
@@ -142,7 +143,7 @@ def _publish(app: Celery, rows: list[OutboxMessage], done: Pass) -> None:
     """
     published: list[int] = []
     try:
-        with calls.Batch(app) as batch:
+        with publishing.Batch(app) as batch:
             for row in rows:
                 try:
                     batch.send(
@@ -153,7 +154,7 @@ def _publish(app: Celery, rows: list[OutboxMessage], done: Pass) -> None:
                         queue=row.queue,
                         **decode_options(row.options),
                     )
-                except calls.BrokerUnavailableError:
+                except publishing.BrokerUnavailableError:
                     raise
                 except Exception as exc:  # this row cannot be published: record why, go on with the rest
                     error = mask_text(f"{type(exc).__name__}: {exc}")
@@ -163,11 +164,11 @@ def _publish(app: Celery, rows: list[OutboxMessage], done: Pass) -> None:
                     _failed(row, error)
                     continue
                 published.append(row.pk)
-    except calls.BrokerUnavailableError as exc:
+    except publishing.BrokerUnavailableError as exc:
         _broker_down(rows, exc.reason, done)
         return
-    except calls.BROKER_ERRORS as exc:  # the pipeline itself failed
-        reason = calls.broker_unavailable(app, exc).reason
+    except publishing.BROKER_ERRORS as exc:  # the pipeline itself failed
+        reason = publishing.broker_unavailable(app, exc).reason
         _broker_down(rows, reason, done)
         return
     if published:
@@ -201,8 +202,6 @@ def _claim(rows: QuerySet[OutboxMessage]) -> QuerySet[OutboxMessage]:
 
 
 def _app() -> Celery:
-    from common.celery_app import current_app
-
     return current_app()
 
 

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from celery import Celery
 from django.db import IntegrityError, transaction
 
 from common.outbox.models import OutboxMessage
+from common.outbox.options import OUTBOX_HEADER, decode_options, encode_options
+from common.outbox.relay import publish_kept
 
 logger = logging.getLogger(__name__)
 
-# How a message is sent, not what it is: never stored, the relay sends with its own.
-TRANSPORT_ONLY = frozenset(
-    {"producer", "connection", "publisher", "router", "result_cls", "add_to_parent", "retry", "retry_policy"}
-)
-OUTBOX_HEADER = "x_outbox"
+__all__ = [
+    "OUTBOX_HEADER",
+    "Row",
+    "decode_options",
+    "encode_options",
+    "keep",
+    "keep_many",
+    "publish_after_commit",
+    "publish_after_commit_many",
+]
 
 
 class Row(NamedTuple):
@@ -32,65 +38,6 @@ class Row(NamedTuple):
     payload: str  # kombu's JSON of [args, kwargs]
     options: dict[str, Any]
     caller_id: bool  # the caller chose the task id, so it may already be kept
-
-
-def encode_options(options: dict[str, Any], *, default_queue: str) -> tuple[str, dict[str, Any]]:
-    """The queue and the JSON-safe options to keep; relative times become absolute.
-
-    A countdown or an `expires` in seconds counts from the send, not from a publish by the
-    relay minutes later. Raise `InvalidTaskOptionsError` for an option JSON cannot hold.
-    """
-    from common.calls import InvalidTaskOptionsError
-
-    queue = options.get("queue") or default_queue
-    if not isinstance(queue, str):
-        raise InvalidTaskOptionsError(f"queue={queue!r}: pass the queue's name, a string")
-    now = datetime.now(UTC)
-    kept: dict[str, Any] = {}
-    for key, value in options.items():
-        if key in TRANSPORT_ONLY or key in ("queue", "countdown") or value is None:
-            continue
-        if key in ("eta", "expires"):
-            kept[key] = _instant(key, value, now)
-            continue
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            raise InvalidTaskOptionsError(
-                f"option {key}={type(value).__name__} cannot be kept in the outbox (it is stored as "
-                "JSON until published). Pass JSON values, or publish at once with outbox=False."
-            ) from None
-        kept[key] = value
-    if options.get("countdown") is not None:  # as in Celery, a countdown replaces an eta
-        kept["eta"] = _instant("countdown", options["countdown"], now)
-    return queue, kept
-
-
-def _instant(key: str, value: Any, now: datetime) -> str:
-    from common.calls import InvalidTaskOptionsError
-
-    if isinstance(value, datetime):
-        when = value if value.tzinfo else value.replace(tzinfo=UTC)  # Celery's timezone is UTC
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        when = now + timedelta(seconds=value)
-    elif isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidTaskOptionsError(f"{key}={value!r} is not an ISO 8601 timestamp") from None
-    else:
-        raise InvalidTaskOptionsError(f"{key}: pass seconds or a datetime, not {type(value).__name__}")
-    return when.isoformat()
-
-
-def decode_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The kept options as `send_task` takes them, marked as published from the outbox."""
-    out = dict(options)
-    for key in ("eta", "expires"):
-        if isinstance(out.get(key), str):
-            out[key] = datetime.fromisoformat(out[key])
-    out["headers"] = {**(out.get("headers") or {}), OUTBOX_HEADER: True}
-    return out
 
 
 def keep(row: Row) -> bool:
@@ -154,8 +101,6 @@ def _flush(conn: Any) -> None:
     by_app: dict[Celery, list[str]] = {}
     for task_id, app in pending.items():
         by_app.setdefault(app, []).append(task_id)
-    from common.outbox.relay import publish_kept
-
     for app, task_ids in by_app.items():
         try:
             publish_kept(app, task_ids)

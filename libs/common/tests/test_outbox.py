@@ -18,7 +18,7 @@ from celery import Celery
 from celery.signals import after_task_publish
 from django.db import transaction
 
-from common import calls
+from common import calls, publishing
 from common.celery_app import current_app
 from common.celery_config import celery_config
 from common.outbox import relay
@@ -236,7 +236,7 @@ def test_a_send_that_can_be_neither_published_nor_kept_raises(dead_app: Celery) 
 def test_sends_publish_directly_again_once_the_broker_is_back(
     monkeypatch: pytest.MonkeyPatch, published: Published
 ) -> None:
-    monkeypatch.setattr(calls, "BROKER_RETRY_AFTER", 0.5)
+    monkeypatch.setattr(publishing, "BROKER_RETRY_AFTER", 0.5)
     redis = LocalRedis().start()
     app = app_for(redis.url)
     try:
