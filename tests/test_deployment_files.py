@@ -249,8 +249,9 @@ def test_compose_runs_production_with_redis_over_verified_tls() -> None:
     spec = compose()
     env = spec["x-app-env"]
     assert env["ENVIRONMENT"] == "${ENVIRONMENT:-production}"
-    assert env["REDIS_URL"].startswith("rediss://:${REDIS_PASSWORD:?")
-    assert env["REDIS_URL"].endswith("@redis:6379/0?ssl_ca_certs=/tls/ca.crt")
+    for name, url in redis_urls().items():
+        assert url.startswith("rediss://"), f"{name}: Redis over TLS"
+        assert url.endswith("@redis:6379/0?ssl_ca_certs=/tls/ca.crt"), f"{name}: the certificate is verified"
     for name in ("CRM_URL", "PAYMENT_GATEWAY_URL", "EMAIL_HOST"):
         assert env[name].startswith(f"${{{name}:?"), f"{name}: required (production has no safe default)"
     assert env["EMAIL_USE_TLS"] == "${EMAIL_USE_TLS:-true}"
@@ -300,3 +301,68 @@ def test_dev_certs_makes_what_compose_mounts_and_clients_can_verify(tmp_path: Pa
             assert "does match" in named.stdout, (name, host, named.stdout)
     # What redis-py does with REDIS_URL's ssl_ca_certs: a context that loads this CA.
     ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+
+
+# ---- one Redis user per component (issue 21, item 11) ----
+
+# The Redis user each component logs in as: the four workers share one, the admin's
+# migrations run as the admin.
+REDIS_USER_OF = {
+    **{name: "worker" for name in SERVICES},
+    "migrate": "web",
+    "web": "web",
+    "outbox-relay": "relay",
+    "beat": "scheduler",
+    "flower": "monitor",
+}
+
+
+def redis_urls() -> dict[str, str]:
+    """Each compose service's REDIS_URL (the services that have one)."""
+    return {
+        name: service["environment"]["REDIS_URL"]
+        for name, service in compose()["services"].items()
+        if "REDIS_URL" in (service.get("environment") or {})
+    }
+
+
+def test_each_service_reaches_redis_as_its_own_user_with_its_own_required_password() -> None:
+    urls = redis_urls()
+    assert set(urls) == set(REDIS_USER_OF), "every app service, and only those, reaches Redis"
+    password_of: dict[str, set[str]] = {}
+    for name, url in urls.items():
+        found = re.fullmatch(
+            r"rediss://(\w+):\$\{(\w+):\?[^}]+\}@redis:6379/0\?ssl_ca_certs=/tls/ca\.crt", url
+        )
+        assert found, f"{name}: {url}"
+        user, variable = found.groups()
+        assert user == REDIS_USER_OF[name], f"{name} logs in as {user}, not {REDIS_USER_OF[name]}"
+        assert variable == f"REDIS_{user.upper()}_PASSWORD", f"{name}: {variable}"
+        password_of.setdefault(user, set()).add(variable)
+    # No two components share a password, and each component has exactly one.
+    variables = [v for vs in password_of.values() for v in vs]
+    assert all(len(vs) == 1 for vs in password_of.values()) and len(variables) == len(set(variables))
+    assert set(password_of) == {"worker", "web", "relay", "scheduler", "monitor"}
+    spec = compose()
+    assert "REDIS_URL" not in spec["x-app-env"] and "REDIS_PASSWORD" not in json.dumps(spec)
+    # The redis container gets every password (it builds the users from them), each required.
+    redis_env = spec["services"]["redis"]["environment"]
+    for variable in variables:
+        assert redis_env[variable] == f"${{{variable}:?set {variable}}}", variable
+    assert redis_env["REDIS_ADMIN_PASSWORD"] == "${REDIS_ADMIN_PASSWORD:-}", "the operator's user is optional"
+    assert redis_env["REDISCLI_AUTH"] == "${REDIS_MONITOR_PASSWORD:?set REDIS_MONITOR_PASSWORD}"
+    assert "--user" in (health := spec["services"]["redis"]["healthcheck"]["test"])
+    assert health[health.index("--user") + 1] == "monitor"
+
+
+def test_the_redis_users_compose_loads_are_the_components_users() -> None:
+    template = (COMPOSE_DIR / "redis" / "users.acl").read_text()
+    declared = re.findall(r"^user (\S+)", template, flags=re.M)
+    assert sorted(declared) == sorted({*REDIS_USER_OF.values(), "admin?"})
+    render = COMPOSE_DIR / "redis" / "render-users"
+    assert render.stat().st_mode & 0o111, "render-users is executable"
+    redis = compose()["services"]["redis"]
+    assert "./deploy/compose/redis:/etc/jobs-redis:ro" in redis["volumes"]
+    script = redis["command"][2]
+    assert "sh /etc/jobs-redis/render-users /etc/jobs-redis/users.acl" in script
+    assert "exec redis-server - " in script, "the users reach redis-server on stdin"
