@@ -101,7 +101,7 @@ ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_DOT_ENV = {
     "DJANGO_SECRET_KEY": PRODUCTION["DJANGO_SECRET_KEY"],
     "POSTGRES_PASSWORD": "db-hunter2",
-    "REDIS_PASSWORD": "0123456789abcdef0123456789abcdef",
+    "REDIS_WEB_PASSWORD": "0123456789abcdef0123456789abcdef",
     "FLOWER_PASSWORD": "flower-hunter2",
     "CRM_URL": "https://crm.example",
     "PAYMENT_GATEWAY_URL": "https://gateway.example",
