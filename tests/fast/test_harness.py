@@ -267,7 +267,7 @@ def test_clear_drops_what_is_queued(jobs):
 # -- no server
 
 
-def test_nothing_opens_a_network_connection(jobs, mailbox, crm, network_attempts):
+def test_nothing_opens_a_network_connection(fast_session, jobs, mailbox, crm, network_attempts):
     from common.settings import get_settings
 
     assert get_settings().redis_url.endswith(":9/0")  # a closed port: nothing may dial it
@@ -280,7 +280,7 @@ def test_nothing_opens_a_network_connection(jobs, mailbox, crm, network_attempts
     assert network_attempts() == []
 
 
-def test_a_connection_attempt_is_refused_and_recorded(network_attempts):
+def test_a_connection_attempt_is_refused_and_recorded(fast_session, network_attempts):
     import socket
 
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", 6379), timeout=1):
@@ -288,7 +288,7 @@ def test_a_connection_attempt_is_refused_and_recorded(network_attempts):
     assert ("127.0.0.1", 6379) in network_attempts()
 
 
-def test_without_the_harness_a_send_is_kept_in_the_outbox_not_lost(network_attempts, caplog):
+def test_without_the_harness_a_send_is_kept_in_the_outbox_not_lost(fast_session, network_attempts):
     # No `jobs` fixture: the send goes for the (closed) Redis, is refused at once, and kept.
     calls._broker_down_until.clear()
     emails.send_welcome_email.delay(1)

@@ -134,16 +134,35 @@ def _restore_snapshot() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fast_test_state() -> Iterator[None]:
-    """In a fast session: each test on the freshly migrated database, with an empty mailbox."""
-    if not _configured:
+def _fast_test_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each fast test on the freshly migrated database, with an empty mailbox.
+
+    In a platform session (a run mixing tiers), a test in a `fast` directory leaves the
+    session's SQLite database as it found it instead.
+    """
+    if _configured:
+        from django.core import mail
+
+        _restore_snapshot()
+        mail.outbox = []
         yield
         return
-    from django.core import mail
+    if "fast" not in Path(str(request.path)).parts:
+        yield
+        return
+    from django.db import connection
 
-    _restore_snapshot()
-    mail.outbox = []
-    yield
+    if connection.vendor != "sqlite":
+        yield
+        return
+    before = sqlite3.connect(":memory:")
+    _raw_connection().backup(before)
+    try:
+        yield
+    finally:
+        connection.run_on_commit = []
+        before.backup(_raw_connection())
+        before.close()
 
 
 @pytest.fixture
@@ -192,6 +211,13 @@ def crm() -> Iterator[FakeCRM]:
         yield fake
     finally:
         unmount()
+
+
+@pytest.fixture
+def fast_session() -> None:
+    """Skip the test unless this is a fast session (it checks the fast tier's own environment)."""
+    if not _configured:
+        pytest.skip("checks the fast session's own environment (run it with scripts/test-fast)")
 
 
 @pytest.fixture
