@@ -23,7 +23,9 @@ def new_doctor(n=1):
     return Doctor.objects.create(first_name="Ada", last_name=f"L{n}", email=f"ada{n}@clinic.example")
 
 
-def test_saving_a_doctor_queues_the_welcome_and_the_crm_sync_and_running_them_sends_one_mail(jobs, mailbox, crm):
+def test_saving_a_doctor_queues_the_welcome_and_the_crm_sync_and_running_them_sends_one_mail(
+    jobs, mailbox, crm
+):
     from web.events import producing
 
     with producing():
@@ -74,7 +76,10 @@ def test_booking_an_appointment_with_an_amount_queues_its_payment(jobs, gateway)
     patient = Patient.objects.create(name="Pat", email="pat@mail.example", gateway_customer_id="cus_ok")
     with producing(), transaction.atomic():
         appt = Appointment.objects.create(
-            doctor=doctor, patient=patient, amount=Decimal("30.00"), currency="EUR",
+            doctor=doctor,
+            patient=patient,
+            amount=Decimal("30.00"),
+            currency="EUR",
             scheduled_at=timezone.now() + timedelta(days=1),
         )
         free = Appointment.objects.create(doctor=doctor, patient=patient, scheduled_at=timezone.now())

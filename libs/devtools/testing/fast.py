@@ -42,7 +42,14 @@ FAST_ENV = {
     "PAYMENT_GATEWAY_URL": "http://gateway.fast.invalid",
     "LOG_LEVEL": "WARNING",
 }
-UNSET = ("RESULT_BACKEND_URL", "SENTRY_DSN", "EMAIL_HOST", "EMAIL_PORT", "CRM_API_TOKEN", "PAYMENT_GATEWAY_API_KEY")
+UNSET = (
+    "RESULT_BACKEND_URL",
+    "SENTRY_DSN",
+    "EMAIL_HOST",
+    "EMAIL_PORT",
+    "CRM_API_TOKEN",
+    "PAYMENT_GATEWAY_API_KEY",
+)
 
 _configured = False
 _snapshot: sqlite3.Connection | None = None
@@ -64,7 +71,9 @@ def configure(config: pytest.Config) -> None:
     os.environ.update(FAST_ENV, DATA_DIR=data_dir)
     for name in UNSET:
         os.environ.pop(name, None)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "web.settings" if _importable("web.settings") else "common.django_settings"
+    os.environ["DJANGO_SETTINGS_MODULE"] = (
+        "web.settings" if _importable("web.settings") else "common.django_settings"
+    )
     _refuse_network()
     from common.settings import reset_settings_cache
 

@@ -116,7 +116,11 @@ class MemoryLock:
         self.token = uuid.uuid4().hex
 
     def acquire(self, blocking: bool | None = None, **_: Any) -> bool:
-        return bool(self.redis.set(self.name, self.token, nx=True, px=int(self.timeout * 1000) if self.timeout else None))
+        return bool(
+            self.redis.set(
+                self.name, self.token, nx=True, px=int(self.timeout * 1000) if self.timeout else None
+            )
+        )
 
     def release(self) -> None:
         from redis.exceptions import LockNotOwnedError
@@ -151,7 +155,15 @@ class MemoryRedis:
     def ping(self) -> bool:
         return True
 
-    def set(self, name: str, value: Any, ex: float | None = None, px: int | None = None, nx: bool = False, **_: Any) -> bool | None:
+    def set(
+        self,
+        name: str,
+        value: Any,
+        ex: float | None = None,
+        px: int | None = None,
+        nx: bool = False,
+        **_: Any,
+    ) -> bool | None:
         with self._lock:
             if nx and self._alive(name):
                 return None
@@ -175,7 +187,11 @@ class MemoryRedis:
 
     def lpush(self, name: str, *values: Any) -> int:
         with self._lock:
-            items = self._data.setdefault(name, []) if self._alive(name) or name not in self._data else self._data[name]
+            items = (
+                self._data.setdefault(name, [])
+                if self._alive(name) or name not in self._data
+                else self._data[name]
+            )
             for v in values:
                 items.insert(0, self._b(v))
             return len(items)
@@ -299,8 +315,17 @@ class _DeadLetterRecorder:
     def __init__(self, jobs: Jobs) -> None:
         self.jobs = jobs
 
-    def add(self, *, queue: str, reason: str, detail: str, raw: bytes, task: str | None = None,
-            task_id: str | None = None, **_: Any) -> Any:
+    def add(
+        self,
+        *,
+        queue: str,
+        reason: str,
+        detail: str,
+        raw: bytes,
+        task: str | None = None,
+        task_id: str | None = None,
+        **_: Any,
+    ) -> Any:
         self.jobs.dead_letters.append(DeadLetter(queue, reason, detail, task, task_id, raw))
         return type("Entry", (), {"id": f"dl-{len(self.jobs.dead_letters)}"})()
 
@@ -355,7 +380,9 @@ class Jobs:
 
     def _point(self, app: Any, broker_url: str, result_backend: str, save: bool = False) -> None:
         if save:
-            self._saved.append((app, {"broker_url": app.conf.broker_url, "result_backend": app.conf.result_backend}))
+            self._saved.append(
+                (app, {"broker_url": app.conf.broker_url, "result_backend": app.conf.result_backend})
+            )
         app.conf.broker_url = broker_url
         app.conf.result_backend = result_backend
         app._pool = None
@@ -410,7 +437,9 @@ class Jobs:
         while self.messages:
             count += 1
             if count > limit:
-                raise TooManyMessagesError(f"ran {limit} messages and more keep coming: {self.queued_names()[:10]}")
+                raise TooManyMessagesError(
+                    f"ran {limit} messages and more keep coming: {self.queued_names()[:10]}"
+                )
             outcome = self.run_next()
             if outcome is not None:
                 ran.append(outcome)
@@ -453,8 +482,14 @@ class Jobs:
             except Rejection as rejection:
                 if rejection.reason != DUPLICATE:
                     self.dead_letters.append(
-                        DeadLetter(message.queue, rejection.reason, str(rejection), rejection.task,
-                                   rejection.task_id, message.raw)
+                        DeadLetter(
+                            message.queue,
+                            rejection.reason,
+                            str(rejection),
+                            rejection.task,
+                            rejection.task_id,
+                            message.raw,
+                        )
                     )
                     intake.settle(rejection)
                     if rejection.task_id:

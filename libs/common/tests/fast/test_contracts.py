@@ -89,7 +89,9 @@ def test_a_producer_may_send_only_the_keys_a_shape_declares():
 
 
 def test_a_worker_ignores_keys_a_newer_producer_added():
-    sync.create_account.check(({"doctor_id": 1, "valid": True, "problems": [], "added_later": 1},), tolerant=True)
+    sync.create_account.check(
+        ({"doctor_id": 1, "valid": True, "problems": [], "added_later": 1},), tolerant=True
+    )
 
 
 def test_a_worker_still_refuses_a_declared_key_of_the_wrong_type():

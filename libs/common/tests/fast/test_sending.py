@@ -107,8 +107,14 @@ def test_a_task_sent_by_a_running_task_inside_its_transaction_waits_for_its_comm
     d = Doctor.objects.create(first_name="a", last_name="b", email="a@b.example")
     p = Patient.objects.create(name="p", email="p@b.example", gateway_customer_id="cus_ok")
     appt = Appointment.objects.create(doctor=d, patient=p, amount=10, scheduled_at=datetime.now(UTC))
-    payment = Payment.objects.create(appointment=appt, idempotency_key="k-1", amount=10, currency="EUR",
-                                     gateway_customer_id="cus_ok", status="processing")
+    payment = Payment.objects.create(
+        appointment=appt,
+        idempotency_key="k-1",
+        amount=10,
+        currency="EUR",
+        gateway_customer_id="cus_ok",
+        status="processing",
+    )
     Payment.objects.filter(pk=payment.pk).update(updated_at=datetime.now(UTC) - timedelta(hours=1))
     payments.reconcile_payments.delay()
     jobs.run_next()

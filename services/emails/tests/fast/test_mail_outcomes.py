@@ -45,7 +45,9 @@ def doctor(n=1, **fields):
 def appointment(hours=3, **fields):
     d = doctor(Doctor.objects.count() + 1)
     p = Patient.objects.create(name="Pat", email=f"pat{d.pk}@mail.example", gateway_customer_id="cus_ok")
-    return Appointment.objects.create(doctor=d, patient=p, scheduled_at=timezone.now() + timedelta(hours=hours), **fields)
+    return Appointment.objects.create(
+        doctor=d, patient=p, scheduled_at=timezone.now() + timedelta(hours=hours), **fields
+    )
 
 
 def test_sending_the_welcome_email_sends_one_mail_to_the_doctor(jobs, mailbox):
@@ -121,7 +123,10 @@ def test_the_onboarding_step_welcomes_the_doctor_and_passes_the_record_on(jobs, 
     emails.send_onboarding_email.delay({"doctor_id": d.pk, "valid": True, "account_created": True})
     jobs.run_all()
     assert jobs.outcome("emails.send_onboarding_email").result == {
-        "doctor_id": d.pk, "valid": True, "account_created": True, "email_sent": True,
+        "doctor_id": d.pk,
+        "valid": True,
+        "account_created": True,
+        "email_sent": True,
     }
     assert len(mailbox) == 1
 
@@ -170,7 +175,11 @@ def test_the_admin_is_told_in_one_mail(jobs, mailbox, data, items):
 
     emails.notify_admin.delay(data)
     jobs.run_all()
-    assert jobs.outcome("emails.notify_admin").result == {"status": "notified", "items": items, "admin_notified": True}
+    assert jobs.outcome("emails.notify_admin").result == {
+        "status": "notified",
+        "items": items,
+        "admin_notified": True,
+    }
     (mail,) = mailbox
     assert mail.to == [settings.ADMIN_EMAIL]
     assert mail.subject == f"[platform] {items} event(s) for review"

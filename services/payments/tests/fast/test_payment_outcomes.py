@@ -137,7 +137,9 @@ def test_the_same_payment_sent_twice_charges_once(jobs, gateway, make_appointmen
     assert len(gateway.charge_calls()) == 1
 
 
-@pytest.mark.parametrize(("amount", "currency", "problem"), [("0.00", "EUR", "amount"), ("10.00", "EUX", "currency")])
+@pytest.mark.parametrize(
+    ("amount", "currency", "problem"), [("0.00", "EUR", "amount"), ("10.00", "EUX", "currency")]
+)
 def test_an_appointment_that_cannot_be_charged_fails_without_calling_the_gateway(
     jobs, gateway, make_appointment, amount, currency, problem
 ):
@@ -155,8 +157,10 @@ def test_an_appointment_that_cannot_be_charged_fails_without_calling_the_gateway
 
 def test_a_charge_that_is_not_this_payments_is_never_marked_paid(jobs, gateway, make_appointment):
     appt = make_appointment(amount="80.00")
-    gateway.http.handle = lambda call: (200, {"id": "ch_other", "amount": "8.00", "currency": "eur",
-                                              "customer": call.json["customer"]})
+    gateway.http.handle = lambda call: (
+        200,
+        {"id": "ch_other", "amount": "8.00", "currency": "eur", "customer": call.json["customer"]},
+    )
     payments.process_payment.delay(appt.pk)
     jobs.run_all()
     outcome = jobs.outcome("payments.process_payment")
@@ -172,7 +176,9 @@ def test_a_charge_that_is_not_this_payments_is_never_marked_paid(jobs, gateway, 
     assert jobs.outcomes[-1].state == "FAILURE"
 
 
-def test_a_key_refused_as_used_for_other_parameters_is_a_mismatch_not_a_retry(jobs, gateway, make_appointment):
+def test_a_key_refused_as_used_for_other_parameters_is_a_mismatch_not_a_retry(
+    jobs, gateway, make_appointment
+):
     appt = make_appointment()
     gateway.http.handle = lambda call: (400, {"type": "idempotency_error"})
     payments.process_payment.delay(appt.pk)
@@ -201,8 +207,12 @@ def test_a_booking_rolled_back_sends_no_payment(jobs, gateway, make_appointment)
 
 def _stale_claim(appt, key="appointment-x-stale"):
     payment = Payment.objects.create(
-        appointment=appt, idempotency_key=key, amount=appt.amount, currency=appt.currency,
-        gateway_customer_id=appt.patient.gateway_customer_id, status=Payment.Status.PROCESSING,
+        appointment=appt,
+        idempotency_key=key,
+        amount=appt.amount,
+        currency=appt.currency,
+        gateway_customer_id=appt.patient.gateway_customer_id,
+        status=Payment.Status.PROCESSING,
     )
     Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now() - timedelta(hours=1))
     return payment
@@ -211,8 +221,12 @@ def _stale_claim(appt, key="appointment-x-stale"):
 def test_reconcile_marks_paid_a_payment_the_gateway_charged_before_a_crash(jobs, gateway, make_appointment):
     appt = make_appointment()
     payment = _stale_claim(appt)
-    gateway.charges[payment.idempotency_key] = {"id": "ch_crashed", "amount": "80.00", "currency": "eur",
-                                                "customer": "cus_ok"}
+    gateway.charges[payment.idempotency_key] = {
+        "id": "ch_crashed",
+        "amount": "80.00",
+        "currency": "eur",
+        "customer": "cus_ok",
+    }
     payments.reconcile_payments.delay()
     jobs.run_all()
     assert jobs.outcome("payments.reconcile_payments").result["paid"] == 1

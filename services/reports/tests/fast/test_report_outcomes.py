@@ -16,7 +16,9 @@ from contracts import reports
 
 def report_with(values):
     report = Report.objects.create(name="Quarterly")
-    ReportItem.objects.bulk_create(ReportItem(report=report, label=f"row {i}", value=Decimal(v)) for i, v in enumerate(values))
+    ReportItem.objects.bulk_create(
+        ReportItem(report=report, label=f"row {i}", value=Decimal(v)) for i, v in enumerate(values)
+    )
     return report
 
 
@@ -98,9 +100,12 @@ def test_the_weekly_job_builds_the_weeks_appointments_per_doctor(jobs):
     now = timezone.now()
     patient = Patient.objects.create(name="Pat", email="pat@mail.example", gateway_customer_id="cus_ok")
     for n, (days, amount) in enumerate([(1, "10.00"), (2, "5.00"), (10, "99.00")]):
-        d = Doctor.objects.create(first_name="D", last_name="Who" if n < 2 else "Old", email=f"d{n}@c.example")
-        Appointment.objects.create(doctor=d, patient=patient, amount=Decimal(amount),
-                                   scheduled_at=now - timedelta(days=days))
+        d = Doctor.objects.create(
+            first_name="D", last_name="Who" if n < 2 else "Old", email=f"d{n}@c.example"
+        )
+        Appointment.objects.create(
+            doctor=d, patient=patient, amount=Decimal(amount), scheduled_at=now - timedelta(days=days)
+        )
     reports.generate_weekly_report.delay()
     outcomes = jobs.run_all()
     assert [o.task for o in outcomes] == ["reports.generate_weekly_report", "reports.generate_large_report"]

@@ -21,7 +21,8 @@ def test_a_doctor_is_synced_and_keeps_the_crms_id(jobs, crm):
     sync.sync_doctor_to_external_system.delay(d.pk)
     jobs.run_all()
     assert jobs.outcome("sync.sync_doctor_to_external_system").result == {
-        "status": "synced", "external_id": f"crm-{d.pk}",
+        "status": "synced",
+        "external_id": f"crm-{d.pk}",
     }
     d.refresh_from_db()
     assert d.external_id == f"crm-{d.pk}" and d.synced_at is not None
@@ -41,7 +42,8 @@ def test_a_doctor_deleted_since_is_skipped_without_calling_the_crm(jobs, crm):
     sync.sync_doctor_to_external_system.delay(12345)
     jobs.run_all()
     assert jobs.outcome("sync.sync_doctor_to_external_system").result == {
-        "status": "skipped", "reason": "doctor not found",
+        "status": "skipped",
+        "reason": "doctor not found",
     }
     assert crm.calls == []
 
@@ -114,7 +116,9 @@ def test_validate_doctor_names_what_is_missing(jobs, fields, problems):
     sync.validate_doctor.delay(d.pk)
     jobs.run_all()
     assert jobs.outcome("sync.validate_doctor").result == {
-        "doctor_id": d.pk, "valid": not problems, "problems": problems,
+        "doctor_id": d.pk,
+        "valid": not problems,
+        "problems": problems,
     }
 
 
@@ -138,8 +142,12 @@ def test_the_onboarding_chain_ends_with_one_account_and_one_mail(jobs, crm, mail
     (sync.validate_doctor.s(d.pk) | sync.create_account.s() | emails.send_onboarding_email.s()).apply_async()
     outcomes = jobs.run_all()
     assert outcomes[-1].result == {
-        "doctor_id": d.pk, "valid": True, "problems": [], "account_created": True,
-        "external_id": f"crm-{d.pk}", "email_sent": True,
+        "doctor_id": d.pk,
+        "valid": True,
+        "problems": [],
+        "account_created": True,
+        "external_id": f"crm-{d.pk}",
+        "email_sent": True,
     }
     assert len(crm.calls) == 1
     assert len(mailbox) == 1
