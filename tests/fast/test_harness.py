@@ -309,3 +309,12 @@ def test_the_stub_transport_refuses_a_publish_with_no_harness_active():
 def test_a_harness_cannot_be_nested(jobs):
     with pytest.raises(RuntimeError, match="already active"), Jobs():
         pass
+
+
+def test_starting_a_process_is_refused(fast_session):
+    import subprocess
+
+    from devtools.testing.fast import ProcessRefusedError
+
+    with pytest.raises(ProcessRefusedError, match="starts no process"):
+        subprocess.run(["true"], check=False)

@@ -12,7 +12,8 @@ nothing and calls `configure` here instead:
 - Django is set up and migrated once; each test starts from that migrated database (a
   SQLite backup of it, restored in a millisecond), an empty mailbox and no queued task;
 - every attempt to open a network connection fails (`ConnectionRefusedError`) and is recorded
-  in `network_attempts`: a fast test that needs a server fails instead of waiting for one.
+  in `network_attempts`: a fast test that needs a server fails instead of waiting for one;
+- starting a process fails (`ProcessRefusedError`): a test that needs one is a platform test.
 
 The fixtures (`jobs`, `mailbox`, `gateway`, `crm`, `network_attempts`) also work in a
 platform session, where they stub the process's own sending only for the test's duration.
@@ -75,6 +76,7 @@ def configure(config: pytest.Config) -> None:
         "web.settings" if _importable("web.settings") else "common.django_settings"
     )
     _refuse_network()
+    _refuse_processes()
     from common.settings import reset_settings_cache
 
     reset_settings_cache()
@@ -96,6 +98,21 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
+
+
+class ProcessRefusedError(RuntimeError):
+    """A fast test tried to start a process: it belongs in the platform tier."""
+
+
+def _refuse_processes() -> None:
+    import subprocess
+
+    def refuse(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
+        raise ProcessRefusedError(
+            f"the fast tier starts no process ({args!r}): move the test out of its fast/ directory"
+        )
+
+    subprocess.Popen.__init__ = refuse  # type: ignore[method-assign]
 
 
 def _refuse_network() -> None:
