@@ -1,4 +1,8 @@
-"""pytest plugin: every test session gets its own redis-server, database and data dir.
+"""pytest plugin: every platform-tier session gets its own redis-server, database and data dir.
+
+A fast session (its paths all in `fast` directories, or JOBS_TEST_TIER=fast) starts none of
+them: `devtools.testing.fast` sets it up instead (in-memory SQLite, the stub broker, no
+socket, no process), and the fixtures below fail there, naming the fast ones to use.
 
 Set up before Django so the settings every process reads (this one and the worker
 processes it starts) point at the same throwaway Redis and database. The database is
