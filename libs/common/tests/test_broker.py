@@ -187,7 +187,7 @@ def test_install_wins_over_a_redis_url_resolved_before_it() -> None:
 # --- redelivery: every return to a queue is counted, and marked on the next delivery ------
 import json  # noqa: E402
 
-from common.transport.broker.transport import _marked_redelivered  # noqa: E402
+from common.transport.broker.messages import marked_redelivered as _marked_redelivered  # noqa: E402
 from common.transport.dead_letter_store import MALFORMED, DeadLetters  # noqa: E402
 
 

@@ -365,7 +365,7 @@ def test_send_many_publishes_every_call_once_and_keeps_nothing(redis_client) -> 
 def test_a_canvas_in_one_round_trip_publishes_a_whole_group_at_its_end(redis_client) -> None:  # type: ignore[no-untyped-def]
     from celery import group
 
-    from common.transport.broker.transport import ROUND_TRIP_MESSAGES
+    from common.transport.broker.round_trip import ROUND_TRIP_MESSAGES
 
     with calls.one_round_trip():
         result = group(sync.echo.s(i) for i in range(50)).apply_async()  # its own producer

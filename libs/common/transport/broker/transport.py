@@ -23,16 +23,10 @@ Registered under kombu's `redis`/`rediss` aliases (`install()`), so URLs stay as
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
-import re
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any
 
@@ -45,7 +39,10 @@ from kombu.utils.json import dumps
 from redis.commands.core import Script
 
 from common.transport import protocol
-from common.transport.broker import ownership, scripts
+from common.transport.broker import ownership, round_trip, scripts, sockets
+from common.transport.broker.messages import due_ms, marked_redelivered, names_in, task_named_in, task_of
+from common.transport.broker.qos import QoS
+from common.transport.broker.round_trip import ROUND_TRIP_MESSAGES, one_round_trip
 from common.transport.dead_letter_store import (
     CRASHED_CONSUMER,
     DEFAULT_MAX_ENTRY_BYTES,
@@ -61,168 +58,6 @@ logger = logging.getLogger(__name__)
 
 # Messages one FETCH may take, when the consumer's prefetch leaves room for that many.
 FETCH_BATCH = 16
-
-# A due time this close is not worth a round trip through the delayed set.
-_DELAY_THRESHOLD_MS = 50
-
-# Every socket the transport opens is bounded, whatever the configuration says: kombu's
-# defaults (no socket_timeout, no keepalive) let a read on a half-open connection (a NAT or
-# load balancer that dropped its state, a partition) wait forever, and Celery bounds only the
-# sockets it knows of (a channel's `client` and `subclient`) when it cleans up after a
-# connection error, not the channel's own client, nor the owner's. Used where the transport
-# options leave these unset; `common.celery_config` sets them from Settings.
-DEFAULT_SOCKET_TIMEOUT = 5.0
-# TCP keepalive: a silent peer is probed after 10 s idle, every 5 s, and the kernel fails the
-# socket after 3 unanswered probes (about 25 s): a read blocked on a dead peer then ends.
-DEFAULT_KEEPALIVE_OPTIONS = {
-    option: value
-    for option, value in (
-        (getattr(socket, "TCP_KEEPIDLE", None), 10),
-        (getattr(socket, "TCP_KEEPINTVL", None), 5),
-        (getattr(socket, "TCP_KEEPCNT", None), 3),
-    )
-    if option is not None
-}
-# How often the event loop looks for a BRPOP whose reply is overdue (`Channel._drop_overdue_brpop`).
-BRPOP_CHECK_INTERVAL = 1.0
-# The most a read may wait while a channel closes (`Channel.close`): it is clean-up only.
-CLOSE_TIMEOUT = 2.0
-
-
-def _due_ms(message: dict[str, Any]) -> int | None:
-    """The message's ETA in epoch ms when it lies in the future, else None."""
-    headers = message.get("headers")
-    eta = headers.get("eta") if isinstance(headers, dict) else None
-    if not isinstance(eta, str):
-        return None
-    try:
-        when = datetime.fromisoformat(eta)
-    except ValueError:
-        return None  # the worker dead-letters a malformed header on receipt
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    due = int(when.timestamp() * 1000)
-    return due if due - time.time() * 1000 > _DELAY_THRESHOLD_MS else None
-
-
-def _marked_redelivered(raw: bytes, ceiling: int) -> bytes:
-    """The message with `redelivered` set in its headers and its delivery_info, as kombu's
-    own Redis transport sets it on a restore; unchanged when it cannot be decoded (the
-    worker then dead-letters it on receipt) or is over `ceiling` bytes (0: no ceiling).
-
-    Decoded and encoded again by Python's json, which keeps every value as it was (Lua's
-    cjson would not: `[]` becomes `{}`, numbers change); only a message that went back on
-    its queue pays for it.
-    """
-    if ceiling and len(raw) > ceiling:
-        return raw
-    try:
-        payload = json.loads(raw)
-        headers, properties = payload.get("headers"), payload.get("properties")
-        if not isinstance(properties, dict):
-            return raw
-        if isinstance(headers, dict):
-            headers["redelivered"] = True
-        info = properties.get("delivery_info")
-        if not isinstance(info, dict):
-            properties["delivery_info"] = info = {}
-        info["redelivered"] = True
-        try:  # non-ASCII text kept as it was, not escaped (which could grow it sixfold)
-            return json.dumps(payload, ensure_ascii=False).encode()
-        except UnicodeEncodeError:  # a lone surrogate escape: only escaped JSON can hold it
-            return json.dumps(payload).encode()
-    except Exception:  # noqa: BLE001 - not JSON, too deep, not UTF-8: left to the intake
-        return raw
-
-
-def _names_in(raw: bytes, ceiling: int) -> tuple[str | None, str | None]:
-    """The task name and id a message carries, for its dead letter; (None, None) if unknown."""
-    if ceiling and len(raw) > ceiling:
-        return None, None
-    try:
-        headers = json.loads(raw).get("headers")
-    except Exception:  # noqa: BLE001 - not a message we can read
-        return None, None
-    task = headers.get("task") if isinstance(headers, dict) else None
-    task_id = headers.get("id") if isinstance(headers, dict) else None
-    return (task if isinstance(task, str) else None), (task_id if isinstance(task_id, str) else None)
-
-
-class QoS(kombu_redis.QoS):
-    """Acks and rejects settle the owner's in-flight record; nothing relies on message age."""
-
-    def _owner_holding(self, tag: str) -> ownership.Owner | None:
-        owner = ownership.current_owner()
-        return owner if owner is not None and tag in owner.held else None
-
-    def append(self, message: Any, delivery_tag: str) -> None:
-        virtual.QoS.append(self, message, delivery_tag)  # FETCH already recorded it in Redis
-
-    def ack(self, delivery_tag: str) -> None:
-        owner = self._owner_holding(delivery_tag)
-        if owner is not None:
-            owner.ack(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)
-
-    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        owner = self._owner_holding(delivery_tag)
-        if owner is not None:
-            if requeue:
-                # Counted in Redis by the same step (scripts.REQUEUE): the next delivery is
-                # marked redelivered, and one past TASK_MAX_REQUEUES is dead-lettered instead.
-                returns = owner.returns(delivery_tag) + 1
-                owner.requeue([delivery_tag])
-                limit = int(self.channel.max_requeues)
-                logger.warning(
-                    "Requeued message %s at its task's request (%d of at most %d requeues%s)",
-                    delivery_tag,
-                    returns,
-                    limit,
-                    "; it is dead-lettered when next taken" if returns > limit else "",
-                )
-            else:
-                owner.ack(delivery_tag)
-        virtual.QoS.ack(self, delivery_tag)
-
-    def restore_unacked(self, client: Any = None) -> None:
-        # A closing channel (a lost connection, a consumer restart) keeps its messages: the
-        # tasks may still be running, and they stay owned by this live process. What is
-        # left at a clean exit goes back in `Owner.release`; after a crash, on heartbeat
-        # expiry.
-        self._delivered.clear()
-
-    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
-        pass  # recovery is by heartbeat (ownership), never by message age
-
-
-_round_trip = threading.local()
-ROUND_TRIP_MESSAGES = 200  # sent on while the block goes on, so workers start on a long fan-out
-
-
-@contextmanager
-def one_round_trip() -> Iterator[None]:
-    """Every message this thread publishes in the block goes out pipelined: in round trips
-    of ROUND_TRIP_MESSAGES, the rest at the block's end.
-
-    A fan-out of 1,000 tasks then costs 5 round trips instead of 1,000, whichever producer
-    Celery picks for each (a chord's header, a group, `send_task` in a loop), and the
-    workers start on the first 200 while the rest are built. Nothing more is sent if the
-    block raises; if sending fails, it raises (in the block or at its end), and some of
-    the messages may have reached Redis: callers send the whole batch again with the
-    `x_outbox` header, whose second copies the workers drop (common.outbox). Waiting in
-    the block for the result of a task published in it may wait forever: it may not have left.
-    """
-    if getattr(_round_trip, "open", False):  # nested: the outer block sends it
-        yield
-        return
-    _round_trip.open, _round_trip.pipeline = True, None
-    try:
-        yield
-        pipeline = _round_trip.pipeline
-        if pipeline is not None and len(pipeline):
-            pipeline.execute()
-    finally:
-        _round_trip.open, _round_trip.pipeline = False, None
 
 
 class Channel(kombu_redis.Channel):
@@ -271,20 +106,11 @@ class Channel(kombu_redis.Channel):
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         """kombu's connection parameters, with every socket bounded where the transport options
-        leave it unbounded: a read times out (`DEFAULT_SOCKET_TIMEOUT`) and a dead peer is
+        leave it unbounded: a read times out (`sockets.DEFAULT_SOCKET_TIMEOUT`) and a dead peer is
         found by TCP keepalive. The channel's clients, its BRPOP and pub/sub connections
         (`_create_client(asynchronous=True)`) and the process's owner (`owner`) all use these.
         """
-        params = super()._connparams(asynchronous=asynchronous)
-        for key in ("socket_timeout", "socket_connect_timeout"):
-            if key in params and params[key] is None:  # a unix socket has no connect timeout
-                params[key] = DEFAULT_SOCKET_TIMEOUT
-        if "socket_keepalive" in params:  # TCP only: kombu drops it for a unix socket
-            if params["socket_keepalive"] is None:
-                params["socket_keepalive"] = True
-            if params["socket_keepalive"] and not params.get("socket_keepalive_options"):
-                params["socket_keepalive_options"] = dict(DEFAULT_KEEPALIVE_OPTIONS)
-        return params
+        return sockets.bounded(super()._connparams(asynchronous=asynchronous))
 
     def close(self) -> None:
         """Close all the way, and within a bounded time, even when Redis is gone, hung or
@@ -298,11 +124,12 @@ class Channel(kombu_redis.Channel):
         timeout: on a task queue it holds a bell token, never a message; on a reply queue
         (no acks) the reply was for this closing consumer anyway. What close still sends
         (deleting auto-delete bindings) is clean-up: every socket of the channel gets at most
-        CLOSE_TIMEOUT per read first, so a half-open connection costs seconds, not forever
+        sockets.CLOSE_TIMEOUT per read first, so a half-open connection costs seconds, not forever
         (Celery's own bound reaches only `client` and `subclient`, not the channel's pool).
         """
         self._sync_client = None
-        self._bound_sockets(min(float(self.socket_timeout or DEFAULT_SOCKET_TIMEOUT), CLOSE_TIMEOUT))
+        timeout = float(self.socket_timeout or sockets.DEFAULT_SOCKET_TIMEOUT)
+        self._bound_sockets(min(timeout, sockets.CLOSE_TIMEOUT))
         if self._in_poll:
             self._in_poll = None
             self._reliable_poll = False
@@ -382,7 +209,7 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         pri = self._get_message_priority(message, reverse=False)
         key = self._q_for_pri(queue, pri)
-        due = _due_ms(message)
+        due = due_ms(message)
         # When it became runnable (its due time, if delayed): the queue's oldest-message age
         # (common.observability.queues) is how long work has waited for a worker.
         runnable = due / 1000 if due is not None else round(time.time(), 3)
@@ -418,11 +245,11 @@ class Channel(kombu_redis.Channel):
 
     def _round_trip_pipeline(self) -> Any:
         """The pipeline of this thread's `one_round_trip` block, made on first use; else None."""
-        if not getattr(_round_trip, "open", False):
+        if not getattr(round_trip.state, "open", False):
             return None
-        pipeline = _round_trip.pipeline
+        pipeline = round_trip.state.pipeline
         if pipeline is None:
-            pipeline = _round_trip.pipeline = self.client.pipeline(transaction=False)
+            pipeline = round_trip.state.pipeline = self.client.pipeline(transaction=False)
         elif len(pipeline) >= ROUND_TRIP_MESSAGES:
             pipeline.execute()  # emptied: the next messages go in the next round trip
         return pipeline
@@ -460,7 +287,7 @@ class Channel(kombu_redis.Channel):
         """Seconds after which a BRPOP of ours without a reply means a half-open connection:
         its server-side timeout, plus a socket timeout for the reply to arrive (as any other
         command gets). Not used for a BRPOP without a timeout: kombu's health check applies."""
-        return self._brpop_wait + float(self.socket_timeout or DEFAULT_SOCKET_TIMEOUT)
+        return self._brpop_wait + float(self.socket_timeout or sockets.DEFAULT_SOCKET_TIMEOUT)
 
     def _drop_overdue_brpop(self) -> bool:
         """Drop the BRPOP connection if its reply is overdue (`_brpop_deadline`); True if dropped.
@@ -568,11 +395,11 @@ class Channel(kombu_redis.Channel):
                                 f"{int(self.max_requeues)} (requeued by its task, or recovered from "
                                 "a worker that stopped)"
                             )
-                            rejection = Rejection(REQUEUE_LIMIT, why, *_names_in(raw, ceiling))
+                            rejection = Rejection(REQUEUE_LIMIT, why, *names_in(raw, ceiling))
                             self._dead_letter(rejection, raw, list_key.split(self.sep, 1)[0], tag)
                             continue
                         if returns:
-                            raw = _marked_redelivered(raw, ceiling)
+                            raw = marked_redelivered(raw, ceiling)
                         delivered = self._deliver_one(list_key, raw, tag) or delivered
                     except BaseException:
                         self._give_back([m[2] for m in batch[n + 1 :]])
@@ -607,11 +434,11 @@ class Channel(kombu_redis.Channel):
             # restarted worker in turn.
             logger.exception("Admitting a message from queue %s raised; dead-lettering it", queue)
             rejection = Rejection(
-                CRASHED_CONSUMER, f"admitting it raised {type(exc).__name__}", *_task_named_in(raw)
+                CRASHED_CONSUMER, f"admitting it raised {type(exc).__name__}", *task_named_in(raw)
             )
             self._dead_letter(rejection, raw, queue, tag)
             return False
-        owner.took(tag, _task_of(payload)[1])  # its result store may settle it (Owner.hand_over)
+        owner.took(tag, task_of(payload)[1])  # its result store may settle it (Owner.hand_over)
         self._queue_cycle.rotate(queue)
         try:
             self.connection._deliver(payload, queue)
@@ -621,7 +448,7 @@ class Channel(kombu_redis.Channel):
             logger.exception("Handling a message from queue %s raised; dead-lettering it", queue)
             self.qos._quick_ack(tag)
             self._dead_letter(
-                Rejection(CRASHED_CONSUMER, f"{type(exc).__name__}: {exc}", *_task_of(payload)),
+                Rejection(CRASHED_CONSUMER, f"{type(exc).__name__}: {exc}", *task_of(payload)),
                 raw,
                 queue,
                 tag,
@@ -652,12 +479,12 @@ class Channel(kombu_redis.Channel):
             raise Rejection(
                 TOO_LARGE,
                 f"message of {len(raw):,} bytes, far over TASK_MAX_PAYLOAD_BYTES={self.max_payload_bytes:,}",
-                *_task_named_in(raw),
+                *task_named_in(raw),
             )
         try:
             payload = protocol.loads_bounded(bytes_to_str(raw), object_hook=kombu_json.object_hook)
         except protocol.MalformedMessage as exc:
-            raise Rejection(UNDECODABLE, str(exc), *_task_named_in(raw)) from None
+            raise Rejection(UNDECODABLE, str(exc), *task_named_in(raw)) from None
         except ValueError:  # not JSON, or not UTF-8
             raise Rejection(UNDECODABLE, "not JSON (or not UTF-8)") from None
         properties = payload.get("properties") if isinstance(payload, dict) else None
@@ -716,28 +543,6 @@ def _stopping() -> bool:
     return worker_state.should_stop is not None or worker_state.should_terminate is not None
 
 
-_NAMED = re.compile(rb'"(task|id)": ?"([\w.:-]{1,200})"')
-
-
-def _task_named_in(raw: bytes) -> tuple[str | None, str | None]:
-    """The task name and id of a message that cannot be decoded whole (too large, too deep):
-    read from its first and last 16 KiB only, where kombu's JSON puts the headers."""
-    found: dict[bytes, bytes] = {}
-    for part in (raw[:16384], raw[-16384:]):
-        for key, value in _NAMED.findall(part):
-            found.setdefault(key, value)
-    task, task_id = found.get(b"task"), found.get(b"id")
-    return (task.decode() if task else None), (task_id.decode() if task_id else None)
-
-
-def _task_of(payload: Any) -> tuple[str | None, str | None]:
-    headers = payload.get("headers") if isinstance(payload, dict) else None
-    if not isinstance(headers, dict):
-        return None, None
-    task, task_id = headers.get("task"), headers.get("id")
-    return (task if isinstance(task, str) else None), (task_id if isinstance(task_id, str) else None)
-
-
 class Transport(kombu_redis.Transport):
     Channel = Channel
 
@@ -750,7 +555,7 @@ class Transport(kombu_redis.Transport):
         if tref is not None:
             tref.cancel()  # a previous connection's, as kombu does for its own timers
         cycle._jobs_brpop_deadline_tref = loop.call_repeatedly(
-            BRPOP_CHECK_INTERVAL, _drop_overdue_brpops, cycle
+            sockets.BRPOP_CHECK_INTERVAL, _drop_overdue_brpops, cycle
         )
 
 
