@@ -34,13 +34,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual
+
+from devtools.testing.memory_redis import MemoryRedis
 
 STUB_URL = "stub://"
 MEMORY_RESULTS = "cache+memory://"
@@ -103,145 +102,6 @@ class StubTransport(virtual.Transport):
 def _register_transport() -> None:
     TRANSPORT_ALIASES["stub"] = f"{__name__}:StubTransport"
     _transport_cache.pop("stub", None)
-
-
-# --------------------------------------------------------------------------- Redis, in memory
-
-
-class MemoryLock:
-    """redis-py's `Lock` semantics: set-if-absent with expiry, owner-only release."""
-
-    def __init__(self, redis: MemoryRedis, name: str, timeout: float | None) -> None:
-        self.redis, self.name, self.timeout = redis, name, timeout
-        self.token = uuid.uuid4().hex
-
-    def acquire(self, blocking: bool | None = None, **_: Any) -> bool:
-        return bool(
-            self.redis.set(
-                self.name, self.token, nx=True, px=int(self.timeout * 1000) if self.timeout else None
-            )
-        )
-
-    def release(self) -> None:
-        from redis.exceptions import LockNotOwnedError
-
-        if self.redis.get(self.name) != self.token.encode():
-            raise LockNotOwnedError("Cannot release a lock that's no longer owned")
-        self.redis.delete(self.name)
-
-    def locked(self) -> bool:
-        return self.redis.get(self.name) is not None
-
-
-class MemoryRedis:
-    """The commands our locks, the intake and the failure records use, in one process."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, Any] = {}
-        self._expires: dict[str, float] = {}
-        self._lock = threading.RLock()
-
-    def _alive(self, key: str) -> bool:
-        deadline = self._expires.get(key)
-        if deadline is not None and time.monotonic() >= deadline:
-            self._data.pop(key, None)
-            self._expires.pop(key, None)
-        return key in self._data
-
-    @staticmethod
-    def _b(value: Any) -> bytes:
-        return value if isinstance(value, bytes) else str(value).encode()
-
-    def ping(self) -> bool:
-        return True
-
-    def set(
-        self,
-        name: str,
-        value: Any,
-        ex: float | None = None,
-        px: int | None = None,
-        nx: bool = False,
-        **_: Any,
-    ) -> bool | None:
-        with self._lock:
-            if nx and self._alive(name):
-                return None
-            self._data[name] = self._b(value)
-            self._expires.pop(name, None)
-            if ex is not None or px is not None:
-                self._expires[name] = time.monotonic() + (ex if ex is not None else px / 1000)  # type: ignore[operator]
-            return True
-
-    def get(self, name: str) -> bytes | None:
-        with self._lock:
-            return self._data.get(name) if self._alive(name) else None
-
-    def delete(self, *names: str) -> int:
-        with self._lock:
-            return sum(1 for n in names if self._alive(n) and self._data.pop(n, None) is not None)
-
-    def exists(self, *names: str) -> int:
-        with self._lock:
-            return sum(1 for n in names if self._alive(n))
-
-    def lpush(self, name: str, *values: Any) -> int:
-        with self._lock:
-            items = (
-                self._data.setdefault(name, [])
-                if self._alive(name) or name not in self._data
-                else self._data[name]
-            )
-            for v in values:
-                items.insert(0, self._b(v))
-            return len(items)
-
-    def ltrim(self, name: str, start: int, end: int) -> bool:
-        with self._lock:
-            items = self._data.get(name, [])
-            self._data[name] = items[start : None if end == -1 else end + 1]
-            return True
-
-    def lrange(self, name: str, start: int, end: int) -> list[bytes]:
-        with self._lock:
-            items = self._data.get(name, []) if self._alive(name) else []
-            return list(items[start : None if end == -1 else end + 1])
-
-    def lock(self, name: str, timeout: float | None = None, blocking: bool = True, **_: Any) -> MemoryLock:
-        return MemoryLock(self, name, timeout)
-
-    def pipeline(self, transaction: bool = True) -> _Pipeline:
-        return _Pipeline(self)
-
-    def close(self) -> None:
-        pass
-
-    def flushall(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self._expires.clear()
-
-
-class _Pipeline:
-    def __init__(self, redis: MemoryRedis) -> None:
-        self._redis, self._calls = redis, []  # type: ignore[var-annotated]
-
-    def __getattr__(self, command: str) -> Any:
-        def queue(*args: Any, **kwargs: Any) -> _Pipeline:
-            self._calls.append((command, args, kwargs))
-            return self
-
-        return queue
-
-    def execute(self) -> list[Any]:
-        calls, self._calls = self._calls, []
-        return [getattr(self._redis, c)(*a, **k) for c, a, k in calls]
-
-    def __enter__(self) -> _Pipeline:
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._calls = []
 
 
 # --------------------------------------------------------------------------- the record
