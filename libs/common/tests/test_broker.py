@@ -321,3 +321,22 @@ def test_marking_keeps_non_ascii_text_as_it_was() -> None:
     assert "Zoë".encode() in marked and json.loads(marked)["properties"]["delivery_info"]["redelivered"]
     lone = b'{"body": "\\ud800", "headers": {}, "properties": {}}'
     assert json.loads(_marked_redelivered(lone, 0))["body"] == "\ud800"
+
+
+def test_each_redis_a_process_consumes_from_has_its_own_owner(redis_url: str) -> None:
+    """The first connection a process opened (a consumer through a proxy since gone, another
+    server) made the only owner, and every later channel's acks went to it (Celery's suite:
+    Reject(requeue=True) never requeued, inspect scheduled read a dead address)."""
+    params = dict(redis.Redis.from_url(redis_url).connection_pool.connection_kwargs)
+    elsewhere = {**params, "db": 5}
+    first = ownership.owner_for(params, dead_after=10, tick=0.5)
+    try:
+        assert ownership.owner_for(dict(params), dead_after=10, tick=0.5) is first  # same server
+        other = ownership.owner_for(elsewhere, dead_after=10, tick=0.5)
+        assert other is not first and other.client.connection_pool.connection_kwargs["db"] == 5
+        assert ownership.current_owner() in (first, other)  # the process's first, either way
+    finally:
+        for owner in list(ownership._owners.values()):
+            owner.release()
+        ownership._owners.clear()
+        ownership._owner = None

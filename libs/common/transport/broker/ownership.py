@@ -355,7 +355,8 @@ def _quarantined(entry: bytes) -> tuple[str, str, bytes]:
     return why.decode(errors="replace"), queue.decode(errors="replace") or scripts.DELAYED, raw
 
 
-_owner: Owner | None = None
+_owner: Owner | None = None  # the first this process made: its broker's (metrics, inspect)
+_owners: dict[tuple[str, ...], Owner] = {}
 _owner_lock = threading.Lock()
 _warned: set[str] = set()
 
@@ -366,14 +367,34 @@ def _warn_once(message: str, *args: Any) -> None:
         logger.warning(message, *args)
 
 
+def _server_of(pool_params: dict[str, Any]) -> tuple[str, ...]:
+    """Which Redis (and as whom) a connection reaches: one owner per server a process uses."""
+    keys = ("host", "port", "db", "path", "username", "service_name")
+    cls = pool_params.get("connection_class")
+    return (*(str(pool_params.get(k)) for k in keys), getattr(cls, "__qualname__", str(cls)))
+
+
 def owner_for(pool_params: dict[str, Any], *, dead_after: float, tick: float) -> Owner:
-    """The process's owner, created on first use (and anew in a forked child)."""
+    """This process's owner on the Redis `pool_params` reach, created on first use (and anew
+    in a forked child).
+
+    One per server, not one per process: an owner built from the first connection a process
+    opened (a consumer through a proxy that later went away, another Redis) would otherwise
+    take every later connection's acks, requeues and heartbeats to the wrong server.
+    """
     global _owner
+    key = _server_of(pool_params)
     with _owner_lock:
-        if _owner is None or _owner.pid != os.getpid():
-            _owner = Owner(pool_params, dead_after=dead_after, tick=tick)
-            atexit.register(_owner.release)
-        return _owner
+        if _owner is not None and _owner.pid != os.getpid():
+            _owners.clear()  # a forked child: the parent's owners are not its own
+            _owner = None
+        owner = _owners.get(key)
+        if owner is None:
+            owner = _owners[key] = Owner(pool_params, dead_after=dead_after, tick=tick)
+            atexit.register(owner.release)
+            if _owner is None:
+                _owner = owner
+        return owner
 
 
 def current_owner() -> Owner | None:

@@ -18,8 +18,8 @@ class QoS(kombu_redis.QoS):
     """Acks and rejects settle the owner's in-flight record; nothing relies on message age."""
 
     def _owner_holding(self, tag: str) -> ownership.Owner | None:
-        owner = ownership.current_owner()
-        return owner if owner is not None and tag in owner.held else None
+        owner = self.channel.owner  # the owner on this channel's Redis (one per server)
+        return owner if tag in owner.held else None
 
     def append(self, message: Any, delivery_tag: str) -> None:
         virtual.QoS.append(self, message, delivery_tag)  # FETCH already recorded it in Redis

@@ -53,6 +53,7 @@ from common.transport.tls import redis_from_url
 logger = logging.getLogger(__name__)
 
 LIMIT = 1000  # entries in one answer
+ETA_TIMER_PRIORITY = 6
 PAGE = 500  # zset members per ZRANGE
 SCAN = 10_000  # zset members looked at per answer, every queue's
 PRIORITY_SEP = "\x06\x16"  # kombu: `<queue>\x06\x16<priority>` for priorities other than 0
@@ -100,7 +101,9 @@ def _entry(member: bytes | str, due_ms: float, queues: set[str], hostname: str) 
     name = headers.get("task")
     return {
         "eta": eta,
-        "priority": priority,
+        # Celery's answer gives the timer entry's priority, 6 for every ETA task
+        # (celery.worker.strategy); the message's own is in delivery_info.
+        "priority": ETA_TIMER_PRIORITY,
         "request": {
             "id": headers["id"],
             "name": name,
@@ -142,10 +145,12 @@ def _client(url: str) -> Any:
     return redis_from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
-def _redis() -> Any:
-    """The broker's Redis: this worker's owner's client, else one on REDIS_URL."""
-    owner = ownership.current_owner()
-    if owner is not None:
+def _redis(consumer: Any) -> Any:
+    """The broker's Redis: the owner of the channel this worker consumes on, else the
+    process's first owner, else a client on REDIS_URL."""
+    channel = getattr(getattr(consumer, "connection", None), "default_channel", None)
+    owner = getattr(channel, "owner", None) or ownership.current_owner()
+    if isinstance(owner, ownership.Owner):
         return owner.client
     return _client(get_settings().redis_url)
 
@@ -160,7 +165,7 @@ def scheduled(state: Any, **kwargs: Any) -> list[dict[str, Any]] | dict[str, str
     seen = {entry["request"].get("id") for entry in held}
     try:
         delayed = delayed_requests(
-            _redis(), _consumed_queues(consumer), consumer.hostname, limit=max(0, LIMIT - len(held))
+            _redis(consumer), _consumed_queues(consumer), consumer.hostname, limit=max(0, LIMIT - len(held))
         )
     except Exception as exc:  # Redis away: an error (Celery's shape for one), not an empty schedule
         logger.warning("inspect scheduled: could not read the delayed set (%s)", type(exc).__name__)
