@@ -105,11 +105,11 @@ def write(
     path.write_text(
         f"# Benchmark results\n\n{stamp} on {machine}; full run, {rounds} rounds, {elapsed:.0f} s"
         f"{' (with the extra profiled round)' if profiles else ''}.\n"
-        "Written by `./scripts/bench`; what each row compares is in the README (Benchmark). The"
-        " baseline is stock Celery on kombu's transport (the I/O row: the chapter's prefork/4, the"
+        "Written by `./scripts/bench`; what each row compares is in docs/benchmark.md. The"
+        " baseline is stock Celery on kombu's transport (the I/O row: the usual prefork/4 worker, the"
         " report row: progress off); Dramatiq runs from the bench's own virtualenv, its CLI's"
         f" defaults ({PROCESSES} processes x {THREADS} threads) on Redis DB {DB}. Where a row misses"
-        " its target, the README (Benchmark, Where the targets stand) says why, from the profiles"
+        " its target, docs/benchmark.md (Where the targets stand) says why, from the profiles"
         " at the end.\n\n"
         + table_text
         + "\n"
@@ -126,7 +126,7 @@ def write(
         )
         + (
             "\n## What one no-op task costs Redis\n\nOne `--pool=solo` sync worker draining"
-            f" {capacity_n:,} no-op tasks (`INFO` after `CONFIG RESETSTAT`; the README's"
+            f" {capacity_n:,} no-op tasks (`INFO` after `CONFIG RESETSTAT`; docs/benchmark.md's"
             " capacity model is built on these).\n\n| per no-op task | |\n|---|---|\n"
             + "\n".join(bench.capacity_lines)
             + "\n"

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from common.routing import SERVICES
-from common.schedules import CHAPTER_SCHEDULES, Schedule
+from common.schedules import PERIODIC_JOBS, Schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -238,9 +238,9 @@ def test_every_periodic_job_has_a_missed_alert_over_its_period() -> None:
     missed = [rule for rule in alert_rules() if rule["alert"] == "CeleryPeriodicJobMissed"]
     by_job = {rule["labels"].get("periodic_job"): rule for rule in missed}
     assert len(by_job) == len(missed), "one CeleryPeriodicJobMissed rule per periodic job"
-    jobs = {s.name for s in CHAPTER_SCHEDULES}
+    jobs = {s.name for s in PERIODIC_JOBS}
     assert set(by_job) == jobs, "one CeleryPeriodicJobMissed rule per job of common.schedules, none other"
-    for schedule in CHAPTER_SCHEDULES:
+    for schedule in PERIODIC_JOBS:
         expr = by_job[schedule.name]["expr"]
         selectors = re.findall(r"celery_task_last_success_timestamp_seconds\{([^}]*)\}", expr)
         assert selectors and all(s == f'task="{schedule.task}"' for s in selectors), (schedule.name, expr)

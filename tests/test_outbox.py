@@ -3,7 +3,7 @@
 What is measured: a task sent while Redis is down is kept and run once Redis and the relay
 are back; a rolled-back transaction sends nothing and a committed one runs once; a relay
 killed between publish and delete republishes the same task id, which still runs once; the
-chapter's fan-outs work inside a transaction and lose nothing while the broker is down.
+the platform's fan-outs work inside a transaction and lose nothing while the broker is down.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def test_a_single_relay_pass_with_the_broker_down_exits_non_zero_and_keeps_the_t
     assert OutboxMessage.objects.get(task_id=kept.id).attempts == 1
 
 
-# --- the chapter's fan-outs ----------------------------------------------------------------
+# --- the platform's fan-outs ----------------------------------------------------------------
 
 FAN_OUT = """
 import json, sys

@@ -1,4 +1,4 @@
-"""Canvas across services and the chapter's calling options, on real workers of each service."""
+"""Canvas across services and Celery's calling options, on real workers of each service."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Row 7: what one no-op task costs Redis, the capacity model's inputs (README, Capacity)."""
+"""Row 7: what one no-op task costs Redis, the capacity model's inputs (docs/benchmark.md, Capacity)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from bench.harness import Bench, log
 def run(bench: Bench, n: int) -> None:
     """One solo sync worker drains `n` no-op tasks through the bench's Redis; per task: the
     Redis commands, bytes in and out and Redis' own CPU (`INFO`, reset first), the stored
-    message and result sizes, and the worker's rate (one core). README, Capacity."""
+    message and result sizes, and the worker's rate (one core). docs/benchmark.md, Capacity."""
     from common.celery_app import current_app
 
     app, r = current_app(), bench.redis

@@ -13,9 +13,9 @@ def run(bench: Bench, n: int, crm) -> None:  # type: ignore[no-untyped-def]
     """Each sync calls the CRM sandbox (100 ms) between an ORM read and update.
 
     Ours: one sync worker per core on the service's defaults (threads, see
-    services/sync/service.py); the chapter: one prefork worker of 4 children; Dramatiq: its
+    services/sync/service.py); the usual setup: one prefork worker of 4 children; Dramatiq: its
     2 x 8 threads making the same HTTP call. Each runs a batch sized to take a few seconds
-    at its expected rate (ours 6n, Dramatiq 4n, the chapter n), so none is start-up bound.
+    at its expected rate (ours 6n, Dramatiq 4n, prefork/4 n), so none is start-up bound.
     """
     from common.celery_app import current_app
     from common.models import Doctor
@@ -29,10 +29,10 @@ def run(bench: Bench, n: int, crm) -> None:  # type: ignore[no-untyped-def]
     ids = list(Doctor.objects.order_by("pk").values_list("pk", flat=True))
     crm.latency = 0.1
     app = current_app()
-    ours, chapter = f"ours ({cores} x sync defaults)", "chapter (prefork/4)"
+    ours, usual = f"ours ({cores} x sync defaults)", "usual (prefork/4)"
     setups = {
         ours: ([("sync.worker", f"io{k}", []) for k in range(cores)], 6 * n),
-        chapter: ([("sync.worker", "io", ["--pool=prefork", "--concurrency=4"])], n),
+        usual: ([("sync.worker", "io", ["--pool=prefork", "--concurrency=4"])], n),
     }
     peer = f"dramatiq ({PROCESSES}x{THREADS} threads)"
     runs: dict[str, list[float]] = {k: [] for k in (*setups, peer)}
@@ -62,11 +62,11 @@ def run(bench: Bench, n: int, crm) -> None:  # type: ignore[no-untyped-def]
     crm.latency = 0.0
     for name, rates in runs.items():
         log(f"  {name}: {summary(rates)} tasks/s")
-    ratio = statistics.median(runs[ours]) / statistics.median(runs[chapter])
+    ratio = statistics.median(runs[ours]) / statistics.median(runs[usual])
     measure = (
-        f"I/O-bound 100 ms calls, {bench.database}: {ours} vs {chapter} (tasks/s, n={6 * n}/{n}/{4 * n})"
+        f"I/O-bound 100 ms calls, {bench.database}: {ours} vs {usual} (tasks/s, n={6 * n}/{n}/{4 * n})"
     )
-    bench.rows.append((measure, summary(runs[ours]), summary(runs[chapter]), f"{ratio:.2f}", ">= 15"))
+    bench.rows.append((measure, summary(runs[ours]), summary(runs[usual]), f"{ratio:.2f}", ">= 15"))
     bench.peer[measure] = (
         summary(runs[peer]),
         f"{statistics.median(runs[ours]) / statistics.median(runs[peer]):.2f}",

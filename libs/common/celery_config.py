@@ -1,4 +1,4 @@
-"""Celery settings produced from the one `Settings`: the chapter's values, made safe."""
+"""Celery settings produced from the one `Settings`: Celery's documented values, made safe."""
 
 from __future__ import annotations
 
@@ -52,33 +52,7 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         # One routing rule: `<service>.<task>` to the queue `<service>` (common.routing).
         "task_routes": ("common.routing.route",),
         "task_queues": [Queue(name, routing_key=name) for name in SERVICES],
-        "broker_transport_options": {
-            # In-flight messages are owned by heartbeating workers: a dead worker's come
-            # back after this many seconds without a heartbeat (common.transport.broker.ownership).
-            "heartbeat_timeout": s.broker_heartbeat_timeout,
-            # Every command bounded: a hung Redis fails a publish in seconds, not forever.
-            "socket_timeout": s.broker_socket_timeout,
-            "socket_connect_timeout": s.broker_socket_timeout,
-            # A peer that went away silently is found by the kernel within ~25 s (the transport's
-            # keepalive probes); a half-open connection by the checks below within seconds.
-            "socket_keepalive": True,
-            # A half-open connection (a NAT or load balancer that dropped its state): the
-            # pidbox's pub/sub connection is pinged this often and dropped after two missed
-            # pongs, and redis-py pings a connection idle this long before using it. The
-            # task BRPOP has its own deadline (common.transport.broker, `_drop_overdue_brpop`).
-            "health_check_interval": s.broker_socket_timeout,
-            "retry_on_timeout": False,
-            "max_payload_bytes": s.task_max_payload_bytes,
-            "dead_letter_cap": s.dead_letter_cap,
-            "dead_letter_retention": s.dead_letter_retention,
-            "max_requeues": s.task_max_requeues,
-            "dead_letter_max_bytes": s.dead_letter_max_bytes,
-            **({"intake": "common.transport.intake"} if worker else {}),
-            # Honour every priority 0 (first) .. 9 (last), not kombu's 4 buckets.
-            "priority_steps": list(range(10)),
-            "queue_order_strategy": "priority",
-            **broker_sentinel,
-        },
+        "broker_transport_options": _broker_transport_options(s, worker, broker_sentinel),
         "broker_connection_retry_on_startup": True,
         # A worker that cannot reconnect gives up after this many attempts and exits non-zero
         # (common.worker) for its supervisor to restart it; None retries forever.
@@ -119,6 +93,37 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
         "task_send_sent_event": False,
     }
 
+
+
+def _broker_transport_options(s: Settings, worker: bool, sentinel: dict[str, Any]) -> dict[str, Any]:
+    """Our transport's options (common.transport.broker): ownership, bounds, dead letters."""
+    return {
+        # In-flight messages are owned by heartbeating workers: a dead worker's come
+        # back after this many seconds without a heartbeat (common.transport.broker.ownership).
+        "heartbeat_timeout": s.broker_heartbeat_timeout,
+        # Every command bounded: a hung Redis fails a publish in seconds, not forever.
+        "socket_timeout": s.broker_socket_timeout,
+        "socket_connect_timeout": s.broker_socket_timeout,
+        # A peer that went away silently is found by the kernel within ~25 s (the transport's
+        # keepalive probes); a half-open connection by the checks below within seconds.
+        "socket_keepalive": True,
+        # A half-open connection (a NAT or load balancer that dropped its state): the
+        # pidbox's pub/sub connection is pinged this often and dropped after two missed
+        # pongs, and redis-py pings a connection idle this long before using it. The
+        # task BRPOP has its own deadline (common.transport.broker, `_drop_overdue_brpop`).
+        "health_check_interval": s.broker_socket_timeout,
+        "retry_on_timeout": False,
+        "max_payload_bytes": s.task_max_payload_bytes,
+        "dead_letter_cap": s.dead_letter_cap,
+        "dead_letter_retention": s.dead_letter_retention,
+        "max_requeues": s.task_max_requeues,
+        "dead_letter_max_bytes": s.dead_letter_max_bytes,
+        **({"intake": "common.transport.intake"} if worker else {}),
+        # Honour every priority 0 (first) .. 9 (last), not kombu's 4 buckets.
+        "priority_steps": list(range(10)),
+        "queue_order_strategy": "priority",
+        **sentinel,
+    }
 
 def _sentinel_options(s: Settings, url: str) -> dict[str, Any]:
     """Transport options naming the primary and how to ask the sentinels (none for redis://)."""

@@ -1,4 +1,4 @@
-"""The chapter's periodic jobs, seeded into django-celery-beat's tables.
+"""The platform's periodic jobs (reminders, reports, CRM sync), seeded into django-celery-beat's tables.
 
 Seeded once (migration 0002, or `manage.py seed_schedules`) and never overwritten,
 so an operator's change in the admin (a new time, a disabled job) survives restarts.
@@ -24,7 +24,7 @@ class Schedule:
     every_seconds: int | None = None
 
 
-CHAPTER_SCHEDULES = (
+PERIODIC_JOBS = (
     Schedule(
         "daily-appointment-reminders", "emails.send_daily_reminders", crontab={"hour": "8", "minute": "0"}
     ),
@@ -43,13 +43,13 @@ CHAPTER_SCHEDULES = (
 def seed(
     periodic_task: Any, crontab_schedule: Any, interval_schedule: Any, names: Collection[str] | None = None
 ) -> list[str]:
-    """Create the missing chapter schedules (only `names`, if given); return those created. Idempotent.
+    """Create the missing periodic jobs (only `names`, if given); return those created. Idempotent.
 
     `names` lets a later migration add one new job to existing databases without bringing
     back a job an operator deleted.
     """
     created = []
-    for sched in CHAPTER_SCHEDULES:
+    for sched in PERIODIC_JOBS:
         if names is not None and sched.name not in names:
             continue
         queue = queue_for(sched.task)

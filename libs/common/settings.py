@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         "locked out for the cool-off (django-axes, web.settings).",
     )
 
-    # Celery: the chapter's values are the defaults.
+    # Celery: the values our docs promise are the defaults.
     task_soft_time_limit: PositiveInt = Field(
         300, description="Seconds before SoftTimeLimitExceeded is raised in a task (prefork pool)."
     )

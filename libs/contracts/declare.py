@@ -4,7 +4,7 @@ A contract is data: the task's name `<service>.<function>`, its queue (the servi
 its parameters with their types. Sending lives elsewhere (`common.calls`), so reading a
 contract never pulls in Celery, Django or another service's contract.
 
-A contract keeps the chapter's calling API (`.delay`, `.apply_async`, `.s`, `.si`) by
+A contract keeps Celery's calling API (`.delay`, `.apply_async`, `.s`, `.si`) by
 handing the call to the sender bound with `bind_sender` (common.calls binds itself), as a
 Dramatiq actor is bound to a broker it does not import.
 
@@ -114,7 +114,7 @@ class TaskContract:
                 f"(got {type(value).__name__})"
             ) from None
 
-    # The chapter's calling API, sent by name through the bound sender (common.calls).
+    # Celery's calling API, sent by name through the bound sender (common.calls).
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return _bound().apply_async(self, args, kwargs)
 

@@ -15,7 +15,7 @@ from common.celery_app import implements
 from common.models import Appointment, Doctor
 from contracts import emails as contract
 from emails.app import app
-from emails.outbox import MailBusyError, send_once
+from emails.ledger import MailBusyError, send_once
 
 logger = logging.getLogger(__name__)
 

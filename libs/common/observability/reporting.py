@@ -55,7 +55,7 @@ def handle_task_failure(
     einfo: Any = None,
     **_: Any,
 ) -> None:
-    """The chapter's failure handler: one masked, structured record per failure.
+    """The failure handler: one masked, structured record per failure.
 
     Whatever shape the task's arguments have, the failure is reported: a handler that
     raised here would lose the report (Celery logs the handler's error, not the task's).

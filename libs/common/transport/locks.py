@@ -36,7 +36,7 @@ def redis_client() -> redis.Redis:
 def task_lock(name: str, timeout: float = 300, *, client: redis.Redis | None = None) -> Iterator[bool]:
     """Yield True if this caller holds `name` for up to `timeout` seconds, else False.
 
-    Non-blocking, like the chapter's `cache.add` lock: a second run skips rather than waits.
+    Non-blocking, like the usual Django `cache.add` lock: a second run skips rather than waits.
     """
     lock = (client or redis_client()).lock(PREFIX + name, timeout=timeout, blocking=False)
     acquired = lock.acquire()

@@ -32,7 +32,7 @@ def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def every_second() -> Iterator[PeriodicTask]:
-    """Only our probe job is enabled; the seeded chapter jobs are paused for the test."""
+    """Only our probe job is enabled; the seeded periodic jobs are paused for the test."""
     PeriodicTask.objects.exclude(name__startswith="celery.").update(enabled=False)
     interval, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     task = PeriodicTask.objects.create(

@@ -17,13 +17,13 @@ import pytest
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from common.observability.sentry import cron_monitor_problem
-from common.schedules import CHAPTER_SCHEDULES
+from common.schedules import PERIODIC_JOBS
 from devtools.processes import ServiceProcess
 from devtools.sandboxes.sentry import SentrySink
 from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers
 
-CHAPTER = [s.name for s in CHAPTER_SCHEDULES]
+JOBS = [s.name for s in PERIODIC_JOBS]
 FAILING = "probe-failing-job"
 TOO_OFTEN = "probe-every-second"
 WORKER_SERVICES = ["emails", "payments", "reports", "sync"]
@@ -58,7 +58,7 @@ def sentry() -> Iterator[SentrySink]:
 
 @pytest.fixture(scope="module")
 def due_jobs() -> Iterator[None]:
-    """The five chapter jobs, as seeded, all due now; a job that fails; one too frequent for Crons.
+    """The five periodic jobs, as seeded, all due now; a job that fails; one too frequent for Crons.
 
     DatabaseScheduler only loads crontab jobs whose hour is within two hours of now, so the
     daily and weekly jobs get this hour (minute and weekday as seeded) for the test.
@@ -66,7 +66,7 @@ def due_jobs() -> Iterator[None]:
     PeriodicTask.objects.exclude(name__startswith="celery.").update(enabled=False)
     now = datetime.now(UTC)
     long_ago = now - timedelta(days=8)  # past every crontab's last occurrence
-    assert PeriodicTask.objects.filter(name__in=CHAPTER).update(enabled=True, last_run_at=long_ago) == 5
+    assert PeriodicTask.objects.filter(name__in=JOBS).update(enabled=True, last_run_at=long_ago) == 5
     seeded = {}
     for name in HOURLY_SHIFTED:
         job = PeriodicTask.objects.get(name=name)
@@ -100,7 +100,7 @@ def due_jobs() -> Iterator[None]:
     PeriodicTask.objects.filter(name__in=[FAILING, TOO_OFTEN]).delete()
     for name, crontab in seeded.items():
         PeriodicTask.objects.filter(name=name).update(crontab=crontab)
-    PeriodicTask.objects.filter(name__in=CHAPTER).update(enabled=False)
+    PeriodicTask.objects.filter(name__in=JOBS).update(enabled=False)
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +142,9 @@ def wait_for_check_ins(sink: SentrySink, slugs: list[str], log: Path) -> None:
         ) from None
 
 
-def test_each_chapter_job_checks_in_progress_then_ok_under_its_own_slug(running, sentry) -> None:  # type: ignore[no-untyped-def]
-    wait_for_check_ins(sentry, CHAPTER, running)
-    for slug in CHAPTER:
+def test_each_periodic_job_checks_in_progress_then_ok_under_its_own_slug(running, sentry) -> None:  # type: ignore[no-untyped-def]
+    wait_for_check_ins(sentry, JOBS, running)
+    for slug in JOBS:
         started, done = opened_and_closed(sentry, slug)  # each job fired once (next run minutes away)
         assert started["status"] == "in_progress", slug
         assert done["status"] == "ok", (slug, done)
@@ -152,7 +152,7 @@ def test_each_chapter_job_checks_in_progress_then_ok_under_its_own_slug(running,
         assert started["release"].startswith("scheduler@")  # beat opens the check-in ...
         assert done["release"].split("@")[0] in WORKER_SERVICES  # ... a worker closes it
         assert done["monitor_config"]["schedule"] == started["monitor_config"]["schedule"]
-    schedules = {slug: by_slug(sentry, slug)[0]["monitor_config"]["schedule"] for slug in CHAPTER}
+    schedules = {slug: by_slug(sentry, slug)[0]["monitor_config"]["schedule"] for slug in JOBS}
     assert schedules["health-check"] == {"type": "interval", "value": 5, "unit": "minute"}
     assert schedules["payment-reconciliation"] == {"type": "interval", "value": 5, "unit": "minute"}
     assert schedules["hourly-sync"] == {"type": "crontab", "value": "0 * * * *"}

@@ -7,7 +7,7 @@ from common.schedules import seed
 
 
 class Command(BaseCommand):
-    help = "Create the chapter's periodic tasks that are missing (never changes existing ones)."
+    help = "Create the platform's periodic tasks that are missing (never changes existing ones)."
 
     def handle(self, *args: Any, **options: Any) -> None:
         created = seed(PeriodicTask, CrontabSchedule, IntervalSchedule)

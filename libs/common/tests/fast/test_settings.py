@@ -12,7 +12,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_chapter_values_are_the_celery_defaults() -> None:
+def test_the_documented_celery_values_are_the_defaults() -> None:
     conf = celery_config(load_settings())
     assert conf["accept_content"] == ["json"]
     assert conf["task_serializer"] == conf["result_serializer"] == "json"

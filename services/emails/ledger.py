@@ -1,4 +1,5 @@
-"""Send a mail at most once per purpose key, however often its task is delivered."""
+"""The sent-mail ledger: a mail goes out at most once per purpose key, however often its task
+is delivered."""
 
 from __future__ import annotations
 
