@@ -27,35 +27,7 @@ from common.masking import (
     redact_url,
 )
 from common.observability.reporting import handle_task_failure
-
-MiB = 1 << 20
-# Shapes that make a backtracking pattern quadratic, or that hit each kind's first character
-# at every position: letters without `@`, dots, `a.`, `@` without a dot, digits, separators.
-SHAPES = """
-MiB = 1 << 20
-ADVERSARIAL = {
-    "letters": "a" * MiB,
-    "dots": "." * MiB,
-    "a.": "a." * (MiB // 2),
-    "at signs": "@" * MiB,
-    "a@": "a@" * (MiB // 2),
-    "@a.": "@" + "a." * (MiB // 2),
-    "a@a.": "a@a." * (MiB // 4),
-    "digits": "1" * MiB,
-    "1-": "1-" * (MiB // 2),
-    "1 ": "1 " * (MiB // 2),
-    "+1": "+1" * (MiB // 2),
-    "x://": "x://" * (MiB // 4),
-    "redis://a": "redis://" + "a" * MiB,
-    "password=": "password=" * (MiB // 9),
-    "quotes": "'" * MiB,
-    "'password'": "'password'" * (MiB // 10),
-    "a_": "a_" * (MiB // 2),
-}
-"""
-ADVERSARIAL: dict[str, str] = {}
-exec(SHAPES, {}, namespace := {})  # noqa: S102 - the same shapes here and in the child
-ADVERSARIAL.update(namespace["ADVERSARIAL"])
+from devtools.testing.adversarial_text import ADVERSARIAL, MiB
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
