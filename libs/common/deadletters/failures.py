@@ -17,10 +17,10 @@ import socket
 import uuid
 from typing import Any
 
-from celery.signals import task_failure
 from redis.exceptions import RedisError
 
 from common.masking import mask_text
+from common.observability import failure_hooks
 from common.observability.outcomes import is_outcome
 from common.settings import get_settings
 from common.transport.dead_letter_store import FAILED, DeadLetters
@@ -114,4 +114,4 @@ def keep_final_failure(
 
 
 def install() -> None:
-    task_failure.connect(keep_final_failure, weak=False, dispatch_uid="common.deadletters.failures")
+    failure_hooks.add(keep_final_failure)

@@ -17,10 +17,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from celery.signals import task_failure
 from redis.exceptions import RedisError
 
 from common.masking import mask_text
+from common.observability import failure_hooks
 from common.observability.outcomes import is_outcome
 from common.settings import get_settings
 from common.transport.tls import redis_from_url
@@ -122,4 +122,4 @@ def record_failure(
 
 def install() -> None:
     """Record every final task failure of this process (idempotent)."""
-    task_failure.connect(record_failure, weak=False, dispatch_uid="common.observability.recent_failures")
+    failure_hooks.add(record_failure)

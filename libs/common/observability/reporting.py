@@ -11,9 +11,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from celery.signals import after_setup_logger, after_setup_task_logger, task_failure
+from celery.signals import after_setup_logger, after_setup_task_logger
 
 from common.masking import mask, mask_handlers, mask_text
+from common.observability import failure_hooks
 from common.observability.outcomes import is_outcome
 from common.observability.sentry import init_sentry
 
@@ -101,7 +102,7 @@ def install_error_reporting(service: str) -> None:
     if service in _installed:
         return
     _installed.add(service)
-    task_failure.connect(handle_task_failure, weak=False, dispatch_uid="common.task_failure")
+    failure_hooks.add(handle_task_failure)  # first: the failure is reported before anything else
     for signal in (after_setup_logger, after_setup_task_logger):
         signal.connect(_mask_celery_logging, weak=False, dispatch_uid=f"common.mask.{signal.name}")
     mask_handlers(logging.getLogger())

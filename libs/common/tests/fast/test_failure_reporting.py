@@ -85,3 +85,36 @@ def test_an_exception_that_cannot_be_printed_is_still_reported(caplog: pytest.Lo
     handle_task_failure(sender=None, task_id="t1", exception=Unprintable(), args=None, kwargs=None)
     [record, *_] = failures(caplog, "t1")
     assert "<unprintable Unprintable>" in record.exception
+
+
+def test_one_receiver_runs_every_failure_hook_in_order_and_a_raising_one_stops_none() -> None:
+    """Three modules connected a receiver each; their order was the order of imports."""
+    from celery.signals import task_failure
+
+    from common.celery_app import create_app
+    from common.deadletters import failures
+    from common.observability import failure_hooks, recent_failures, reporting
+
+    create_app("sync")  # what a worker service installs
+    ours = [key for key, _ in task_failure.receivers if str(key[0]).startswith("common.")]
+    assert len(ours) == 1, task_failure.receivers
+    hooks = failure_hooks.FAILURE_HOOKS
+    assert hooks.index(reporting.handle_task_failure) < hooks.index(failures.keep_final_failure)
+    assert hooks.index(failures.keep_final_failure) < hooks.index(recent_failures.record_failure)
+
+    ran: list[str] = []
+
+    def broken(**_: object) -> None:
+        ran.append("broken")
+        raise RuntimeError("a hook's own bug")
+
+    def after(**_: object) -> None:
+        ran.append("after")
+
+    saved = list(hooks)
+    hooks[:] = [broken, after]
+    try:
+        failure_hooks.on_task_failure(sender=None, task_id="t1", exception=ValueError("x"))
+    finally:
+        hooks[:] = saved
+    assert ran == ["broken", "after"]
