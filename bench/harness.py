@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.dramatiq_baseline import DramatiqBaseline
 
@@ -103,7 +103,7 @@ def profile_summary(raw: Path, top: int = 15) -> str:
     return "\n".join(lines)
 
 
-def transport_of(app) -> str:  # type: ignore[no-untyped-def]
+def transport_of(app: Any) -> str:
     """The module of the kombu transport class `app` publishes with."""
     with app.connection_for_write() as conn:
         return str(conn.transport.__class__.__module__)
@@ -211,13 +211,15 @@ class Bench:
             self.profiles[label] = profile_summary(out)
 
     # --- processes -------------------------------------------------------------
-    def start(self, name: str, module: str, args: list[str] | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    def start(
+        self, name: str, module: str, args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> Any:  # devtools.processes.ServiceProcess
         from devtools.platform import platform_process
 
         args = ["--without-mingle", "--without-gossip", "--loglevel=WARNING", *(args or [])]
         return platform_process(name, module, self.data_dir / f"{name}.log", args, env).start()
 
-    def wait_up(self, app, node_prefix: str, proc) -> str:  # type: ignore[no-untyped-def]
+    def wait_up(self, app: Any, node_prefix: str, proc: Any) -> str:
         deadline = time.monotonic() + 90
         while True:
             for reply in app.control.ping(timeout=0.5) or []:
@@ -227,7 +229,7 @@ class Bench:
             if not proc.running or time.monotonic() > deadline:
                 raise BenchError(f"{node_prefix} worker did not start; see {self.data_dir}")
 
-    def processed(self, app, node: str, task: str) -> int:  # type: ignore[no-untyped-def]
+    def processed(self, app: Any, node: str, task: str) -> int:
         stats = app.control.inspect(destination=[node], timeout=5).stats() or {}
         return int(stats.get(node, {}).get("total", {}).get(task, 0))
 
@@ -250,8 +252,8 @@ class Bench:
             pipe.llen(key)
         pipe.hlen("unacked")
         pipe.zcard(scripts.DELAYED)
-        for key in inflight:
-            pipe.hlen(key)
+        for owner_key in inflight:
+            pipe.hlen(owner_key)
         for args, _ in pipe.command_stack:
             self.own[str(args[0]).lower()] += 1
         return sum(pipe.execute())
@@ -260,9 +262,10 @@ class Bench:
         """Processes heartbeating as owners of in-flight messages: those on our transport."""
         from common.transport.broker import scripts
 
-        return {int(owner.split(b":")[-2]) for owner in self.redis.zrange(scripts.OWNERS, 0, -1)}
+        owners = cast("list[bytes]", self.redis.zrange(scripts.OWNERS, 0, -1))
+        return {int(owner.split(b":")[-2]) for owner in owners}
 
-    def check_transport(self, name: str, procs: list, ours: bool) -> None:  # type: ignore[type-arg]
+    def check_transport(self, name: str, procs: list, ours: bool) -> None:
         """Ours must run our transport (heartbeats, delayed set, intake); stock kombu's own."""
         owners = self.owner_pids()
         for proc in procs:
@@ -288,14 +291,14 @@ class Bench:
         calls.subtract(self.own)
         return +calls
 
-    def drain(self, name: str, queue: str, procs: list, deadline_s: float = 600) -> None:  # type: ignore[type-arg]
+    def drain(self, name: str, queue: str, procs: list, deadline_s: float = 600) -> None:
         deadline = time.monotonic() + deadline_s
         while self.outstanding(queue):
             if time.monotonic() > deadline or not all(p.running for p in procs):
                 raise BenchError(f"{name}: drain did not finish; see {self.data_dir}")
             time.sleep(0.02)
 
-    def wait_results(self, name: str, task_ids: list[str], procs: list, deadline_s: float = 60) -> None:  # type: ignore[type-arg]
+    def wait_results(self, name: str, task_ids: list[str], procs: list, deadline_s: float = 60) -> None:
         """Until every task has a result: kombu pops a message before it records it unacked,
         so an empty queue and an empty `unacked` may still hide the last one."""
         deadline = time.monotonic() + deadline_s
@@ -312,7 +315,9 @@ class Bench:
                 )
             time.sleep(0.02)
 
-    def start_nodes(self, name: str, app, workers: list[tuple[str, str, list[str]]]):  # type: ignore[no-untyped-def]
+    def start_nodes(
+        self, name: str, app: Any, workers: list[tuple[str, str, list[str]]]
+    ) -> tuple[list[Any], list[str]]:
         """Start each (module, node, args) worker and wait until every one answers a ping."""
         procs = [
             self.start(f"{name}-{node}", module, [f"--hostname={node}@%h", *args])
@@ -324,13 +329,13 @@ class Bench:
     def timed_drain(
         self,
         name: str,
-        app,  # type: ignore[no-untyped-def]
+        app: Any,
         queue: str,
         workers: list[tuple[str, str, list[str]]],
         task_ids: list[str],
         profile: bool = False,
         commands: Counter[str] | None = None,
-    ) -> tuple[float, list]:  # type: ignore[type-arg]
+    ) -> tuple[float, list]:
         """Start `workers` on a filled queue, wait until it is empty; their execution rate.
 
         The rate comes from the results' `date_done` (first to last), so worker start-up and
@@ -354,7 +359,7 @@ class Bench:
     def profile_round(
         self,
         name: str,
-        app,  # type: ignore[no-untyped-def]
+        app: Any,
         queue: str,
         workers: list[tuple[str, str, list[str]]],
         send: Callable[[], list[str]],

@@ -64,7 +64,7 @@ def io_call(url: str) -> int:
 
 
 @app.task(name="stock.upsert")
-def upsert(url: str, record: dict) -> int:  # type: ignore[type-arg]
+def upsert(url: str, record: dict) -> int:
     """The CRM sync's HTTP call (POST a record), for the recovery measurement."""
     import requests
 

@@ -52,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -122,7 +122,7 @@ def _record(nodeid: str, when: str, outcome: str) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    outcome = report.outcome
+    outcome: str = report.outcome
     if hasattr(report, "wasxfail"):
         outcome = SKIPPED if report.skipped else FAILED  # an xfail, or a strict xpass (as JUnit)
     _record(report.nodeid, report.when, outcome)
@@ -305,7 +305,7 @@ def run_suite(
         print(
             f"[celery-compat] {label}: {len(targets)} target(s), redis on port {redis.port}", file=sys.stderr
         )
-        with open(run.log, "w", encoding="utf-8") as log:
+        with open(cast(Path, run.log), "w", encoding="utf-8") as log:
             proc = subprocess.Popen(
                 command, cwd=suite, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )

@@ -37,7 +37,9 @@ SOURCES: list[tuple[str, type[BaseSettings]]] = [
     ("The payments service (`payments.config.PaymentSettings`)", PaymentSettings),
 ]
 # Defaults computed at start-up, which would differ from machine to machine if evaluated here.
-COMPUTED_DEFAULTS = {(Settings, "data_dir"): "`./var` (in the working directory)"}
+COMPUTED_DEFAULTS: dict[tuple[type[BaseSettings], str], str] = {
+    (Settings, "data_dir"): "`./var` (in the working directory)"
+}
 
 
 class StaleError(Exception):

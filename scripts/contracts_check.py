@@ -64,7 +64,7 @@ def type_members(annotation: Any) -> list[str]:
         name = annotation.__qualname__
         if name not in SHAPES:
             SHAPES[name] = {}  # before the fields: a shape may refer to itself
-            required = getattr(annotation, "__required_keys__", frozenset())
+            required: frozenset[str] = getattr(annotation, "__required_keys__", frozenset())
             hints = typing.get_type_hints(annotation)
             SHAPES[name] = {
                 f: {"types": type_members(_strip_required(t)), "required": f in required}
@@ -108,7 +108,7 @@ def registry() -> Any:
             from contracts.declare import all_contracts
 
             return all_contracts()
-        from common import catalogue
+        from common import catalogue  # type: ignore[attr-defined]  # an older revision's registry
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which names the side
         raise CheckError(f"cannot import the contracts: {type(exc).__name__}: {exc}") from None
     found = getattr(catalogue, "CATALOGUE", None)

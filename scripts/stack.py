@@ -15,8 +15,10 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from common.routing import SERVICES
 
@@ -105,7 +107,7 @@ def run_workload(peers: dict[str, object]) -> None:
         doctor=doctors[0],
         patient=patient,
         amount=Decimal("80.00"),
-        scheduled_at=timezone.now() + timezone.timedelta(hours=3),
+        scheduled_at=timezone.now() + timedelta(hours=3),
     )
     out = payments.process_payment.delay(appt.pk).get(timeout=60)
     log(f"payments.process_payment({appt.pk}): {out}")
@@ -131,16 +133,16 @@ def run_workload(peers: dict[str, object]) -> None:
     out = sync.sync_all_doctors.delay().get(timeout=60)
     log(f"sync.sync_all_doctors: {out}")
 
-    smtp = peers.get("smtp")
+    smtp: Any = peers.get("smtp")
     if smtp is not None:
         time.sleep(1)
         log(
-            f"SMTP sink received {len(smtp.messages)} message(s): "  # type: ignore[attr-defined]
+            f"SMTP sink received {len(smtp.messages)} message(s): "
             f"{sorted({m['Subject'] for m in smtp.messages})}"
-        )  # type: ignore[attr-defined]
-    gateway = peers.get("gateway")
+        )
+    gateway: Any = peers.get("gateway")
     if gateway is not None:
-        log(f"gateway recorded {len(gateway.charges)} charge(s)")  # type: ignore[attr-defined]
+        log(f"gateway recorded {len(gateway.charges)} charge(s)")
 
 
 def wait_http(url: str, status: int, timeout: float = 60) -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -367,7 +368,7 @@ def test_a_worker_drains_tasks_web_reads_results_and_replays_a_dead_letter_relay
     # queue and stored as the worker's transport does when handling a message raised.
     sent = run_as(compose_redis, "web", SEND.format(value=21))
     dead_id = sent.split("SENT ")[1].strip()
-    raw = compose_redis.client("worker").rpop("sync")
+    raw = cast("bytes | None", compose_redis.client("worker").rpop("sync"))
     assert raw is not None and dead_id in raw.decode()
     entry = DeadLetters(compose_redis.client("worker")).add(
         queue="sync",

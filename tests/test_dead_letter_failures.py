@@ -29,7 +29,7 @@ def workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator[Workers]:
 
 def test_retries_exhausted_go_to_dead_letters_and_replay_completes_them(
     workers, crm_sandbox, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     store = DeadLetters(redis.Redis.from_url(redis_url))
     doctor = Doctor.objects.create(first_name="Dead", last_name="Letter", email="dl@faults.example")
     crm_sandbox.faults.fail = 100  # the CRM stays down through every retry

@@ -59,7 +59,7 @@ def units() -> dict[str, configparser.ConfigParser]:
     parsed = {}
     for path in sorted((ROOT / "deploy" / "systemd").glob("*.service")):
         parser = configparser.ConfigParser(strict=True, interpolation=None)
-        parser.optionxform = str  # keys are case-sensitive in systemd
+        parser.optionxform = str  # type: ignore[assignment, method-assign]  # keys are case-sensitive in systemd
         parser.read(path)
         parsed[path.name] = parser
     return parsed

@@ -43,7 +43,7 @@ def worker(data_dir: Path) -> Iterator[str]:
 
 
 def scheduled(node: str) -> list[dict[str, Any]]:
-    reply = current_app().control.inspect(destination=[node], timeout=5).scheduled() or {}
+    reply: Any = current_app().control.inspect(destination=[node], timeout=5).scheduled() or {}
     assert node in reply, reply
     assert isinstance(reply[node], list), reply[node]
     return reply[node]

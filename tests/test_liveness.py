@@ -1,9 +1,11 @@
 """`python -m common.liveness SERVICE`: what a container orchestrator calls per worker."""
 
+
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -80,7 +82,7 @@ def test_a_worker_that_stopped_consuming_its_queue_is_reported_dead(cancellable_
     control, node = current_app().control, cancellable_emails_worker
     probe = liveness("emails", "--hostname", CANCELLED_HOST)
     assert probe.returncode == 0, probe.stderr
-    [reply] = control.cancel_consumer("emails", destination=[node], reply=True, timeout=5)
+    [reply] = cast(Any, control).cancel_consumer("emails", destination=[node], reply=True, timeout=5)
     assert "ok" in reply[node], reply
     assert control.ping(destination=[node], timeout=5)  # still answers ping ...
     probe = liveness("emails", "--hostname", CANCELLED_HOST, "--timeout", "2")

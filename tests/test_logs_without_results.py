@@ -81,7 +81,7 @@ def test_filter_keeps_none_and_hides_everything_else() -> None:
             "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
             ({"name": "t", "id": "1", "runtime": 0.1, "return_value": value},), None,
         )  # fmt: skip
-        record.data = dict(record.args)  # type: ignore[arg-type] - as celery.app.trace.info passes it
+        record.data = dict(record.args)  # type: ignore[arg-type]  # as celery.app.trace.info passes it
         HideTaskResultsFilter().filter(record)
         assert record.data == record.args  # a JSON handler printing `data` sees no value either
         return record.getMessage()

@@ -29,7 +29,7 @@ def wait_until(port: int, ok: Callable[[Samples], bool], timeout: float = 20) ->
 
 
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
-def test_worker_serves_task_counts_runtimes_and_queue_depth(pool: str, data_dir: Path, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_worker_serves_task_counts_runtimes_and_queue_depth(pool: str, data_dir: Path, redis_client) -> None:
     port = free_port()
     scrape = worker_metrics
     started = time.time()
@@ -103,7 +103,7 @@ def message(published_at: float | None) -> str:
     return json.dumps({"body": "", "headers": {}, "properties": properties})
 
 
-def test_collector_reads_every_priority_age_consumers_dead_letters_and_delayed(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_collector_reads_every_priority_age_consumers_dead_letters_and_delayed(redis_client) -> None:
     queue = "metricsprobe"
     keys = queue_keys(queue)
     assert keys[0] == queue and keys[5] == f"{queue}\x06\x165" and len(keys) == 10
@@ -140,7 +140,7 @@ def test_collector_reads_every_priority_age_consumers_dead_letters_and_delayed(r
         redis_client.zrem(DELAYED, f"{queue}\nprobe-message")
 
 
-def test_an_empty_queue_is_age_zero_and_an_unstamped_message_has_no_age(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_an_empty_queue_is_age_zero_and_an_unstamped_message_has_no_age(redis_client) -> None:
     from common.observability.queues import read_broker
 
     queue = "metricsprobe2"
@@ -171,7 +171,7 @@ def test_metrics_port_zero_or_empty_is_off() -> None:
     assert QUEUE_PREFIX == "jobs.dead:"
 
 
-def test_a_flood_of_scrapes_reads_redis_once_a_second(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_flood_of_scrapes_reads_redis_once_a_second(redis_client) -> None:
     """/metrics has no login: each request made a round trip to the broker's Redis."""
     collector = RedisCollector(["sync"], lambda: redis_client, min_interval=60)
     for _ in range(500):

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,7 +72,7 @@ def samples(doctor: Doctor, appt: Appointment, report: Report) -> dict[str, Call
     }
 
 
-def test_every_task_leaves_no_name_or_email_behind(  # type: ignore[no-untyped-def]
+def test_every_task_leaves_no_name_or_email_behind(
     workers, redis_client, sentry: SentrySink, data_dir: Path, smtp_sink, crm_sandbox, gateway_sandbox
 ) -> None:
     doctor = Doctor.objects.create(first_name=DOCTOR[0], last_name=DOCTOR[1], email=DOCTOR_EMAIL)
@@ -92,7 +93,7 @@ def test_every_task_leaves_no_name_or_email_behind(  # type: ignore[no-untyped-d
     assert declared <= set(calls), f"add a sample call for {sorted(declared - set(calls))}"
     # Reconciliation last: run beside a charge it would find the charge's claim in flight.
     order = sorted(declared, key=lambda n: (n == "payments.reconcile_payments", n))
-    results = {}
+    results: dict[str, Any] = {}
     for name in order:
         if name == "payments.reconcile_payments":
             wait_until(lambda: all(r.ready() for r in results.values()), timeout=90)
@@ -104,7 +105,7 @@ def test_every_task_leaves_no_name_or_email_behind(  # type: ignore[no-untyped-d
         args=[{"doctor_id": 10**9, "valid": True, "problems": [], "name": PATIENT, "email": PATIENT_EMAIL}],
     )
     for result in [*results.values(), foreign]:
-        wait_until(lambda r=result: r.ready(), timeout=90)
+        wait_until(result.ready, timeout=90)
     assert foreign.state == "FAILURE"
     failed = {n: f"{r.state}: {r.result!r}" for n, r in results.items() if r.state != "SUCCESS"}
     assert not failed, failed

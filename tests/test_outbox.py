@@ -304,7 +304,7 @@ def test_daily_reminders_fan_out_while_the_broker_is_down_keeps_every_task() -> 
 
 def test_daily_reminders_fan_out_in_a_transaction_sends_each_reminder_once_after_the_commit(
     workers: Workers, smtp_sink
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appointments = due_appointments(5, "atomic")
     out = run_fan_out("emails", "send_daily_reminders", atomic=True)
     assert out["result"] == {"status": "queued", "reminders": 5}
@@ -317,11 +317,11 @@ def test_daily_reminders_fan_out_in_a_transaction_sends_each_reminder_once_after
         assert recipients(smtp_sink).count(a.patient.email) == 1
 
 
-def recipients(smtp_sink) -> list[str]:  # type: ignore[no-untyped-def]
+def recipients(smtp_sink) -> list[str]:
     return [m["To"] for m in smtp_sink.messages]
 
 
-def test_sync_all_doctors_fan_out_in_a_transaction_syncs_every_doctor(workers: Workers, crm_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_sync_all_doctors_fan_out_in_a_transaction_syncs_every_doctor(workers: Workers, crm_sandbox) -> None:
     doctors = [
         Doctor.objects.create(first_name="Tx", last_name=f"Sync{i}", email=f"tx-sync-{i}@clinic.example")
         for i in range(3)

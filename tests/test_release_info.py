@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,6 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
 
 
 def test_inspect_stats_reports_each_workers_release(workers: Workers) -> None:
-    stats = current_app().control.inspect(timeout=10).stats()
+    stats: Any = current_app().control.inspect(timeout=10).stats()
     assert stats[workers.names["reports"]]["release"] == "reports@4.5.6"
     assert stats[workers.names["sync"]]["release"] == "sync@dev"

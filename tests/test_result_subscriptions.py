@@ -40,7 +40,7 @@ def worker(data_dir: Path) -> Iterator[str]:
 
 
 def counts(app: Celery, redis_client: Any) -> dict[str, int]:
-    backend = app.backend
+    backend: Any = app.backend
     consumer = backend.result_consumer
     pubsub = consumer._pubsub
     return {

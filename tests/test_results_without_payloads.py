@@ -33,7 +33,7 @@ def workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator[Workers]:
         w.stop()
 
 
-def every_value(client) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
+def every_value(client) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) for every key in Redis, whatever its type."""
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
@@ -57,7 +57,7 @@ def every_value(client) -> Iterator[tuple[bytes, bytes]]:  # type: ignore[no-unt
                     yield key, field + b"=" + value
 
 
-def test_onboarding_results_hold_no_name_or_email(workers, redis_client, crm_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_onboarding_results_hold_no_name_or_email(workers, redis_client, crm_sandbox) -> None:
     doctor = Doctor.objects.create(first_name=NAME[0], last_name=NAME[1], email=EMAIL)
     # The onboarding chain, then the admin told who was onboarded: a payload with the name
     # and email as arguments (what `result_extended` would have copied into the result).

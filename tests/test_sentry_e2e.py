@@ -51,7 +51,7 @@ def settle(seconds: float = 3) -> None:
     time.sleep(seconds)  # the SDK sends from a background thread
 
 
-def test_retry_ignore_and_reject_report_nothing(workers, sentry: SentrySink, gateway_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_retry_ignore_and_reject_report_nothing(workers, sentry: SentrySink, gateway_sandbox) -> None:
     paid = appointment("cus_ok")
     payments.process_payment.delay(paid.pk).get(timeout=30)
     payments.process_payment.delay(paid.pk)  # Ignore
@@ -65,7 +65,7 @@ def test_retry_ignore_and_reject_report_nothing(workers, sentry: SentrySink, gat
     assert sentry.events == []
 
 
-def test_a_failing_task_sends_exactly_one_tagged_event_without_pii(workers, sentry: SentrySink) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_task_sends_exactly_one_tagged_event_without_pii(workers, sentry: SentrySink) -> None:
     data = {
         "doctor_id": 424242,
         "valid": True,

@@ -28,7 +28,7 @@ POOL_CLASSES = {"threads": "celery.concurrency.thread", "prefork": "celery.concu
 
 
 @pytest.fixture(scope="module")
-def workers(data_dir: Path, smtp_sink) -> Iterator[Workers]:  # type: ignore[no-untyped-def]
+def workers(data_dir: Path, smtp_sink) -> Iterator[Workers]:
     w = Workers(data_dir)
     mail = {"EMAIL_HOST": smtp_sink.host, "EMAIL_PORT": str(smtp_sink.port)}
     try:
@@ -44,7 +44,7 @@ def workers(data_dir: Path, smtp_sink) -> Iterator[Workers]:  # type: ignore[no-
         w.stop()
 
 
-def ran_on(result) -> str:  # type: ignore[no-untyped-def]
+def ran_on(result) -> str:
     """The worker that executed a task, as recorded by the result backend."""
     return result.backend.get_task_meta(result.id)["worker"]
 
@@ -76,7 +76,7 @@ def test_pool_defaults_per_service_and_config_override(workers: Workers) -> None
     assert concurrency["sync"] == SYNC_CONCURRENCY_OVERRIDE != declared("sync").concurrency
 
 
-def test_task_sent_by_name_runs_on_its_own_service_and_no_other(workers: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_task_sent_by_name_runs_on_its_own_service_and_no_other(workers: Workers, smtp_sink) -> None:
     doctor = Doctor.objects.create(first_name="Ada", last_name="Lovelace", email="ada.e2e@clinic.example")
     sent = {
         "emails": calls.delay("emails.send_welcome_email", doctor.pk),
@@ -112,7 +112,7 @@ def test_chain_across_services_passes_results_between_queues(workers: Workers) -
     assert ran_on(result.parent) == workers.names["sync"]
 
 
-def test_bad_calls_are_refused_before_reaching_any_worker(workers: Workers, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_bad_calls_are_refused_before_reaching_any_worker(workers: Workers, redis_client) -> None:
     before = {s: redis_client.llen(s) for s in SERVICES}
     with pytest.raises(UnknownTaskError):
         calls.delay("emails.no_such_task")

@@ -36,11 +36,11 @@ def new_doctor(tag: str) -> Doctor:
     return Doctor.objects.create(first_name=tag.title(), last_name="Flow", email=f"{tag}@clinic.example")
 
 
-def mail_to(smtp_sink, address: str) -> list:  # type: ignore[no-untyped-def]
+def mail_to(smtp_sink, address: str) -> list:
     return [m for m in smtp_sink.messages if m["To"] == address]
 
 
-def test_onboarding_chain_creates_the_crm_account_then_welcomes(workers, smtp_sink, crm_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_onboarding_chain_creates_the_crm_account_then_welcomes(workers, smtp_sink, crm_sandbox) -> None:
     doctor = new_doctor("chain")
     flow = (
         sync.validate_doctor.s(doctor.pk)
@@ -61,7 +61,7 @@ def test_onboarding_chain_creates_the_crm_account_then_welcomes(workers, smtp_si
     assert len(smtp_sink.wait_for(1) and mail_to(smtp_sink, "chain@clinic.example")) == 1
 
 
-def test_group_notify_all_runs_both_in_parallel(workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_group_notify_all_runs_both_in_parallel(workers, smtp_sink) -> None:
     doctor = new_doctor("group")
     results = group(
         emails.send_welcome_email.s(doctor.pk), emails.notify_admin.s(doctor.pk)
@@ -72,7 +72,7 @@ def test_group_notify_all_runs_both_in_parallel(workers, smtp_sink) -> None:  # 
     assert len(mail_to(smtp_sink, "group@clinic.example")) == 1
 
 
-def test_chord_notifies_the_admin_once_with_every_result(workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_chord_notifies_the_admin_once_with_every_result(workers, smtp_sink) -> None:
     doctors = [new_doctor(f"chord{i}") for i in range(3)]
     before = len(mail_to(smtp_sink, ADMIN))
     out = chord(
@@ -86,12 +86,12 @@ def test_chord_notifies_the_admin_once_with_every_result(workers, smtp_sink) -> 
         assert f"'doctor_id': {d.pk}, 'valid': True" in admin_mail[0].get_payload()
 
 
-def test_delay_and_get_with_timeout(workers) -> None:  # type: ignore[no-untyped-def]
+def test_delay_and_get_with_timeout(workers) -> None:
     result = sync.validate_doctor.delay(new_doctor("delay").pk)
     assert result.get(timeout=10)["valid"] is True
 
 
-def test_countdown_and_eta_delay_execution(workers) -> None:  # type: ignore[no-untyped-def]
+def test_countdown_and_eta_delay_execution(workers) -> None:
     doctor = new_doctor("later")
     sent = datetime.now(UTC)
     by_countdown = sync.validate_doctor.apply_async(args=[doctor.pk], countdown=2)
@@ -103,7 +103,7 @@ def test_countdown_and_eta_delay_execution(workers) -> None:  # type: ignore[no-
         assert (result.date_done - sent).total_seconds() >= 2
 
 
-def test_expired_task_is_not_run(workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_expired_task_is_not_run(workers, smtp_sink) -> None:
     doctor = new_doctor("expired")
     result = emails.send_welcome_email.apply_async(args=[doctor.pk], countdown=3, expires=1)
     with pytest.raises(TaskRevokedError):
@@ -112,12 +112,12 @@ def test_expired_task_is_not_run(workers, smtp_sink) -> None:  # type: ignore[no
     assert not mail_to(smtp_sink, "expired@clinic.example")
 
 
-def test_priority_is_accepted_and_the_task_runs(workers) -> None:  # type: ignore[no-untyped-def]
+def test_priority_is_accepted_and_the_task_runs(workers) -> None:
     result = sync.validate_doctor.apply_async(args=[new_doctor("priority").pk], priority=5)
     assert result.get(timeout=30)["valid"] is True
 
 
-def test_task_failure_is_logged_once_structured_and_without_pii(workers, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_task_failure_is_logged_once_structured_and_without_pii(workers, data_dir: Path) -> None:
     data = {
         "doctor_id": 987654,
         "valid": True,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import statistics
+from typing import Any
 
 from bench.dramatiq_baseline import PROCESSES, THREADS
 from bench.harness import Bench, BenchError, log, summary
 
 
-def run(bench: Bench, n: int, crm) -> None:  # type: ignore[no-untyped-def]
+def run(bench: Bench, n: int, crm: Any) -> None:
     """Each sync calls the CRM sandbox (100 ms) between an ORM read and update.
 
     Ours: one sync worker per core on the service's defaults (threads, see
@@ -30,7 +31,7 @@ def run(bench: Bench, n: int, crm) -> None:  # type: ignore[no-untyped-def]
     crm.latency = 0.1
     app = current_app()
     ours, usual = f"ours ({cores} x sync defaults)", "usual (prefork/4)"
-    setups = {
+    setups: dict[str, tuple[list[tuple[str, str, list[str]]], int]] = {
         ours: ([("sync.worker", f"io{k}", []) for k in range(cores)], 6 * n),
         usual: ([("sync.worker", "io", ["--pool=prefork", "--concurrency=4"])], n),
     }

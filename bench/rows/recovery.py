@@ -11,7 +11,7 @@ from bench.harness import Bench, BenchError, log, summary
 from devtools.testing.faults import NamedWorker
 
 
-def run(bench: Bench, crm, with_stock: bool, task_s: float = 6.0, stock_wait_s: float = 200.0) -> None:  # type: ignore[no-untyped-def]
+def run(bench: Bench, crm: Any, with_stock: bool, task_s: float = 6.0, stock_wait_s: float = 200.0) -> None:
     """Seconds from SIGKILL of the worker running a task until a second worker starts it.
 
     The task is a CRM call made slow by the sandbox's latency (`task_s`), so it is surely
@@ -42,7 +42,7 @@ def run(bench: Bench, crm, with_stock: bool, task_s: float = 6.0, stock_wait_s: 
     add_row(bench, times, stock_s, with_stock, stock_wait_s)
 
 
-def starts(crm, ref: str) -> list[float]:  # type: ignore[no-untyped-def]
+def starts(crm: Any, ref: str) -> list[float]:
     """When each delivery of the task with CRM reference `ref` called the CRM sandbox."""
     return [
         r["at"] for r in crm.requests if isinstance(r["body"], dict) and r["body"].get("reference") == ref
@@ -60,7 +60,9 @@ def start_workers(
     ]
 
 
-def kill_holder(bench: Bench, crm, name: str, app: Any, workers: list[NamedWorker], result: Any, ref: str):  # type: ignore[no-untyped-def]
+def kill_holder(
+    bench: Bench, crm: Any, name: str, app: Any, workers: list[NamedWorker], result: Any, ref: str
+) -> tuple[float, list[NamedWorker]]:
     """SIGKILL the worker running the task once it has started; when, and who is left."""
     deadline = time.monotonic() + 60
     while not starts(crm, ref):
@@ -79,8 +81,8 @@ def kill_holder(bench: Bench, crm, name: str, app: Any, workers: list[NamedWorke
     return killed_at, [w for w in workers if w is not holders[0]]
 
 
-def back_after(  # type: ignore[no-untyped-def]
-    bench: Bench, crm, name: str, ref: str, killed_at: float, survivors: list[NamedWorker], bound: float
+def back_after(
+    bench: Bench, crm: Any, name: str, ref: str, killed_at: float, survivors: list[NamedWorker], bound: float
 ) -> float | None:
     """Seconds from the kill to the second delivery's start; None if not back within `bound`."""
     while len(starts(crm, ref)) < 2:
@@ -92,7 +94,7 @@ def back_after(  # type: ignore[no-untyped-def]
     return starts(crm, ref)[1] - killed_at
 
 
-def kill_stock(bench: Bench, crm, task_s: float, stock_wait_s: float) -> tuple[Any, ...]:  # type: ignore[no-untyped-def]
+def kill_stock(bench: Bench, crm: Any, task_s: float, stock_wait_s: float) -> tuple[Any, ...]:
     """Stock's one round, up to the kill: its redelivery is awaited while ours' rounds run."""
     import bench.stock as stock
 
@@ -108,7 +110,7 @@ def kill_stock(bench: Bench, crm, task_s: float, stock_wait_s: float) -> tuple[A
     return ref, result, killed_at, survivors
 
 
-def ours_rounds(bench: Bench, crm, task_s: float) -> tuple[list[float], list[str], list[NamedWorker]]:  # type: ignore[no-untyped-def]
+def ours_rounds(bench: Bench, crm: Any, task_s: float) -> tuple[list[float], list[str], list[NamedWorker]]:
     """One kill per round; the seconds until each task was back, their references, the workers left."""
     from common.celery_app import current_app
     from common.models import Doctor
@@ -143,8 +145,8 @@ def ours_rounds(bench: Bench, crm, task_s: float) -> tuple[list[float], list[str
 
 
 def stock_back(
-    bench: Bench, crm, pending: tuple[Any, ...], stock_wait_s: float, refs: list[str]
-) -> float | None:  # type: ignore[no-untyped-def]
+    bench: Bench, crm: Any, pending: tuple[Any, ...], stock_wait_s: float, refs: list[str]
+) -> float | None:
     """Stock's redelivery awaited (up to `stock_wait_s` from its kill), its workers stopped."""
     ref, result, killed_at, survivors = pending
     stock_s = back_after(bench, crm, "stock", ref, killed_at, survivors, bound=stock_wait_s)

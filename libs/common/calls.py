@@ -286,4 +286,4 @@ def _check_with_parent_result(c: TaskContract, args: tuple[Any, ...], kwargs: di
 
 
 # `contract.delay(...)` and friends come here (contracts import nothing of ours).
-bind_sender(sys.modules[__name__])  # type: ignore[arg-type]
+bind_sender(sys.modules[__name__])

@@ -9,6 +9,7 @@ take their app from here, so they never import the layer that installs them.
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 from celery import Celery
 from celery import current_app as celery_current
@@ -45,7 +46,7 @@ def configured_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
 
 def current_app() -> Celery:
     """The process's own app, or a producer-only app for code that is no service."""
-    app = celery_current._get_current_object()
+    app = cast(Any, celery_current)._get_current_object()
     if app in _apps.values():
         return app
     return configured_app("producer")

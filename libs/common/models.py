@@ -7,7 +7,9 @@ reads the row as it is when it runs.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -105,7 +107,11 @@ class Appointment(models.Model):
         refuses to queue it).
         """
         problems: list[str] = []
-        for validate, value in ((validate_positive_amount, self.amount), (validate_currency, self.currency)):
+        checks: tuple[tuple[Callable[[Any], None], Any], ...] = (
+            (validate_positive_amount, self.amount),
+            (validate_currency, self.currency),
+        )
+        for validate, value in checks:
             try:
                 validate(value)
             except ValidationError as exc:

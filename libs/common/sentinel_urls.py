@@ -88,8 +88,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         raise SentinelURLError("the sentinel URL names different databases; give the database once")
     if len(credentials) > 1:
         raise SentinelURLError("the sentinel URL gives different credentials; give them once")
-    username, password = next(iter(credentials), (None, None))
-    return SentinelURL(tuple(sentinels), next(iter(dbs), 0), username, password)
+    login, secret = next(iter(credentials), (None, None))
+    return SentinelURL(tuple(sentinels), next(iter(dbs), 0), login, secret)
 
 
 def sentinel_kwargs(password: str | None, timeout: float | None) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class ReleaseInfo(bootsteps.StartStopStep):
     see which build each worker runs: the same string Sentry tags its events with.
     """
 
-    def info(self, worker: WorkController) -> dict[str, str]:
+    def info(self, worker: WorkController) -> dict[str, str]:  # type: ignore[override]
         return {"release": get_settings().release_for(worker.app.main)}
 
 

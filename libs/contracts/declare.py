@@ -23,7 +23,7 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NotRequired, Protocol
+from typing import Any, NotRequired, Protocol, cast
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -107,7 +107,7 @@ class TaskContract:
             # In a union, the deepest error is the branch the value was meant for.
             error = max(exc.errors(include_url=False, include_input=False), key=lambda e: len(e["loc"]))
             param, *path = error["loc"]
-            value = bound.arguments[param]
+            value = bound.arguments[cast(str, param)]  # a parameter's name, then the path in it
             at = f" at {'.'.join(str(p) for p in path)!r}" if path else ""
             raise InvalidTaskArgumentsError(
                 f"{self.name}{self.signature}: argument {param!r}{at}: {error['msg']} "

@@ -5,7 +5,7 @@ database, so the broker, results and dead letters hold no personal data.
 """
 
 
-from typing import NotRequired
+from typing import Any, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -40,25 +40,25 @@ class AdminItem(TypedDict, total=False):
 
 
 @SERVICE.task
-def send_welcome_email(doctor_id: int) -> dict:
+def send_welcome_email(doctor_id: int) -> dict[str, Any]:
     """Welcome a doctor; sent once per doctor however often it is delivered."""
 
 
 @SERVICE.task
-def send_onboarding_email(data: OnboardingStep) -> dict:
+def send_onboarding_email(data: OnboardingStep) -> dict[str, Any]:
     """Onboarding-chain step: welcome the doctor named by `data["doctor_id"]`."""
 
 
 @SERVICE.task
-def send_appointment_reminder(appointment_id: int) -> dict:
+def send_appointment_reminder(appointment_id: int) -> dict[str, Any]:
     """Remind the patient of one appointment; once per appointment."""
 
 
 @SERVICE.task
-def send_daily_reminders() -> dict:
+def send_daily_reminders() -> dict[str, Any]:
     """Daily 08:00 job: fan out one reminder per appointment due in the next day."""
 
 
 @SERVICE.task
-def notify_admin(data: int | AdminItem | list[int | AdminItem]) -> dict:
+def notify_admin(data: int | AdminItem | list[int | AdminItem]) -> dict[str, Any]:
     """Tell the platform admin about an event (an id, or ids and flags) or a batch of results."""

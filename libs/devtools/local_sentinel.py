@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import quote
 
 import redis
@@ -171,7 +172,8 @@ class LocalSentinelGroup:
                     int(state.get("num-slaves", 0)) >= 1
                     and int(state.get("num-other-sentinels", 0)) >= others
                     for state in (
-                        self.sentinel(port).sentinel_master(self.master_name) for port in self.sentinel_ports
+                        cast("dict[str, Any]", self.sentinel(port).sentinel_master(self.master_name))
+                        for port in self.sentinel_ports
                     )
                 )
                 if ready:
@@ -197,7 +199,8 @@ class LocalSentinelGroup:
         """The primary's port as the first sentinel that answers names it now."""
         for port in self.sentinel_ports:
             try:
-                address = self.sentinel(port).sentinel_get_master_addr_by_name(self.master_name)
+                reply = self.sentinel(port).sentinel_get_master_addr_by_name(self.master_name)
+                address = cast("tuple[str, int] | None", reply)
             except redis.RedisError:
                 continue
             if address:

@@ -65,7 +65,7 @@ def _refused_handler() -> type:
 
 
 def _authenticated(handler_class: type) -> type:
-    class Authenticated(handler_class):  # type: ignore[misc, valid-type]
+    class Authenticated(handler_class):
         def prepare(self) -> Any:
             if not self.current_user:  # raises 401 on a missing or wrong password
                 raise tornado.web.HTTPError(401)

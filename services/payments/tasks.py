@@ -32,7 +32,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from celery import Task
 from django.db import transaction
@@ -267,7 +267,7 @@ def process_payment(self: Task, appointment_id: int) -> dict[str, Any]:
         _record(claim, mismatch=reason)
         raise ChargeMismatchError(f"appointment {claim.appointment_id}: {reason}") from None
     except gateway.PaymentGatewayError as exc:
-        final = self.request.retries >= self.max_retries
+        final = self.request.retries >= cast(int, self.max_retries)
         _record(claim, error=str(exc), final=final)
         logger.warning("Payment gateway error for %s: %s", claim.key, exc)
         raise self.retry(exc=exc, countdown=RETRY_COUNTDOWN) from None

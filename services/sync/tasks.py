@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import requests
 from django.db import connection
@@ -40,7 +41,7 @@ def sync_doctor_to_external_system(doctor_id: int) -> dict:
 
 
 @implements(app, contract.sync_all_doctors, bind=True)
-def sync_all_doctors(self) -> dict:  # type: ignore[no-untyped-def]
+def sync_all_doctors(self: Any) -> dict:
     with task_lock(f"task-lock-{self.name}", timeout=300) as acquired:
         if not acquired:
             return {"status": "skipped", "reason": "already running"}

@@ -147,7 +147,10 @@ class PaymentAdmin(admin.ModelAdmin):
 
 
 # A finished report's row is the record once its task result has expired from Redis.
-RECORDED_STATE = {Report.Status.COMPLETE: states.SUCCESS, Report.Status.FAILED: states.FAILURE}
+RECORDED_STATE: dict[str, str] = {
+    Report.Status.COMPLETE: states.SUCCESS,
+    Report.Status.FAILED: states.FAILURE,
+}
 RECORDED = "{state} (recorded; result expired after RESULT_EXPIRES)"
 EXPIRED = "expired (result gone after RESULT_EXPIRES)"
 
@@ -215,7 +218,8 @@ class ReportAdmin(admin.ModelAdmin):
 
     @admin.action(description="Generate report", permissions=["change"])
     def generate_report(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
-        queued, refused = [], []
+        queued: list[tuple[str, str]] = []  # (a link to the report, its task id)
+        refused: list[tuple[str, str]] = []
         with transaction.atomic():  # the row says "queued" with its task id before a worker sees it
             for report in queryset.select_for_update():
                 if report.status in IN_FLIGHT and report.task_id and self.task_state(report) != EXPIRED:

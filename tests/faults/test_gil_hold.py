@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -203,13 +204,13 @@ def send(task: str, *args: object) -> object:
 @pytest.mark.parametrize("pool", ["threads", "solo"])
 def test_a_task_holding_the_gil_for_longer_than_the_heartbeat_timeout_runs_once(
     pool: str, probes, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     client = redis.Redis.from_url(redis_url)
     workers = [probes(f"gilprobe-{pool}-{x}", pool) for x in "ab"]
     key = f"hold-{pool}-{time.time_ns()}"
     result = send("gilprobe.hold", key, HOLD)
     wait_until(lambda: client.llen(f"gilprobe:runs:{key}"), timeout=30)
-    runner = int(client.lindex(f"gilprobe:runs:{key}", 0))
+    runner = int(cast(bytes, client.lindex(f"gilprobe:runs:{key}", 0)))
     owner = owner_of(client, runner)
     # Watch the runner's lease from outside while the task holds its GIL.
     oldest, lost = 0.0, False
@@ -240,7 +241,7 @@ def test_a_task_holding_the_gil_for_longer_than_the_heartbeat_timeout_runs_once(
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_a_sigkilled_worker_s_helper_dies_with_it_and_its_task_comes_back_within_the_timeout(
     pool: str, probes, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Only the worker's own process is killed (not its group), so nothing kills the helper
     but its own watch on its parent; under prefork the pool's children outlive the kill."""
     client = redis.Redis.from_url(redis_url)
@@ -271,7 +272,7 @@ def test_a_sigkilled_worker_s_helper_dies_with_it_and_its_task_comes_back_within
     assert recovered_in <= HEARTBEAT_TIMEOUT + 3
 
 
-def test_a_stopped_worker_leaves_no_helper_and_no_lease(probes, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_stopped_worker_leaves_no_helper_and_no_lease(probes, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     worker = probes("gilprobe-term", "prefork")
     [helper] = helpers_of(worker.pid)

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -51,7 +52,8 @@ def lease_ages_ms(client: redis.Redis, pids: set[int]) -> list[float]:
     seconds, micros = client.time()
     now = seconds * 1000 + micros // 1000
     ages = {}
-    for member, score in client.zrange(scripts.OWNERS, 0, -1, withscores=True):
+    owners = cast("list[tuple[bytes, float]]", client.zrange(scripts.OWNERS, 0, -1, withscores=True))
+    for member, score in owners:
         pid = int(member.decode().split(":")[-2])
         if pid in pids:
             ages[pid] = now - score

@@ -136,7 +136,7 @@ RAW_ITEMS = {  # not even an envelope: no task id to fail
 }
 
 
-def test_every_poison_shape_is_dead_lettered_and_the_worker_goes_on(worker, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_poison_shape_is_dead_lettered_and_the_worker_goes_on(worker, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     store = DeadLetters(client)
     before = {e.id for e in store.list("sync", limit=None)}
@@ -182,7 +182,7 @@ def stored_bytes(client: redis.Redis) -> int:
     return sum(client.memory_usage(key) or 0 for key in client.scan_iter(count=1000))
 
 
-def test_a_huge_message_is_kept_as_its_head_and_size(worker, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_huge_message_is_kept_as_its_head_and_size(worker, redis_url: str) -> None:
     """A 98 MB message was kept whole for 7 days; ten of them filled a 1 GB Redis."""
     client = redis.Redis.from_url(redis_url)
     store = DeadLetters(client)

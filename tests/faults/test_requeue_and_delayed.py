@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -100,7 +101,7 @@ def wait_up(proc: ServiceProcess) -> None:
         assert proc.running and time.monotonic() < deadline, f"{proc.name} did not start"
 
 
-def send(task: str, *args: object, **options: object):  # type: ignore[no-untyped-def]
+def send(task: str, *args: object, **options: Any):
     return current_app().signature(f"{QUEUE}.{task}", args=args, queue=QUEUE).apply_async(**options)
 
 

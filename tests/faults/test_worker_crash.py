@@ -28,7 +28,7 @@ RECOVERY_BOUND = 15.0  # docs/guarantees.md's promise at the default BROKER_HEAR
 
 
 @pytest.fixture
-def start_workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator:  # type: ignore[type-arg]
+def start_workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator:
     started: list[NamedWorker] = []
 
     def start(*names: str, **env: str) -> list[NamedWorker]:
@@ -49,7 +49,7 @@ def new_doctor(tag: str) -> Doctor:
     return Doctor.objects.create(first_name="Fault", last_name=tag, email=f"{tag}@faults.example")
 
 
-def crm_starts(crm, doctor: Doctor) -> list[float]:  # type: ignore[no-untyped-def]
+def crm_starts(crm, doctor: Doctor) -> list[float]:
     return [
         r["at"]
         for r in crm.requests
@@ -72,7 +72,7 @@ def holder(workers: list[NamedWorker], redis_url: str) -> NamedWorker:
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_sigkill_mid_task_is_redelivered_within_the_bound_and_completes_once(
     pool: str, start_workers, crm_sandbox, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     ports = {f"sync-{pool}-{x}": free_port() for x in "ab"}
     workers = [
         w
@@ -110,7 +110,7 @@ def test_sigkill_mid_task_is_redelivered_within_the_bound_and_completes_once(
 
 def test_sigterm_mid_task_finishes_it_and_leaves_queued_tasks_for_others(
     start_workers, crm_sandbox, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     [first] = start_workers("sync-term-a", WORKER_CONCURRENCY="1")
     crm_sandbox.latency = 2.0
     doctors = [new_doctor(f"term-{i}") for i in range(4)]
@@ -135,7 +135,7 @@ def test_sigterm_mid_task_finishes_it_and_leaves_queued_tasks_for_others(
     assert starts == [1] * len(doctors), "a task ran twice or not at all"
 
 
-def test_a_task_longer_than_every_timeout_runs_once(start_workers, crm_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_longer_than_every_timeout_runs_once(start_workers, crm_sandbox) -> None:
     # Heartbeat timeout 2 s, a task of 8 s, a second idle worker ready to steal it.
     start_workers("sync-long-a", "sync-long-b", BROKER_HEARTBEAT_TIMEOUT="2")
     crm_sandbox.latency = 8.0
@@ -150,7 +150,7 @@ def test_a_task_longer_than_every_timeout_runs_once(start_workers, crm_sandbox) 
 
 def test_a_delay_longer_than_every_timeout_runs_once_even_across_worker_restarts(
     start_workers, crm_sandbox
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     [a] = start_workers("sync-delay-a", BROKER_HEARTBEAT_TIMEOUT="2")
     doctor = new_doctor("delayed")
     sent = time.monotonic()
@@ -173,7 +173,7 @@ def test_a_delay_longer_than_every_timeout_runs_once_even_across_worker_restarts
 
 def test_a_killed_prefork_child_puts_its_task_back_and_the_worker_runs_it_again(
     start_workers, crm_sandbox, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """An OOM kill of one pool process: the parent lives, so the task is requeued at once."""
     [worker] = start_workers("sync-child", WORKER_POOL="prefork", WORKER_CONCURRENCY="1")
     crm_sandbox.latency = 3.0

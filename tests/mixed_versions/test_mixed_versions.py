@@ -383,7 +383,7 @@ def processes(scratch: Path) -> Iterator[Processes]:
         procs.stop()
 
 
-def test_old_and_new_producers_and_workers_run_every_task_both_ways(  # type: ignore[no-untyped-def]
+def test_old_and_new_producers_and_workers_run_every_task_both_ways(
     redis_url: str, data_dir: Path, peers_env: dict[str, str], scratch: Path, processes: Processes, capsys
 ) -> None:
     from django.db import connection

@@ -32,7 +32,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from common import calls
 from common.masking import mask, mask_text
@@ -111,7 +111,9 @@ def parse(raw: bytes) -> Message:
     ):
         raise Refused("undecodable: the stored message is not a Celery envelope (body, headers, properties)")
     headers: dict[str, Any] = envelope["headers"]
-    properties = envelope.get("properties") if isinstance(envelope.get("properties"), dict) else {}
+    properties = cast(
+        "dict[str, Any]", envelope.get("properties") if isinstance(envelope.get("properties"), dict) else {}
+    )
     task, task_id = headers.get("task"), headers.get("id")
     if not isinstance(task, str) or not isinstance(task_id, str):
         raise Refused("malformed: the headers lack a task name and id (not Celery protocol 2)")

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pythonjsonlogger.core import RESERVED_ATTRS, merge_record_extra
 from pythonjsonlogger.json import JsonFormatter
@@ -90,7 +90,7 @@ def service_name() -> str:
 def task_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The running task's name and ids, or those Celery's "received" line carries; else {}."""
     state = sys.modules.get("celery._state")
-    task = state.get_current_task() if state is not None else None
+    task: Any = state.get_current_task() if state is not None else None
     request = getattr(task, "request", None)
     if request is not None and getattr(request, "id", None) and not request.called_directly:
         return {
@@ -168,7 +168,8 @@ def _follow_celery_logging() -> None:
 
     logging.captureWarnings(True)  # warnings.warn (Celery's SecurityWarning as root): a JSON line
     for signal in (signals.after_setup_logger, signals.after_setup_task_logger):
-        signal.connect(_on_celery_logging, weak=False, dispatch_uid=f"common.json_logs.{signal.name}")
+        uid = f"common.json_logs.{cast(Any, signal).name}"  # celery-types leaves out Signal.name
+        signal.connect(_on_celery_logging, weak=False, dispatch_uid=uid)
 
 
 def _json_say(msg: str, f: Any = sys.__stderr__) -> None:

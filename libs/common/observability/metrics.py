@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, signals
 
@@ -136,14 +136,14 @@ class TaskMetrics:
             (signals.task_retry, self._on_retry),
             (dead_lettered, self._on_dead_lettered),
         ):
-            signal.connect(receiver, weak=False, dispatch_uid=f"common.metrics.{signal.name}")
+            signal.connect(receiver, weak=False, dispatch_uid=f"common.metrics.{cast(Any, signal).name}")
 
     def disconnect(self) -> None:
         for signal in (
             signals.task_received, signals.task_prerun, signals.task_postrun,
             signals.task_success, signals.task_failure, signals.task_retry, dead_lettered,
         ):  # fmt: skip
-            signal.disconnect(dispatch_uid=f"common.metrics.{signal.name}")
+            signal.disconnect(dispatch_uid=f"common.metrics.{cast(Any, signal).name}")
 
     # The receivers never raise: a metric must not change what happens to a task.
     def _on_received(self, request: Any = None, **_: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from celery.signals import after_setup_logger, after_setup_task_logger
 
@@ -104,6 +104,6 @@ def install_error_reporting(service: str) -> None:
     _installed.add(service)
     failure_hooks.add(handle_task_failure)  # first: the failure is reported before anything else
     for signal in (after_setup_logger, after_setup_task_logger):
-        signal.connect(_mask_celery_logging, weak=False, dispatch_uid=f"common.mask.{signal.name}")
+        signal.connect(_mask_celery_logging, weak=False, dispatch_uid=f"common.mask.{cast(Any, signal).name}")
     mask_handlers(logging.getLogger())
     init_sentry(service)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from common.celery_app import current_app
@@ -51,13 +53,13 @@ def _owner(redis_url: str, dead_after: float = 1.0) -> ownership.Owner:
     return owner
 
 
-def _fetch(client: redis.Redis, owner: ownership.Owner, *lists: str) -> list | None:
+def _fetch(client: redis.Redis, owner: ownership.Owner, *lists: str) -> Any:
     return client.eval(
         scripts.FETCH, 1 + len(lists), owner.inflight_key, *lists, ownership.SEP, scripts.BELL_PREFIX
     )
 
 
-def test_fetch_moves_a_message_into_the_owners_hash_in_one_step(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_fetch_moves_a_message_into_the_owners_hash_in_one_step(redis_client, redis_url: str) -> None:
     owner = _owner(redis_url)
     redis_client.lpush("t-fetch", '{"properties": {"delivery_tag": "tag-1"}, "body": "x"}', "not json")
     list_key, raw, tag = _fetch(redis_client, owner, "t-fetch")
@@ -72,7 +74,7 @@ def test_fetch_moves_a_message_into_the_owners_hash_in_one_step(redis_client, re
     assert _fetch(redis_client, owner, "t-fetch") is None
 
 
-def test_one_fetch_takes_up_to_its_limit_highest_priority_first(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_one_fetch_takes_up_to_its_limit_highest_priority_first(redis_client, redis_url: str) -> None:
     """A worker with free prefetch slots fills them in one round trip, each message recorded."""
     owner = _owner(redis_url)
     high, low = "t-batch", f"t-batch{ownership.SEP}5"
@@ -80,7 +82,7 @@ def test_one_fetch_takes_up_to_its_limit_highest_priority_first(redis_client, re
     redis_client.lpush(low, "l1", "l2")
     bell = scripts.BELL_PREFIX + "t-batch"
 
-    def fetch(limit: int) -> list:  # type: ignore[type-arg]
+    def fetch(limit: int) -> list:
         return redis_client.eval(
             scripts.FETCH, 3, owner.inflight_key, high, low, ownership.SEP, scripts.BELL_PREFIX, limit
         )
@@ -102,7 +104,7 @@ def test_one_fetch_takes_up_to_its_limit_highest_priority_first(redis_client, re
     assert fetch(3) is None
 
 
-def test_a_dead_owners_messages_go_back_to_the_front_of_their_queue(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_owners_messages_go_back_to_the_front_of_their_queue(redis_client, redis_url: str) -> None:
     dead, alive = _owner(redis_url), _owner(redis_url)
     redis_client.lpush("t-recover", '{"properties": {"delivery_tag": "held"}}', '{"properties": {}}')
     _fetch(redis_client, dead, "t-recover")  # `dead` holds the older message
@@ -119,7 +121,7 @@ def test_a_dead_owners_messages_go_back_to_the_front_of_their_queue(redis_client
     assert redis_client.zscore(scripts.OWNERS, dead.id) is None
 
 
-def test_a_gap_in_everyones_heartbeats_is_not_a_death_sentence(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_gap_in_everyones_heartbeats_is_not_a_death_sentence(redis_client, redis_url: str) -> None:
     """After a Redis outage (or with every worker down) no tick ran: nobody is judged on that gap."""
     sleeper, waker = _owner(redis_url), _owner(redis_url)
     redis_client.lpush("t-gap", '{"properties": {"delivery_tag": "long-task"}}')
@@ -129,7 +131,7 @@ def test_a_gap_in_everyones_heartbeats_is_not_a_death_sentence(redis_client, red
     assert redis_client.hlen(sleeper.inflight_key) == 1, "a live owner lost its task to a gap"
 
 
-def test_requeue_unknown_returns_what_a_lost_fetch_reply_left_behind(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_requeue_unknown_returns_what_a_lost_fetch_reply_left_behind(redis_client, redis_url: str) -> None:
     owner = _owner(redis_url)
     redis_client.lpush(
         "t-lost", '{"properties": {"delivery_tag": "seen"}}', '{"properties": {"delivery_tag": "lost"}}'
@@ -144,7 +146,7 @@ def test_requeue_unknown_returns_what_a_lost_fetch_reply_left_behind(redis_clien
 
 def test_a_future_eta_waits_in_redis_and_is_moved_onto_its_queue_when_due(
     redis_client, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from datetime import UTC, datetime, timedelta
 
     with current_app().connection_for_write() as conn:
@@ -191,7 +193,7 @@ from common.transport.broker.messages import marked_redelivered as _marked_redel
 from common.transport.dead_letter_store import MALFORMED, DeadLetters  # noqa: E402
 
 
-def _fetch_counted(client: redis.Redis, owner: ownership.Owner, *lists: str) -> list | None:  # type: ignore[type-arg]
+def _fetch_counted(client: redis.Redis, owner: ownership.Owner, *lists: str) -> Any:
     """FETCH as the transport calls it: (list, raw, tag, returns, count key) per message."""
     return client.eval(
         scripts.FETCH, 1 + len(lists), owner.inflight_key, *lists, ownership.SEP, scripts.BELL_PREFIX, 1, 1
@@ -200,7 +202,7 @@ def _fetch_counted(client: redis.Redis, owner: ownership.Owner, *lists: str) -> 
 
 def test_every_return_to_the_queue_is_counted_and_the_item_is_never_rewritten(
     redis_client, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     owner = _owner(redis_url)
     raw = b'{"body": "W10=", "headers": {"x": []}, "properties": {"delivery_tag": "t-count-1", "n": 1.10}}'
     redis_client.lpush("t-count", raw)
@@ -223,7 +225,7 @@ def test_every_return_to_the_queue_is_counted_and_the_item_is_never_rewritten(
     assert redis_client.hlen(owner.inflight_key) == 0
 
 
-def test_a_dead_owners_messages_come_back_counted(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_owners_messages_come_back_counted(redis_client, redis_url: str) -> None:
     dead, alive = _owner(redis_url, dead_after=0.5), _owner(redis_url, dead_after=0.5)
     redis_client.lpush("t-count-dead", '{"properties": {"delivery_tag": "t-count-dead-1"}}')
     _fetch_counted(redis_client, dead, "t-count-dead")
@@ -260,7 +262,7 @@ def test_redelivered_is_set_as_kombu_sets_it_and_nothing_else_changes() -> None:
 # --- a malformed entry in the delayed set or an in-flight hash never stops the tick ----------
 def test_a_malformed_delayed_entry_is_set_aside_and_everything_else_keeps_moving(
     redis_client, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     owner = _owner(redis_url)
     redis_client.delete("t-aside-hash")
     redis_client.hset("t-aside-hash", "a", "b")  # a key that is not a list
@@ -298,7 +300,7 @@ def test_a_malformed_delayed_entry_is_set_aside_and_everything_else_keeps_moving
 
 def test_a_malformed_in_flight_entry_does_not_stop_a_dead_owners_recovery(
     redis_client, redis_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     dead, alive = _owner(redis_url, dead_after=0.5), _owner(redis_url, dead_after=0.5)
     redis_client.hset("t-aside-hash2", "a", "b")
     redis_client.hset(

@@ -13,7 +13,7 @@ from contracts import emails, sync
 from contracts.declare import InvalidTaskArgumentsError, ServiceContracts, UnknownTaskError, all_contracts
 
 
-def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
+def queued(redis_client) -> int:
     """Messages waiting on any service queue (all priority lists included)."""
     return sum(
         redis_client.llen(key)
@@ -23,7 +23,7 @@ def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(autouse=True)
-def empty_queues(redis_client) -> None:  # type: ignore[no-untyped-def]
+def empty_queues(redis_client) -> None:
     redis_client.flushdb()
     OutboxMessage.objects.all().delete()
 
@@ -36,13 +36,13 @@ def test_every_declared_task_is_routed_to_its_own_service_queue() -> None:
         assert router.route({}, contract.name)["queue"].name == contract.queue
 
 
-def test_send_by_name_publishes_on_the_consuming_services_queue(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_send_by_name_publishes_on_the_consuming_services_queue(redis_client) -> None:
     calls.delay("payments.process_payment", 42)
     assert redis_client.llen("payments") == 1
     assert queued(redis_client) == 1
 
 
-def test_unknown_task_name_is_refused_and_nothing_is_published(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_task_name_is_refused_and_nothing_is_published(redis_client) -> None:
     with pytest.raises(UnknownTaskError, match="No service exposes a task named 'emails.send_welcome'"):
         calls.delay("emails.send_welcome", 1)
     with pytest.raises(UnknownTaskError, match="Did you mean 'emails.send_welcome_email'"):
@@ -60,7 +60,7 @@ def test_unknown_task_name_is_refused_and_nothing_is_published(redis_client) -> 
         ((True,), {}, "argument 'doctor_id'"),
     ],
 )
-def test_arguments_not_matching_the_contract_are_refused(redis_client, args, kwargs, problem) -> None:  # type: ignore[no-untyped-def]
+def test_arguments_not_matching_the_contract_are_refused(redis_client, args, kwargs, problem) -> None:
     with pytest.raises(InvalidTaskArgumentsError) as err:
         emails.send_welcome_email.apply_async(args, kwargs)
     assert "emails.send_welcome_email(doctor_id: int)" in str(err.value)
@@ -108,7 +108,7 @@ def big(n: int) -> dict:
     return {"status": "x" * (n - len('[[{"status": ""}], {}]'))}
 
 
-def test_a_payload_over_the_limit_is_refused_before_anything_is_sent_or_kept(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_payload_over_the_limit_is_refused_before_anything_is_sent_or_kept(redis_client) -> None:
     limit = 1_048_576
     emails.notify_admin.delay(big(limit))  # at the limit: sent
     assert queued(redis_client) == 1
@@ -132,7 +132,7 @@ def _in_transaction(size: int) -> None:
         emails.notify_admin.delay(big(size))
 
 
-def test_the_payload_limit_is_configurable(redis_client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_payload_limit_is_configurable(redis_client, monkeypatch) -> None:
     from common.settings import reset_settings_cache
 
     monkeypatch.setenv("TASK_MAX_PAYLOAD_BYTES", "100")
@@ -147,10 +147,10 @@ def test_the_payload_limit_is_configurable(redis_client, monkeypatch) -> None:  
     assert queued(redis_client) == 1
 
 
-def test_arguments_json_cannot_carry_are_refused_clearly(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_arguments_json_cannot_carry_are_refused_clearly(redis_client) -> None:
     # Typed parameters refuse such a value by type first; an unannotated one (Any) relies on this.
     @ServiceContracts("sync").task
-    def anything(value) -> None:  # type: ignore[no-untyped-def]
+    def anything(value) -> None:
         """A parameter without a type."""
 
     with pytest.raises(InvalidTaskArgumentsError, match="cannot be sent as JSON.*Pass ids and plain values"):
@@ -178,7 +178,7 @@ def test_a_process_without_django_is_told_how_to_send() -> None:
     assert "set Django up first" in out.stdout and "outbox=False" in out.stdout, out.stderr[-2000:]
 
 
-def test_a_typed_payload_refuses_what_its_shape_does_not_declare(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_typed_payload_refuses_what_its_shape_does_not_declare(redis_client) -> None:
     # notify_admin's items carry ids and flags: a name or an email is refused at the producer.
     refused = r"argument 'data' at 'AdminItem.email'.*Extra inputs"
     with pytest.raises(InvalidTaskArgumentsError, match=refused):

@@ -18,7 +18,7 @@ from redis.sentinel import SentinelManagedConnection
 from common.transport.broker import heartbeat, ownership, scripts
 
 
-def _params(redis_url: str) -> dict:  # type: ignore[type-arg]
+def _params(redis_url: str) -> dict:
     return dict(redis.Redis.from_url(redis_url).connection_pool.connection_kwargs)
 
 
@@ -30,7 +30,7 @@ def _lease_age_ms(client: redis.Redis, owner: str) -> float | None:
     return seconds * 1000 + micros // 1000 - score
 
 
-def test_the_helper_alone_keeps_the_lease_and_exits_with_the_owner(redis_client, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_helper_alone_keeps_the_lease_and_exits_with_the_owner(redis_client, redis_url: str) -> None:
     owner = ownership.Owner(_params(redis_url), dead_after=2, tick=0.2)
     helper = owner._helper
     assert helper is not None and helper.exited() is None

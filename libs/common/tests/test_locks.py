@@ -5,7 +5,7 @@ import time
 from common.transport.locks import PREFIX, task_lock
 
 
-def test_second_caller_does_not_get_a_held_lock(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_second_caller_does_not_get_a_held_lock(redis_client) -> None:
     with task_lock("job", timeout=10, client=redis_client) as first:
         with task_lock("job", timeout=10, client=redis_client) as second:
             assert first and not second
@@ -13,7 +13,7 @@ def test_second_caller_does_not_get_a_held_lock(redis_client) -> None:  # type: 
     assert not redis_client.exists(PREFIX + "job"), "the owner releases on exit"
 
 
-def test_a_run_that_outlives_its_lock_does_not_release_the_next_holders_lock(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_that_outlives_its_lock_does_not_release_the_next_holders_lock(redis_client) -> None:
     with task_lock("slow", timeout=0.5, client=redis_client) as acquired:
         assert acquired
         time.sleep(0.8)  # the lock expires while this run still works...

@@ -43,7 +43,7 @@ def dead_app() -> Celery:
 
 
 @pytest.fixture(autouse=True)
-def clean(redis_client) -> None:  # type: ignore[no-untyped-def]
+def clean(redis_client) -> None:
     redis_client.flushdb()
     OutboxMessage.objects.all().delete()
 
@@ -340,18 +340,18 @@ def test_the_relay_loop_logs_an_outage_once_and_publishes_when_the_broker_is_bac
 
 
 # --- fan-outs: send_many -------------------------------------------------------------------
-def queued_messages(redis_client) -> list[dict]:  # type: ignore[no-untyped-def, type-arg]
+def queued_messages(redis_client) -> list[dict]:
     import json
 
     keys = [k for k in redis_client.keys("sync*") if k.decode().split("\x06\x16")[0] == "sync"]
     return [json.loads(raw) for key in keys for raw in redis_client.lrange(key, 0, -1)]
 
 
-def queued_ids(redis_client) -> list[str]:  # type: ignore[no-untyped-def]
+def queued_ids(redis_client) -> list[str]:
     return [m["headers"]["id"] for m in queued_messages(redis_client)]
 
 
-def test_send_many_publishes_every_call_once_and_keeps_nothing(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_send_many_publishes_every_call_once_and_keeps_nothing(redis_client) -> None:
     results = calls.send_many(sync.echo, [(i,) for i in range(1200)])  # three pipelined batches
     ids = [r.id for r in results]
     assert len(set(ids)) == 1200
@@ -362,7 +362,7 @@ def test_send_many_publishes_every_call_once_and_keeps_nothing(redis_client) -> 
     assert all(m["headers"].get("x_outbox") for m in queued_messages(redis_client))
 
 
-def test_a_canvas_in_one_round_trip_publishes_a_whole_group_at_its_end(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_canvas_in_one_round_trip_publishes_a_whole_group_at_its_end(redis_client) -> None:
     from celery import group
 
     from common.transport.broker.round_trip import ROUND_TRIP_MESSAGES
@@ -380,13 +380,13 @@ def test_a_canvas_in_one_round_trip_publishes_a_whole_group_at_its_end(redis_cli
     assert len(queued_ids(redis_client)) == 50 + n
 
 
-def test_send_many_sends_none_unless_every_call_fits(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_send_many_sends_none_unless_every_call_fits(redis_client) -> None:
     with pytest.raises(calls.InvalidTaskArgumentsError, match="argument 'value'"):
         calls.send_many(sync.echo, [(1,), (2,), ("three",)])
     assert queued_ids(redis_client) == [] and not kept()
 
 
-def test_send_many_in_a_transaction_waits_for_the_commit(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_send_many_in_a_transaction_waits_for_the_commit(redis_client) -> None:
     with transaction.atomic():
         calls.send_many(sync.echo, [(i,) for i in range(10)])
         assert queued_ids(redis_client) == [] and len(kept()) == 10
@@ -397,7 +397,7 @@ def test_send_many_in_a_transaction_waits_for_the_commit(redis_client) -> None: 
     assert len(queued_ids(redis_client)) == 10 and not kept(), "a rollback sends nothing"
 
 
-def test_send_many_keeps_everything_while_the_broker_is_down(  # type: ignore[no-untyped-def]
+def test_send_many_keeps_everything_while_the_broker_is_down(
     dead_app: Celery, redis_client
 ) -> None:
     ids = [r.id for r in calls.send_many(sync.echo, [(i,) for i in range(30)], app=dead_app)]

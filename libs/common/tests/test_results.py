@@ -34,7 +34,7 @@ def test_a_late_failure_cannot_overwrite_success(redis_url: str) -> None:
     assert result.state == states.SUCCESS and result.result == {"charged": 1}
 
 
-def test_states_before_success_are_replaced_and_expire(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_states_before_success_are_replaced_and_expire(redis_client) -> None:
     task_id = str(uuid.uuid4())
     backend().store_result(task_id, {"current": 5}, "PROGRESS")
     assert AsyncResult(task_id, app=current_app()).state == "PROGRESS"
@@ -125,7 +125,7 @@ from common.transport.broker import ownership, scripts  # noqa: E402
 
 
 @pytest.fixture()
-def running(redis_client, monkeypatch):  # type: ignore[no-untyped-def]
+def running(redis_client, monkeypatch):
     """This process as a worker holding one fetched message per task id it is given."""
     with current_app().connection_for_write() as conn:
         params = conn.default_channel._connparams()
@@ -145,7 +145,7 @@ def running(redis_client, monkeypatch):  # type: ignore[no-untyped-def]
     redis_client.delete(owner.inflight_key)
 
 
-def test_a_stored_success_acknowledges_its_message_in_the_same_step(redis_client, running) -> None:  # type: ignore[no-untyped-def]
+def test_a_stored_success_acknowledges_its_message_in_the_same_step(redis_client, running) -> None:
     """No crash can fall between storing a SUCCESS and the ack, so the task cannot run twice."""
     owner, hold = running
     task_id = str(uuid.uuid4())
@@ -166,7 +166,7 @@ def test_a_stored_success_acknowledges_its_message_in_the_same_step(redis_client
     [(states.FAILURE, {}), ("PROGRESS", {}), (states.SUCCESS, {"chord": {"task": "callback"}})],
     ids=["failure", "progress", "chord part"],
 )
-def test_other_stores_leave_the_ack_to_celery(redis_client, running, state, request_fields) -> None:  # type: ignore[no-untyped-def]
+def test_other_stores_leave_the_ack_to_celery(redis_client, running, state, request_fields) -> None:
     """A failure may still be retried or requeued, and a chord part must count itself into its
     chord after the store: their messages stay held until Celery acknowledges them."""
     owner, hold = running
@@ -176,7 +176,7 @@ def test_other_stores_leave_the_ack_to_celery(redis_client, running, state, requ
     assert redis_client.hget(owner.inflight_key, tag) is not None and tag in owner.held
 
 
-def test_a_result_whose_notification_was_missed_is_still_returned(redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_result_whose_notification_was_missed_is_still_returned(redis_client) -> None:
     """`.get()` subscribes when it starts waiting; a result stored without a notification it
     sees (published while that subscription settled) is read again within a second."""
     task_id = str(uuid.uuid4())

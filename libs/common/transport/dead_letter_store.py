@@ -17,14 +17,14 @@ import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery.utils.dispatch import Signal
 
 # Sent once a dead letter is stored, where it was stored (a worker's main process for what
 # it could not run, the pool process for a task that failed for good): metrics count it.
-dead_lettered = Signal(name="dead_lettered", providing_args={"queue", "reason"})
+dead_lettered = Signal(name="dead_lettered", providing_args=["queue", "reason"])
 
 ENTRIES = "jobs.dead.entries"
 QUEUES = "jobs.dead.queues"
@@ -226,7 +226,7 @@ class DeadLetters:
             extra=extra,
         )
         keys = self._keys(queue)
-        args = [
+        args: list[Any] = [
             queue,
             entry.id,
             json.dumps(asdict(entry)),
@@ -243,7 +243,7 @@ class DeadLetters:
         return entry
 
     def queues(self) -> list[str]:
-        return sorted(q.decode() for q in self.client.smembers(QUEUES))
+        return sorted(q.decode() for q in cast("set[bytes]", self.client.smembers(QUEUES)))
 
     def count(self, queue: str) -> int:
         return int(self.client.zcard(QUEUE_PREFIX + queue))
@@ -259,7 +259,7 @@ class DeadLetters:
         """Newest first, filtered by queue, task name and reason."""
         out: list[DeadLetter] = []
         for q in [queue] if queue else self.queues():
-            ids = self.client.zrevrange(QUEUE_PREFIX + q, 0, -1)
+            ids = cast("list[bytes]", self.client.zrevrange(QUEUE_PREFIX + q, 0, -1))
             if not ids:
                 continue
             for raw in self.client.hmget(ENTRIES, ids):

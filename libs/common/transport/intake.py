@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from celery import current_app, states
 from kombu.utils.json import dumps
@@ -43,7 +43,7 @@ _SEEN_TTL = 7 * 24 * 3600
 
 def _app() -> Any:
     """The worker's own app: the intake runs only inside a worker, whose app is the default."""
-    return current_app._get_current_object()
+    return cast(Any, current_app)._get_current_object()
 
 
 def check(payload: dict[str, Any], queue: str) -> None:
@@ -155,7 +155,7 @@ def _already_seen(payload: dict[str, Any], headers: dict[str, Any], task_id: str
     after a crash) keeps its claim and runs.
     """
     app = _app()
-    tag = payload["properties"]["delivery_tag"]
+    tag: str = payload["properties"]["delivery_tag"]
     key = f"{_SEEN_PREFIX}{task_id}:{headers.get('retries', 0)}"
     with app.connection_for_write() as conn:
         client = conn.default_channel.client

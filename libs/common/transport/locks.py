@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import cast
 
 import redis
 from redis.exceptions import LockError
@@ -25,7 +26,7 @@ PREFIX = "lock:"
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
     # rediss://: the broker's TLS, certificate verified (the beat leader lock uses this client too).
-    return redis_from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    return cast(redis.Redis, redis_from_url(url, socket_connect_timeout=5, socket_timeout=10))
 
 
 def redis_client() -> redis.Redis:

@@ -37,13 +37,13 @@ Selected by `result_backend` in `common.celery_config` (`common.transport.result
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 from celery import states
-from celery.backends.asynchronous import _waiting_on
-from celery.backends.base import BackendStoreError
+from celery.backends.asynchronous import _waiting_on  # type: ignore[attr-defined]
+from celery.backends.base import BackendStoreError  # type: ignore[attr-defined]
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
-from celery.backends.redis import ResultConsumer as CeleryResultConsumer
+from celery.backends.redis import ResultConsumer as CeleryResultConsumer  # type: ignore[attr-defined]
 from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 from celery.exceptions import ImproperlyConfigured
 from kombu.utils.encoding import bytes_to_str
@@ -202,6 +202,11 @@ class RedisBackend(CeleryRedisBackend):
     """Celery's Redis backend with an atomic store, no task arguments; refuses non-JSON results."""
 
     ResultConsumer = ResultConsumer
+    # Celery's backend sets these; its stubs (celery-types) leave them out.
+    _transport_options: dict[str, Any]
+    connparams: dict[str, Any]
+    expires: float | None
+    failure_expires: float | None
 
     def __init__(
         self, *args: Any, app: Any, serializer: str | None = None, accept: Any = None, **kwargs: Any
@@ -214,7 +219,7 @@ class RedisBackend(CeleryRedisBackend):
     PAYLOAD_FIELDS = ("args", "kwargs", "argsrepr", "kwargsrepr")
 
     def _get_result_meta(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        meta = super()._get_result_meta(*args, **kwargs)
+        meta: dict[str, Any] = cast(Any, super())._get_result_meta(*args, **kwargs)
         for name in self.PAYLOAD_FIELDS:
             meta.pop(name, None)
         return meta
@@ -239,7 +244,7 @@ class RedisBackend(CeleryRedisBackend):
     def _store_script(self) -> Any:
         return self.client.register_script(STORE_UNLESS_SUCCEEDED)
 
-    def _store_result(  # type: ignore[override]
+    def _store_result(
         self,
         task_id: str,
         result: Any,

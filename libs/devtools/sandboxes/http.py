@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 Handler = Callable[[str, str, dict[str, str], Any], tuple[int, Any]]
 
@@ -94,7 +94,7 @@ class JSONServer:
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
+        host, port = cast("tuple[str, int]", self.httpd.server_address[:2])  # AF_INET
         return f"http://{host}:{port}"
 
     def start(self) -> JSONServer:

@@ -7,7 +7,7 @@ import json
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 
 def parse_envelope(raw: bytes) -> list[tuple[dict[str, Any], Any]]:
@@ -66,7 +66,7 @@ class SentrySink:
 
     @property
     def dsn(self) -> str:
-        host, port = self.httpd.server_address[:2]
+        host, port = cast("tuple[str, int]", self.httpd.server_address[:2])  # AF_INET
         return f"http://publickey@{host}:{port}/1"
 
     @property

@@ -46,7 +46,7 @@ class HTTPFake(BaseAdapter):
         self.down = 0  # the next `down` requests fail as an unreachable peer would
         self._lock = threading.Lock()
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         parts = urlsplit(request.url or "")
         body = request.body
         if isinstance(body, bytes):

@@ -132,8 +132,8 @@ def _refuse_network() -> None:
             return 111
         return 0
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.socket.connect = connect  # type: ignore[method-assign, assignment]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign, assignment]
 
 
 def _raw_connection() -> sqlite3.Connection:

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from celery import Celery
 
@@ -94,7 +95,7 @@ class RestartableRedis(LocalRedis):
         super().__init__(port)
         self.extra_args = ["--appendonly", "yes", "--appendfsync", "everysec"]
 
-    def start(self, timeout: float = 10) -> RestartableRedis:
+    def start(self, timeout: float = 10) -> Self:
         super().start(timeout)
         return self
 

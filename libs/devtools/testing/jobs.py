@@ -35,9 +35,9 @@ import importlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual
+from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual  # type: ignore[attr-defined]
 
 from devtools.testing.memory_redis import MemoryRedis
 
@@ -325,9 +325,10 @@ class Jobs:
         from celery.app.trace import trace_task
         from kombu.utils.json import object_hook
 
-        from common.transport import intake, protocol
+        from common.transport import dead_letter_store, intake, protocol
 
-        Rejection, DUPLICATE = intake.Rejection, intake.DUPLICATE  # noqa: N806 - as the intake names them
+        # The names the intake uses (it imports them from the dead-letter store).
+        Rejection, DUPLICATE = dead_letter_store.Rejection, dead_letter_store.DUPLICATE  # noqa: N806
 
         app = _app_for(message.queue)
         with _current(app):
@@ -369,7 +370,7 @@ class Jobs:
                 "kwargs": kwargs,
                 **(embed or {}),
             }
-            trace_task(task, headers["id"], args, kwargs, request, app=app)
+            trace_task(task, headers["id"], cast("tuple[Any, ...]", args), kwargs, request, app=app)
             return self._record(task.name, headers["id"], int(headers.get("retries") or 0), app)
 
     def _record(self, name: str, task_id: str, retries: int, app: Any) -> Outcome:

@@ -23,11 +23,11 @@ def worker(data_dir: Path, peers_env: dict[str, str]) -> Iterator[Workers]:
     w.stop()
 
 
-def mail_to(smtp_sink, address: str) -> list:  # type: ignore[no-untyped-def]
+def mail_to(smtp_sink, address: str) -> list:
     return [m for m in smtp_sink.messages if m["To"] == address]
 
 
-def test_redelivered_welcome_email_is_sent_once(worker: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_redelivered_welcome_email_is_sent_once(worker: Workers, smtp_sink) -> None:
     doctor = Doctor.objects.create(first_name="Ada", last_name="Lovelace", email="ada.mail@clinic.example")
     first = emails.send_welcome_email.delay(doctor.pk).get(timeout=30)
     duplicates = [emails.send_welcome_email.delay(doctor.pk) for _ in range(4)]  # concurrent redeliveries
@@ -39,7 +39,7 @@ def test_redelivered_welcome_email_is_sent_once(worker: Workers, smtp_sink) -> N
     assert "Welcome Dr. Ada!" in message.get_payload()
 
 
-def test_concurrent_first_deliveries_send_one_email(worker: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_first_deliveries_send_one_email(worker: Workers, smtp_sink) -> None:
     doctor = Doctor.objects.create(first_name="Bo", last_name="Race", email="bo.race@clinic.example")
     results = [emails.send_welcome_email.delay(doctor.pk) for _ in range(5)]
     statuses = sorted(r.get(timeout=60)["status"] for r in results)
@@ -47,7 +47,7 @@ def test_concurrent_first_deliveries_send_one_email(worker: Workers, smtp_sink) 
     assert len(mail_to(smtp_sink, "bo.race@clinic.example")) == 1
 
 
-def test_daily_reminders_send_one_per_appointment_due(worker: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_daily_reminders_send_one_per_appointment_due(worker: Workers, smtp_sink) -> None:
     doctor = Doctor.objects.create(first_name="Cy", last_name="Remind", email="cy@clinic.example")
     now = datetime.now(UTC)
 
@@ -74,7 +74,7 @@ def test_daily_reminders_send_one_per_appointment_due(worker: Workers, smtp_sink
     assert due.reminder_sent_at is not None
 
 
-def test_notify_admin_mails_the_admin_with_every_item(worker: Workers, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_notify_admin_mails_the_admin_with_every_item(worker: Workers, smtp_sink) -> None:
     before = len(mail_to(smtp_sink, "ops@clinic.example"))
     out = emails.notify_admin.delay([{"doctor_id": 1, "valid": True}, {"doctor_id": 2, "valid": False}])
     assert out.get(timeout=30) == {"status": "notified", "items": 2, "admin_notified": True}

@@ -35,7 +35,7 @@ def make_appointment() -> Callable[..., Appointment]:
 
 
 @pytest.fixture(params=["stripe-like", "replaying"])
-def gateway_kind(request: pytest.FixtureRequest, gateway_sandbox) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def gateway_kind(request: pytest.FixtureRequest, gateway_sandbox) -> Iterator[str]:
     """The gateway sandbox as Stripe (a key reused with other parameters is refused, HTTP 400)
     and as a laxer gateway that replays a key's first answer whatever is asked."""
     gateway_sandbox.replay_mismatched = request.param == "replaying"

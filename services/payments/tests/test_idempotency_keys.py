@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import requests
@@ -22,7 +22,7 @@ from payments import gateway, tasks
 
 
 @pytest.fixture
-def sandbox(gateway_sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+def sandbox(gateway_sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The gateway client of this process pointed at the session's sandbox."""
     monkeypatch.setattr(gateway, "_base_and_headers", lambda: (gateway_sandbox.url, {}, 10.0))
     yield gateway_sandbox
@@ -62,7 +62,8 @@ def test_keys_are_random_and_fit_the_column() -> None:
     assert all(k.startswith("appointment-7-") and len(k) - len("appointment-7-") == 24 for k in keys)
     assert "appointment-7-1" not in keys
     assert (
-        len(Payment.new_idempotency_key(2**63 - 1)) <= Payment._meta.get_field("idempotency_key").max_length
+        len(Payment.new_idempotency_key(2**63 - 1))
+        <= cast(int, Payment._meta.get_field("idempotency_key").max_length)
     )
 
 

@@ -44,7 +44,7 @@ def test_a_charge_whose_worker_was_killed_is_settled_by_reconcile(
     doomed: ServiceProcess,
     data_dir: Path,
     peers_env: dict[str, str],
-    gateway_sandbox,  # type: ignore[no-untyped-def]
+    gateway_sandbox,
     make_appointment: Callable[..., Appointment],
 ) -> None:
     appt = make_appointment()

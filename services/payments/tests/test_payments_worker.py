@@ -61,17 +61,17 @@ def mine(appt: Appointment, key: str, wanted: str | None) -> bool:
     return key == wanted if wanted is not None else key.startswith(f"appointment-{appt.pk}-")
 
 
-def keys_used(gateway, appt: Appointment) -> list[str]:  # type: ignore[no-untyped-def]
+def keys_used(gateway, appt: Appointment) -> list[str]:
     """The distinct keys the workers charged `appt` under, in the order they were first sent."""
     keys = [r["headers"].get("Idempotency-Key", "") for r in gateway.requests if r["method"] == "POST"]
     return list(dict.fromkeys(k for k in keys if mine(appt, k, None)))
 
 
-def charges_for(gateway, appt: Appointment, key: str | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
+def charges_for(gateway, appt: Appointment, key: str | None = None) -> list[dict]:
     return [c for c in gateway.charges if mine(appt, c["idempotency_key"], key)]
 
 
-def requests_for(gateway, appt: Appointment, key: str | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
+def requests_for(gateway, appt: Appointment, key: str | None = None) -> list[dict]:
     return [
         r
         for r in gateway.requests
@@ -79,11 +79,11 @@ def requests_for(gateway, appt: Appointment, key: str | None = None) -> list[dic
     ]
 
 
-def lookups_for(gateway, appt: Appointment) -> list[dict]:  # type: ignore[no-untyped-def]
+def lookups_for(gateway, appt: Appointment) -> list[dict]:
     return [r for r in gateway.requests if r["method"] == "GET" and f"appointment-{appt.pk}-" in r["path"]]
 
 
-def charge_directly(  # type: ignore[no-untyped-def]
+def charge_directly(
     gateway, appt: Appointment, key: str | None = None, amount: str | None = None, customer: str = "cus_ok"
 ) -> str:
     """What a worker's request did before the worker died: the gateway charged under the key."""
@@ -112,7 +112,7 @@ def claimed_payment(appt: Appointment, *, age: timedelta, status: str = "process
     return payment
 
 
-def retry_etas(redis_client, task_id: str) -> list[datetime]:  # type: ignore[no-untyped-def]
+def retry_etas(redis_client, task_id: str) -> list[datetime]:
     """ETAs of the task's waiting retries: the broker keeps them in its delayed set, not a worker."""
     etas = []
     for member in redis_client.zrange(DELAYED, 0, -1):
@@ -128,7 +128,7 @@ def reconcile() -> dict:
 
 def test_success_charges_once_and_marks_the_appointment_paid(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     result = payments.process_payment.delay(appt.pk).get(timeout=30)
     [charge] = charges_for(gateway_sandbox, appt)
@@ -148,7 +148,7 @@ def test_success_charges_once_and_marks_the_appointment_paid(
 
 def test_the_payment_row_and_its_key_are_committed_before_the_gateway_is_called(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     gateway_sandbox.latency = 2
     result = payments.process_payment.delay(appt.pk)
@@ -166,7 +166,7 @@ def test_the_payment_row_and_its_key_are_committed_before_the_gateway_is_called(
 
 def test_duplicates_racing_on_two_workers_charge_exactly_once(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     gateway_sandbox.latency = 0.5  # every charge is slow, so the duplicates overlap in time
     results = [payments.process_payment.delay(appt.pk) for _ in range(6)]
@@ -185,7 +185,7 @@ def test_duplicates_racing_on_two_workers_charge_exactly_once(
 
 def test_a_duplicate_of_a_paid_appointment_answers_the_first_outcome_without_calling_the_gateway(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     first = payments.process_payment.delay(appt.pk).get(timeout=30)
     calls_before = len(gateway_sandbox.requests)
@@ -198,7 +198,7 @@ def test_a_duplicate_of_a_paid_appointment_answers_the_first_outcome_without_cal
 
 def test_a_duplicate_during_a_fresh_claim_leaves_the_gateway_alone(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     payment = claimed_payment(appt, age=timedelta(seconds=30))  # another worker is charging
     result = payments.process_payment.delay(appt.pk)
@@ -210,7 +210,7 @@ def test_a_duplicate_during_a_fresh_claim_leaves_the_gateway_alone(
     Payment.objects.filter(pk=payment.pk).update(status="failed")  # nothing for later reconciles
 
 
-def test_a_stale_claim_is_taken_over_under_the_same_key(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+def test_a_stale_claim_is_taken_over_under_the_same_key(workers, gateway_sandbox, make_appointment) -> None:
     appt = make_appointment()
     claimed_payment(appt, age=timedelta(minutes=10))
     charged = charge_directly(gateway_sandbox, appt)  # the dead worker's request got through
@@ -224,7 +224,7 @@ def test_a_stale_claim_is_taken_over_under_the_same_key(workers, gateway_sandbox
 
 def test_declined_fails_at_once_without_retry_and_marks_it(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment(customer="cus_decline_1")
     result = payments.process_payment.delay(appt.pk)
     with pytest.raises(Exception, match="card_declined") as raised:
@@ -242,7 +242,7 @@ def test_declined_fails_at_once_without_retry_and_marks_it(
 
 def test_a_fixed_card_is_charged_under_a_new_key_after_a_decline(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment(customer="cus_decline_fixable")
     with pytest.raises(Exception, match="card_declined"):
         payments.process_payment.delay(appt.pk).get(timeout=30)
@@ -268,7 +268,7 @@ def test_a_fixed_card_is_charged_under_a_new_key_after_a_decline(
 
 def test_gateway_error_is_retried_in_60_seconds_under_the_same_key(
     workers, gateway_sandbox, make_appointment, redis_client
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     gateway_sandbox.faults.fail = 1
     result = payments.process_payment.delay(appt.pk)
@@ -297,7 +297,7 @@ def test_gateway_error_is_retried_in_60_seconds_under_the_same_key(
 )
 def test_an_invalid_amount_or_currency_is_refused_without_calling_the_gateway(
     workers, gateway_sandbox, make_appointment, amount: str, currency: str, problem: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment(amount=amount, currency=currency)
     result = payments.process_payment.delay(appt.pk)
     with pytest.raises(Exception, match="cannot be charged") as raised:
@@ -316,7 +316,7 @@ def test_an_invalid_amount_or_currency_is_refused_without_calling_the_gateway(
 
 def test_an_appointment_made_invalid_after_a_failed_attempt_fails_its_payment(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     payment = claimed_payment(appt, age=timedelta(minutes=1), status="pending")  # a retry is due
     Appointment.objects.filter(pk=appt.pk).update(amount=Decimal("0"))
@@ -330,7 +330,7 @@ def test_an_appointment_made_invalid_after_a_failed_attempt_fails_its_payment(
 
 def test_reconcile_marks_paid_a_charge_whose_worker_died_before_recording_it(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     payment = claimed_payment(appt, age=timedelta(minutes=10))
     charged = charge_directly(gateway_sandbox, appt)
@@ -345,7 +345,7 @@ def test_reconcile_marks_paid_a_charge_whose_worker_died_before_recording_it(
 
 def test_reconcile_sends_again_a_payment_the_gateway_never_charged(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment()
     claimed_payment(appt, age=timedelta(minutes=10))  # the worker died before its request left
     outcome = reconcile()
@@ -356,7 +356,7 @@ def test_reconcile_sends_again_a_payment_the_gateway_never_charged(
     assert (payment.status, payment.gateway_payment_id, payment.attempts) == ("succeeded", charge["id"], 2)
 
 
-def test_reconcile_leaves_recent_payments_alone(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+def test_reconcile_leaves_recent_payments_alone(workers, gateway_sandbox, make_appointment) -> None:
     appt = make_appointment()
     payment = claimed_payment(appt, age=timedelta(minutes=2))  # under the 5 minutes default
     reconcile()
@@ -366,7 +366,7 @@ def test_reconcile_leaves_recent_payments_alone(workers, gateway_sandbox, make_a
     Payment.objects.filter(pk=payment.pk).update(status="failed")  # nothing for later reconciles
 
 
-def test_reconcile_stops_when_the_gateway_does_not_answer(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+def test_reconcile_stops_when_the_gateway_does_not_answer(workers, gateway_sandbox, make_appointment) -> None:
     appt = make_appointment()
     payment = claimed_payment(appt, age=timedelta(days=1))  # the oldest: looked up first
     gateway_sandbox.faults.fail = 1
@@ -379,7 +379,7 @@ def test_reconcile_stops_when_the_gateway_does_not_answer(workers, gateway_sandb
     wait_until(lambda: Appointment.objects.get(pk=appt.pk).is_paid)
 
 
-def test_one_reconcile_run_at_a_time(workers, gateway_sandbox, make_appointment) -> None:  # type: ignore[no-untyped-def]
+def test_one_reconcile_run_at_a_time(workers, gateway_sandbox, make_appointment) -> None:
     appt = make_appointment()
     claimed_payment(appt, age=timedelta(minutes=10))
     with task_lock("payments.reconcile_payments") as held:
@@ -393,7 +393,7 @@ def test_one_reconcile_run_at_a_time(workers, gateway_sandbox, make_appointment)
 
 def test_a_reused_primary_key_is_never_paid_with_another_customers_charge(
     workers, gateway_sandbox, gateway_kind, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Issue 21 item 9: a restore from an older backup hands an old booking's pk to a new one.
 
     The gateway still holds the old booking's 10.00 charge under `appointment-<pk>-1`, the key
@@ -416,7 +416,7 @@ def test_a_reused_primary_key_is_never_paid_with_another_customers_charge(
 
 def test_reconcile_does_not_mark_paid_a_charge_that_is_not_the_payments(
     workers, gateway_sandbox, make_appointment
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     appt = make_appointment(customer="cus_reconcile_mine", amount="250.00")
     payment = claimed_payment(appt, age=timedelta(minutes=10))
     # Under the payment's own key the gateway holds a charge for another amount and customer.
@@ -442,7 +442,7 @@ def test_reconcile_does_not_mark_paid_a_charge_that_is_not_the_payments(
 
 def test_a_decline_is_logged_once_without_a_traceback(
     workers, gateway_sandbox, make_appointment, data_dir: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A declined card is a business outcome: one line, no traceback, no ERROR."""
     appt = make_appointment(customer="cus_decline_logged")
     result = payments.process_payment.delay(appt.pk)

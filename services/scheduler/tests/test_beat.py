@@ -26,7 +26,7 @@ def start_beat(data_dir: Path, name: str) -> ServiceProcess:
     ).start()
 
 
-def queued(redis_client) -> int:  # type: ignore[no-untyped-def]
+def queued(redis_client) -> int:
     return int(redis_client.llen(QUEUE))
 
 
@@ -42,7 +42,7 @@ def every_second() -> Iterator[PeriodicTask]:
     task.delete()
 
 
-def test_a_schedule_added_while_beat_runs_fires_on_its_queue(data_dir, redis_client, every_second) -> None:  # type: ignore[no-untyped-def]
+def test_a_schedule_added_while_beat_runs_fires_on_its_queue(data_dir, redis_client, every_second) -> None:
     redis_client.delete(QUEUE)
     beat = start_beat(data_dir, "beat-a")
     try:
@@ -57,7 +57,7 @@ def test_a_schedule_added_while_beat_runs_fires_on_its_queue(data_dir, redis_cli
     assert message["headers"]["task"] == "sync.health_check"
 
 
-def test_two_beats_do_not_double_fire_and_a_standby_takes_over(data_dir, redis_client, every_second) -> None:  # type: ignore[no-untyped-def]
+def test_two_beats_do_not_double_fire_and_a_standby_takes_over(data_dir, redis_client, every_second) -> None:
     redis_client.delete(QUEUE)
     every_second.enabled = True
     every_second.save()
@@ -82,7 +82,7 @@ def test_two_beats_do_not_double_fire_and_a_standby_takes_over(data_dir, redis_c
         second.stop()
 
 
-def test_with_json_logs_every_line_beat_writes_is_json(data_dir, redis_client, every_second) -> None:  # type: ignore[no-untyped-def]
+def test_with_json_logs_every_line_beat_writes_is_json(data_dir, redis_client, every_second) -> None:
     every_second.enabled = True
     every_second.save()
     log = data_dir / "beat-json.log"

@@ -104,7 +104,7 @@ def due_jobs() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def running(  # type: ignore[no-untyped-def]
+def running(
     data_dir: Path, peers_env: dict[str, str], sentry: SentrySink, due_jobs: None
 ) -> Iterator[Path]:
     env = {"SENTRY_DSN": sentry.dsn, "SENTRY_TRACES_SAMPLE_RATE": "0"}
@@ -142,7 +142,7 @@ def wait_for_check_ins(sink: SentrySink, slugs: list[str], log: Path) -> None:
         ) from None
 
 
-def test_each_periodic_job_checks_in_progress_then_ok_under_its_own_slug(running, sentry) -> None:  # type: ignore[no-untyped-def]
+def test_each_periodic_job_checks_in_progress_then_ok_under_its_own_slug(running, sentry) -> None:
     wait_for_check_ins(sentry, JOBS, running)
     for slug in JOBS:
         started, done = opened_and_closed(sentry, slug)  # each job fired once (next run minutes away)
@@ -163,7 +163,7 @@ def test_each_periodic_job_checks_in_progress_then_ok_under_its_own_slug(running
     assert schedules["weekly-report"]["value"] in {f"0 {h % 24} * * 1" for h in (hour - 1, hour)}
 
 
-def test_a_failing_job_checks_in_error(running, sentry) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_job_checks_in_error(running, sentry) -> None:
     wait_for_check_ins(sentry, [FAILING], running)
     started, done = opened_and_closed(sentry, FAILING)
     assert (started["status"], done["status"]) == ("in_progress", "error")
@@ -171,7 +171,7 @@ def test_a_failing_job_checks_in_error(running, sentry) -> None:  # type: ignore
     assert done["release"].startswith("sync@")
 
 
-def test_a_job_too_frequent_for_crons_is_named_in_beats_log(running, sentry) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_too_frequent_for_crons_is_named_in_beats_log(running, sentry) -> None:
     wait_until(lambda: f"{TOO_OFTEN!r} is not monitored" in running.read_text(), timeout=60)
     assert by_slug(sentry, TOO_OFTEN) == []  # Sentry Crons takes whole minutes only
     assert running.read_text().count(f"{TOO_OFTEN!r} is not monitored") == 1  # once, not every second
@@ -187,5 +187,5 @@ def test_a_job_too_frequent_for_crons_is_named_in_beats_log(running, sentry) -> 
         (IntervalSchedule(every=90, period="seconds").schedule, "90 s is no whole number of minutes"),
     ],
 )
-def test_which_schedules_sentry_crons_can_monitor(schedule, problem) -> None:  # type: ignore[no-untyped-def]
+def test_which_schedules_sentry_crons_can_monitor(schedule, problem) -> None:
     assert cron_monitor_problem(schedule) == problem

@@ -29,11 +29,11 @@ def doctor() -> Doctor:
     return Doctor.objects.create(first_name="Ada", last_name="Lovelace", email=f"ada{n}@clinic.example")
 
 
-def crm_posts(crm_sandbox, doctor: Doctor) -> list[dict]:  # type: ignore[no-untyped-def]
+def crm_posts(crm_sandbox, doctor: Doctor) -> list[dict]:
     return [r for r in crm_sandbox.requests if r["body"] and r["body"].get("reference") == str(doctor.pk)]
 
 
-def test_sync_returns_the_crm_id_and_stores_it(worker: Workers, crm_sandbox, doctor: Doctor) -> None:  # type: ignore[no-untyped-def]
+def test_sync_returns_the_crm_id_and_stores_it(worker: Workers, crm_sandbox, doctor: Doctor) -> None:
     result = sync.sync_doctor_to_external_system.delay(doctor.pk).get(timeout=30)
     external_id = crm_sandbox.doctors[str(doctor.pk)]["id"]
     assert result == {"status": "synced", "external_id": external_id}
@@ -43,21 +43,21 @@ def test_sync_returns_the_crm_id_and_stores_it(worker: Workers, crm_sandbox, doc
 
 def test_request_errors_are_retried_with_backoff_until_the_crm_answers(
     worker: Workers, crm_sandbox, doctor
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     crm_sandbox.faults.fail = 2  # two HTTP 503s, then success
     result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     assert result.get(timeout=60)["status"] == "synced"
     assert len(crm_posts(crm_sandbox, doctor)) == 3
 
 
-def test_a_crm_that_hangs_times_out_and_is_retried(worker: Workers, crm_sandbox, doctor) -> None:  # type: ignore[no-untyped-def]
+def test_a_crm_that_hangs_times_out_and_is_retried(worker: Workers, crm_sandbox, doctor) -> None:
     crm_sandbox.faults.hang, crm_sandbox.faults.delay = 1, 3.0  # longer than CRM_TIMEOUT=1
     result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     assert result.get(timeout=60)["status"] == "synced"
     assert len(crm_posts(crm_sandbox, doctor)) == 2
 
 
-def test_gives_up_after_three_retries(worker: Workers, crm_sandbox, doctor) -> None:  # type: ignore[no-untyped-def]
+def test_gives_up_after_three_retries(worker: Workers, crm_sandbox, doctor) -> None:
     crm_sandbox.faults.fail = 10
     result = sync.sync_doctor_to_external_system.delay(doctor.pk)
     with pytest.raises(requests.HTTPError, match="503"):
@@ -65,14 +65,14 @@ def test_gives_up_after_three_retries(worker: Workers, crm_sandbox, doctor) -> N
     assert len(crm_posts(crm_sandbox, doctor)) == 4  # the first try + max_retries=3
 
 
-def test_missing_doctor_is_skipped_without_retrying(worker: Workers, crm_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_missing_doctor_is_skipped_without_retrying(worker: Workers, crm_sandbox) -> None:
     before = len(crm_sandbox.requests)
     result = sync.sync_doctor_to_external_system.delay(10_000_000).get(timeout=30)
     assert result == {"status": "skipped", "reason": "doctor not found"}
     assert len(crm_sandbox.requests) == before
 
 
-def test_sync_all_fans_out_one_sync_per_doctor(worker: Workers, crm_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_sync_all_fans_out_one_sync_per_doctor(worker: Workers, crm_sandbox) -> None:
     result = sync.sync_all_doctors.delay().get(timeout=30)
     assert result == {"status": "success", "queued": Doctor.objects.count()}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -29,7 +29,7 @@ def real_message(task: str, args: list[Any], **options: Any) -> tuple[str, bytes
     finally:
         client.close()
     assert len(raws) == 1 and raws[0] is not None
-    return result.id, raws[0]
+    return result.id, cast(bytes, raws[0])
 
 
 def envelope(

@@ -31,7 +31,7 @@ def workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator[Workers]:
         w.stop()
 
 
-def test_admin_requires_login(page, operator) -> None:  # type: ignore[no-untyped-def]
+def test_admin_requires_login(page, operator) -> None:
     page.goto("/admin/common/report/")
     assert "/admin/login/" in page.url
     page.fill("#id_username", operator.username)
@@ -43,7 +43,7 @@ def test_admin_requires_login(page, operator) -> None:  # type: ignore[no-untype
 
 def test_a_periodic_task_created_in_the_admin_fires_on_its_queue(
     log_in, page, data_dir, redis_client
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     log_in(page)
     page.goto("/admin/django_celery_beat/periodictask/add/")
@@ -74,7 +74,7 @@ def test_a_periodic_task_created_in_the_admin_fires_on_its_queue(
     assert message["headers"]["task"] == "sync.health_check"
 
 
-def test_operator_sees_a_reports_progress(log_in, page) -> None:  # type: ignore[no-untyped-def]
+def test_operator_sees_a_reports_progress(log_in, page) -> None:
     Report.objects.create(name="Quarterly revenue", status="running", progress_current=50, progress_total=200)
     log_in(page)
     page.goto("/admin/common/report/")
@@ -83,7 +83,7 @@ def test_operator_sees_a_reports_progress(log_in, page) -> None:  # type: ignore
     assert "Running" in row.inner_text()
 
 
-def test_operator_replays_and_purges_dead_letters(log_in, page, store) -> None:  # type: ignore[no-untyped-def]
+def test_operator_replays_and_purges_dead_letters(log_in, page, store) -> None:
     """The page's buttons as a browser submits them: CSRF token, formaction, the confirmation step."""
     from web.tests.deadletters_testing import a_queue, dead, envelope
 
@@ -116,7 +116,7 @@ def test_operator_adds_a_doctor_who_gets_one_welcome_mail_and_one_crm_record(
     page,
     workers,
     smtp_sink,
-    crm_sandbox,  # type: ignore[no-untyped-def]
+    crm_sandbox,
 ) -> None:
     email = f"katherine-{secrets.token_hex(3)}@clinic.example"
     log_in(page)
@@ -128,7 +128,7 @@ def test_operator_adds_a_doctor_who_gets_one_welcome_mail_and_one_crm_record(
     page.wait_for_url("**/admin/common/doctor/")
     doctor = Doctor.objects.get(email=email)
 
-    def mails() -> list:  # type: ignore[type-arg]
+    def mails() -> list:
         return [m for m in smtp_sink.messages if email in m["X-Envelope-To"]]
 
     wait_until(lambda: mails() and str(doctor.pk) in crm_sandbox.doctors, timeout=60)
@@ -139,7 +139,7 @@ def test_operator_adds_a_doctor_who_gets_one_welcome_mail_and_one_crm_record(
 
 def test_operator_generates_a_report_and_watches_it_then_downloads_it(
     log_in, page, browser, web, workers
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     report = Report.objects.create(name=f"Browser revenue {secrets.token_hex(3)}")
     ReportItem.objects.bulk_create(
         (ReportItem(report=report, label=f"item {i}", value=1) for i in range(300_000)), batch_size=10_000

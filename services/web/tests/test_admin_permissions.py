@@ -48,7 +48,7 @@ def sent() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
     try:
         yield recorder.sent
     finally:
-        bind_sender(common.calls)  # type: ignore[arg-type]
+        bind_sender(common.calls)
 
 
 def client_with(*permissions: str) -> Client:

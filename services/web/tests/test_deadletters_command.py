@@ -98,9 +98,12 @@ def test_replay_refuses_what_today_s_contract_or_limit_would_refuse(
     # Dead-lettered by the real worker: a producer that bypassed the contract check.
     bad_id = current_app().send_task("sync.echo", args=["not-an-int"]).id
     found: list[DeadLetter] = []
-    wait_until(
-        lambda: found.extend(e for e in store.list("sync", limit=None) if e.task_id == bad_id) or found
-    )
+
+    def dead_lettered() -> list[DeadLetter]:
+        found.extend(e for e in store.list("sync", limit=None) if e.task_id == bad_id)
+        return found
+
+    wait_until(dead_lettered)
     invalid = found[0]
     assert invalid.reason == INVALID_ARGUMENTS
     queue = a_queue()

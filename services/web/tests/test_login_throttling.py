@@ -14,6 +14,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any, cast
 
 import pytest
 from axes.models import AccessAttempt
@@ -50,7 +51,7 @@ def an_address() -> str:
 class Attempt:
     """One login POST from a fresh browser (its own session) at `address`."""
 
-    def __init__(self, username: str, password: str, address: str, **headers: str) -> None:
+    def __init__(self, username: str, password: str, address: str, **headers: Any) -> None:
         self.client = Client(REMOTE_ADDR=address, **headers)
         self.response = self.client.post(LOGIN, {"username": username, "password": password})
 
@@ -66,7 +67,7 @@ class Attempt:
     @property
     def locked_out(self) -> bool:
         return (
-            self.response.status_code == settings.AXES_HTTP_RESPONSE_CODE == 429
+            self.response.status_code == cast(Any, settings).AXES_HTTP_RESPONSE_CODE == 429
             and "Account locked" in self.response.content.decode()
             and not self.logged_in
         )

@@ -72,7 +72,7 @@ def report(status: str, *, age: timedelta, finished: bool = False, task_id: str 
 
 def test_a_finished_reports_expired_result_shows_the_recorded_outcome(
     operator: Client, reports_worker
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     built = Report.objects.create(name="Quarterly revenue")
     result = reports.generate_large_report.delay(built.pk)
     assert result.get(timeout=60)["status"] == "complete"

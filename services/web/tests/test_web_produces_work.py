@@ -55,15 +55,15 @@ def operator() -> Client:
     return client
 
 
-def messages_of(response) -> list[str]:  # type: ignore[no-untyped-def]
+def messages_of(response) -> list[str]:
     return [str(m) for m in response.context["messages"]] if response.context else []
 
 
-def mails_to(smtp_sink, address: str) -> list:  # type: ignore[no-untyped-def]
+def mails_to(smtp_sink, address: str) -> list:
     return [m for m in smtp_sink.messages if address in m["X-Envelope-To"]]
 
 
-def add_doctor(client: Client, email: str, **extra: str):  # type: ignore[no-untyped-def]
+def add_doctor(client: Client, email: str, **extra: str):
     data = {"first_name": "Grace", "last_name": "Hopper", "email": email, "specialty": "", **extra}
     return client.post("/admin/common/doctor/add/", data)
 
@@ -72,7 +72,7 @@ def test_a_doctor_created_in_the_admin_gets_one_welcome_mail_and_one_crm_upsert(
     operator: Client,
     workers: Workers,
     smtp_sink,
-    crm_sandbox,  # type: ignore[no-untyped-def]
+    crm_sandbox,
 ) -> None:
     email = f"grace-{uuid.uuid4().hex[:6]}@clinic.example"
     response = add_doctor(operator, email)
@@ -114,9 +114,9 @@ def test_a_rolled_back_admin_save_sends_nothing(
     workers: Workers,
     smtp_sink,
     crm_sandbox,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    monkeypatch,
 ) -> None:
-    def fail(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def fail(*args, **kwargs):
         raise RuntimeError("the save fails after the doctor's row was written")
 
     monkeypatch.setattr(DoctorAdmin, "save_related", fail)
@@ -141,7 +141,7 @@ def test_a_rolled_back_admin_save_sends_nothing(
     assert all(d["email"] not in (lost, f"x-{lost}") for d in crm_sandbox.doctors.values())
 
 
-def test_a_doctor_created_outside_a_request_sends_nothing(smtp_sink) -> None:  # type: ignore[no-untyped-def]
+def test_a_doctor_created_outside_a_request_sends_nothing(smtp_sink) -> None:
     """Workers, tests and the relay load these models too: only the web side's requests produce."""
     outbox_before = OutboxMessage.objects.count()
     with transaction.atomic():
@@ -169,12 +169,12 @@ def charge(client: Client, appt: Appointment) -> list[str]:
     return messages_of(response)
 
 
-def charges_for(gateway_sandbox, appt: Appointment) -> list[dict]:  # type: ignore[no-untyped-def]
+def charges_for(gateway_sandbox, appt: Appointment) -> list[dict]:
     prefix = f"appointment-{appt.pk}-"
     return [c for c in gateway_sandbox.charges if c["idempotency_key"].startswith(prefix)]
 
 
-def test_charge_now_pressed_twice_charges_once(operator: Client, workers: Workers, gateway_sandbox) -> None:  # type: ignore[no-untyped-def]
+def test_charge_now_pressed_twice_charges_once(operator: Client, workers: Workers, gateway_sandbox) -> None:
     gateway_sandbox.latency = 0.5  # the second press lands while the first charge is under way
     appt = booked()
     first, second = charge(operator, appt), charge(operator, appt)
@@ -201,7 +201,7 @@ def test_charge_now_refuses_an_appointment_without_an_amount(operator: Client) -
 def test_an_appointment_booked_in_the_admin_is_charged_once(
     operator: Client,
     workers: Workers,
-    gateway_sandbox,  # type: ignore[no-untyped-def]
+    gateway_sandbox,
 ) -> None:
     template = booked()
     data = {

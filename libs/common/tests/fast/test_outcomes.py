@@ -13,7 +13,7 @@ class Declined(Exception):
     pass
 
 
-def tasks() -> tuple:  # type: ignore[type-arg]
+def tasks() -> tuple:
     app = Celery("outcomes-probe", set_as_current=False)
 
     @app.task(name="probe.charge", throws=(Declined,))
@@ -34,7 +34,7 @@ def test_declared_throws_reject_and_ignore_are_outcomes_other_errors_are_not() -
     assert not is_outcome(plain, None)
 
 
-def test_an_outcome_counts_as_rejected_not_failed(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_an_outcome_counts_as_rejected_not_failed(tmp_path, monkeypatch) -> None:
     from prometheus_client import CollectorRegistry, values
     from prometheus_client.multiprocess import MultiProcessCollector
 

@@ -61,7 +61,7 @@ import select
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 # On Redis's clock, like the tick script: leases are compared with Redis's TIME.
 LEASE_SCRIPT = """
@@ -96,7 +96,7 @@ class Helper:
 
     def exited(self) -> int | None:
         """The helper's exit code if it has exited, else None."""
-        return self.proc.poll()
+        return cast("int | None", self.proc.poll())
 
     def stop(self, timeout: float = 2.0) -> None:
         """Close the pipe (the helper's signal to exit) and reap it; SIGKILL if it lingers."""

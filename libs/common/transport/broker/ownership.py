@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -122,7 +122,7 @@ class Owner:
                 entry = self.client.lindex(scripts.QUARANTINE, 0)
                 if entry is None:
                     break
-                why, queue, raw = _quarantined(entry)
+                why, queue, raw = _quarantined(cast(bytes, entry))
                 store.add(queue=queue, reason=MALFORMED, detail=why, raw=raw, worker=self.id)
                 self.client.lpop(scripts.QUARANTINE)
                 moved += 1
@@ -268,7 +268,7 @@ class Owner:
             if count is None:
                 removed = self.client.hdel(self.inflight_key, tag)
             else:
-                pipe = self.client.pipeline(transaction=True)
+                pipe: Any = self.client.pipeline(transaction=True)
                 removed = pipe.hdel(self.inflight_key, tag).hdel(scripts.REDELIVERED, count[1]).execute()[0]
                 with self._lock:
                     self.redelivered.pop(tag, None)

@@ -4,7 +4,8 @@ record in Redis; nothing relies on a message's age."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections import OrderedDict
+from typing import Any, cast
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -17,8 +18,11 @@ logger = logging.getLogger("common.transport.broker.transport")
 class QoS(kombu_redis.QoS):
     """Acks and rejects settle the owner's in-flight record; nothing relies on message age."""
 
+    _delivered: OrderedDict[str, Any]  # virtual.QoS sets it in __init__
+
     def _owner_holding(self, tag: str) -> ownership.Owner | None:
-        owner = self.channel.owner  # the owner on this channel's Redis (one per server)
+        # The owner on this channel's Redis (one per server).
+        owner: ownership.Owner = cast(Any, self.channel).owner
         return owner if tag in owner.held else None
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -38,7 +42,7 @@ class QoS(kombu_redis.QoS):
                 # marked redelivered, and one past TASK_MAX_REQUEUES is dead-lettered instead.
                 returns = owner.returns(delivery_tag) + 1
                 owner.requeue([delivery_tag])
-                limit = int(self.channel.max_requeues)
+                limit = int(cast(Any, self.channel).max_requeues)
                 logger.warning(
                     "Requeued message %s at its task's request (%d of at most %d requeues%s)",
                     delivery_tag,

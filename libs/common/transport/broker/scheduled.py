@@ -40,9 +40,9 @@ import json
 import logging
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from celery.worker.control import Panel, _iter_schedule_requests
+from celery.worker.control import Panel, _iter_schedule_requests  # type: ignore[attr-defined]
 
 from common.masking import mask
 from common.settings import get_settings
@@ -91,9 +91,14 @@ def _entry(member: bytes | str, due_ms: float, queues: set[str], hostname: str) 
     headers = message.get("headers") if isinstance(message, dict) else None
     if not isinstance(headers, dict) or not headers.get("id"):
         return None
-    properties = message.get("properties") if isinstance(message.get("properties"), dict) else {}
+    properties = cast(
+        "dict[str, Any]", message.get("properties") if isinstance(message.get("properties"), dict) else {}
+    )
     priority = properties.get("priority") or 0
-    delivery = properties.get("delivery_info") if isinstance(properties.get("delivery_info"), dict) else {}
+    delivery = cast(
+        "dict[str, Any]",
+        properties.get("delivery_info") if isinstance(properties.get("delivery_info"), dict) else {},
+    )
     args, kwargs = _call(message)
     eta = headers.get("eta")
     if not isinstance(eta, str):
@@ -178,4 +183,4 @@ def register() -> None:
 
     Call before `common.worker.restrict_remote_control`, which keeps a command by name.
     """
-    Panel.register(scheduled, name="scheduled", alias="dump_schedule", type="inspect")
+    Panel.register(scheduled, name="scheduled", alias="dump_schedule", type="inspect")  # type: ignore[call-arg]

@@ -26,12 +26,13 @@ import importlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from celery.worker import state as worker_state
-from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual
+from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual  # type: ignore[attr-defined]
 from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 from kombu.utils.encoding import bytes_to_str
@@ -84,6 +85,16 @@ class Channel(kombu_redis.Channel):
     )
 
     _sync_client: Any = None
+    # kombu's Channel sets these; its stubs (celery-types) leave its private members out.
+    connection_errors: tuple[type[BaseException], ...]
+    _closing: bool
+    _in_poll: Any
+    _pool: Any
+    _async_pool: Any
+    _queue_cycle: Any
+    _expires: dict[str, int]
+    _q_for_pri: Callable[[str, int], str]
+    _flush_brpop_reauth: Callable[[], None]
     _reliable_poll = False
     _poll_queues: list[str] = []
 
@@ -97,11 +108,11 @@ class Channel(kombu_redis.Channel):
     # --- one client per channel --------------------------------------------------------
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
-            return super()._create_client(asynchronous=True)
+            return cast(Any, super())._create_client(asynchronous=True)
         client = self._sync_client
         # kombu replaces its pool after a fork or a lost connection: follow it.
         if client is None or client.connection_pool is not self.pool:
-            client = self._sync_client = super()._create_client(asynchronous=False)
+            client = self._sync_client = cast(Any, super())._create_client(asynchronous=False)
         return client
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
@@ -110,7 +121,7 @@ class Channel(kombu_redis.Channel):
         found by TCP keepalive. The channel's clients, its BRPOP and pub/sub connections
         (`_create_client(asynchronous=True)`) and the process's owner (`owner`) all use these.
         """
-        return sockets.bounded(super()._connparams(asynchronous=asynchronous))
+        return sockets.bounded(cast(Any, super())._connparams(asynchronous=asynchronous))
 
     def close(self) -> None:
         """Close all the way, and within a bounded time, even when Redis is gone, hung or
@@ -265,7 +276,8 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return
         if any(q in self._noack_queues for q in queues):
-            return super()._brpop_start(timeout)
+            cast(Any, super())._brpop_start(timeout)
+            return
         if timeout is None:
             timeout = self.brpop_timeout
         self._reliable_poll = True
@@ -307,7 +319,7 @@ class Channel(kombu_redis.Channel):
         if waited < self._brpop_deadline():
             return False
         sock = getattr(connection, "_sock", None)
-        if sock is None or kombu_redis._socket_readable(sock):
+        if sock is None or cast(Any, kombu_redis)._socket_readable(sock):
             return False  # the reply is there (or the socket is gone): the loop reads it
         logger.warning(
             "Redis did not answer a BRPOP for %.1f s (it answers within %.0f s): the connection "
@@ -325,7 +337,7 @@ class Channel(kombu_redis.Channel):
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._reliable_poll:
-            return super()._brpop_read(**options)
+            return cast(bool, cast(Any, super())._brpop_read(**options))
         try:
             try:
                 self.client.parse_response(self.client.connection, "BRPOP", **options)
@@ -411,7 +423,7 @@ class Channel(kombu_redis.Channel):
     def _fetch_limit(self) -> int:
         """How many messages one FETCH may take: the free prefetch slots (kombu's estimate),
         at least one, at most FETCH_BATCH."""
-        free = self.qos.can_consume_max_estimate()
+        free = cast(Any, self.qos).can_consume_max_estimate()
         return FETCH_BATCH if free is None else max(1, min(int(free), FETCH_BATCH))
 
     def _deliver_one(self, list_key: str, raw: bytes, tag: str) -> bool:
@@ -433,10 +445,10 @@ class Channel(kombu_redis.Channel):
             # kombu's loop ("Unrecoverable error"), and the redelivered message killed the
             # restarted worker in turn.
             logger.exception("Admitting a message from queue %s raised; dead-lettering it", queue)
-            rejection = Rejection(
+            crashed = Rejection(
                 CRASHED_CONSUMER, f"admitting it raised {type(exc).__name__}", *task_named_in(raw)
             )
-            self._dead_letter(rejection, raw, queue, tag)
+            self._dead_letter(crashed, raw, queue, tag)
             return False
         owner.took(tag, task_of(payload)[1])  # its result store may settle it (Owner.hand_over)
         self._queue_cycle.rotate(queue)
@@ -446,7 +458,7 @@ class Channel(kombu_redis.Channel):
             raise
         except Exception as exc:  # Celery's handler raised: the worker must live on
             logger.exception("Handling a message from queue %s raised; dead-lettering it", queue)
-            self.qos._quick_ack(tag)
+            cast(Any, self.qos)._quick_ack(tag)
             self._dead_letter(
                 Rejection(CRASHED_CONSUMER, f"{type(exc).__name__}: {exc}", *task_of(payload)),
                 raw,
@@ -499,7 +511,7 @@ class Channel(kombu_redis.Channel):
         properties["delivery_tag"] = tag
         if self._intake_module is not None:
             self._intake_module.check(payload, queue)
-        return payload
+        return cast("dict[str, Any]", payload)  # an envelope: checked above
 
     def _ceiling(self) -> int:
         """Bytes over which a message is refused undecoded (0: no limit)."""
@@ -550,7 +562,7 @@ class Transport(kombu_redis.Transport):
         super().register_with_event_loop(connection, loop)
         # A BRPOP reply overdue past its deadline (a half-open connection) is dropped within
         # about a second of it (`Channel._drop_overdue_brpop`), not after kombu's health check.
-        cycle = self.cycle
+        cycle: Any = self.cycle
         tref = getattr(cycle, "_jobs_brpop_deadline_tref", None)
         if tref is not None:
             tref.cancel()  # a previous connection's, as kombu does for its own timers

@@ -23,7 +23,7 @@ FAILURES = {"left": 0}
 class FlakySMTP(EmailBackend):
     """locmem, except that the next FAILURES["left"] sends fail as an SMTP server's would."""
 
-    def send_messages(self, messages):  # type: ignore[no-untyped-def]
+    def send_messages(self, messages):
         if FAILURES["left"] > 0:
             FAILURES["left"] -= 1
             raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")

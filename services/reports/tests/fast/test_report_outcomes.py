@@ -60,7 +60,7 @@ def test_progress_is_published_as_the_build_goes(jobs, monkeypatch):
     report = report_with(["1"] * 4)
     real = type(current_app.backend).store_result
 
-    def store_result(self, task_id, result, state, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def store_result(self, task_id, result, state, *args, **kwargs):
         states.append((state, result if state == "PROGRESS" else None))
         return real(self, task_id, result, state, *args, **kwargs)
 
