@@ -97,7 +97,7 @@ def test_each_breaking_change_gets_its_line(repo: Path) -> None:
         repo,
         # task removed
         (
-            '@SERVICE.task\ndef health_check() -> dict:\n'
+            '@SERVICE.task\ndef health_check() -> dict[str, Any]:\n'
             '    """Every 300 s: check the broker and database answer."""\n',
             "",
         ),
