@@ -36,7 +36,11 @@ SAFE = {
     "sync": {"CRM_URL": "https://crm.example"},
 }
 UNSAFE = {
-    "emails": {"EMAIL_HOST": "smtp.example.com", "EMAIL_USE_TLS": "false", "EMAIL_HOST_PASSWORD": "smtp-hunter2"},
+    "emails": {
+        "EMAIL_HOST": "smtp.example.com",
+        "EMAIL_USE_TLS": "false",
+        "EMAIL_HOST_PASSWORD": "smtp-hunter2",
+    },
     "payments": {"PAYMENT_GATEWAY_URL": "http://gw:gw-hunter2@gateway.example"},
     "sync": {"CRM_URL": "http://crm:crm-hunter2@crm.example"},
 }

@@ -50,7 +50,7 @@ class MailSettings(ServiceSettings):
 
 
 def load_mail_settings() -> MailSettings:
-    """Read the environment; `SettingsError` naming each wrong variable (and, in production, each unsafe one)."""
+    """Read the environment; `SettingsError` naming each wrong (in production, each unsafe) variable."""
     return load_service_settings(MailSettings)
 
 

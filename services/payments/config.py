@@ -40,7 +40,7 @@ class PaymentSettings(ServiceSettings):
 
 
 def load_payment_settings() -> PaymentSettings:
-    """Read the environment; `SettingsError` naming each wrong variable (and, in production, each unsafe one)."""
+    """Read the environment; `SettingsError` naming each wrong (in production, each unsafe) variable."""
     return load_service_settings(PaymentSettings)
 
 

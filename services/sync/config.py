@@ -29,7 +29,7 @@ class CrmSettings(ServiceSettings):
 
 
 def load_crm_settings() -> CrmSettings:
-    """Read the environment; `SettingsError` naming each wrong variable (and, in production, each unsafe one)."""
+    """Read the environment; `SettingsError` naming each wrong (in production, each unsafe) variable."""
     return load_service_settings(CrmSettings)
 
 

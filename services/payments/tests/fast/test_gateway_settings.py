@@ -35,7 +35,9 @@ def test_the_gateway_client_calls_the_configured_url_with_the_configured_key(gat
     fake = FakeGateway()
     unmount = mount("http://gateway-elsewhere.fast.invalid", fake.http)
     try:
-        made = gateway.charge(amount=Decimal("12.50"), currency="EUR", customer_id="cus_1", idempotency_key="k1")
+        made = gateway.charge(
+            amount=Decimal("12.50"), currency="EUR", customer_id="cus_1", idempotency_key="k1"
+        )
     finally:
         unmount()
     assert made.id == "ch_1"
