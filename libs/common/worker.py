@@ -15,7 +15,7 @@ from celery.worker.control import Panel
 from common.masking import hide_task_results
 from common.observability.logging_config import install_worker_json_logs
 from common.observability.metrics import serve_metrics
-from common.settings import get_settings
+from common.settings import get_settings, service_settings_or_exit
 from common.transport.broker import scheduled
 
 
@@ -168,8 +168,21 @@ def _observe(app: Celery, pool: str) -> None:
         serve_metrics(app, settings, pool=pool)
 
 
-def run_worker(app: Celery, *, pool: str, concurrency: int, argv: Sequence[str] | None = None) -> None:
-    """Run the worker in this process; exit non-zero (SystemExit) if it stopped on an error."""
+def run_worker(
+    app: Celery,
+    *,
+    pool: str,
+    concurrency: int,
+    argv: Sequence[str] | None = None,
+    settings: Sequence[Callable[[], object]] = (),
+) -> None:
+    """Run the worker in this process; exit non-zero (SystemExit) if it stopped on an error.
+
+    `settings`: the service's own settings loaders (`services/<svc>/config.py`), run first: a
+    wrong or, in production, unsafe value stops the worker in one line per variable (exit 1)
+    before it touches the broker.
+    """
+    service_settings_or_exit(*settings)
     extra = sys.argv[1:] if argv is None else argv
     scheduled.register()  # `inspect scheduled` from the delayed set (Celery's lists its timer)
     restrict_remote_control(allowed_remote_control(get_settings().worker_remote_control_allow))

@@ -15,7 +15,7 @@ from typing import Any
 import requests
 
 from common.http import session_for
-from common.settings import get_settings
+from payments.config import get_payment_settings
 
 
 class PaymentDeclinedError(Exception):
@@ -46,12 +46,12 @@ class Charge:
 
 
 def _base_and_headers() -> tuple[str, dict[str, str], float]:
-    s = get_settings()
+    s = get_payment_settings()
     headers: dict[str, str] = {}
-    key = s.payment_gateway_api_key.get_secret_value()
+    key = s.gateway_api_key.get_secret_value()
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    return str(s.payment_gateway_url).rstrip("/"), headers, s.payment_gateway_timeout
+    return str(s.gateway_url).rstrip("/"), headers, s.gateway_timeout
 
 
 def _json(response: requests.Response) -> dict[str, Any]:

@@ -47,7 +47,6 @@ from payments.app import app
 from payments.config import get_payment_settings
 
 logger = logging.getLogger(__name__)
-get_payment_settings()  # a wrong PAYMENT_RECONCILE_AFTER stops the worker at start, not mid-run
 
 RETRY_COUNTDOWN = 60
 RECONCILE_BATCH = 200  # rows per run, oldest first; the rest wait for the next run

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.http import session_for
-from common.settings import get_settings
+from sync.config import get_crm_settings
 
 
 class CRMRejectedError(Exception):
@@ -14,17 +14,17 @@ class CRMRejectedError(Exception):
 
 def upsert_doctor(*, doctor_id: int, name: str, email: str) -> str:
     """Create or update the doctor in the CRM; return the CRM's id for it."""
-    s = get_settings()
+    s = get_crm_settings()
     headers: dict[str, str] = {"Idempotency-Key": f"doctor-{doctor_id}"}
-    token = s.crm_api_token.get_secret_value()
+    token = s.api_token.get_secret_value()
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    base = str(s.crm_url).rstrip("/")
+    base = str(s.url).rstrip("/")
     response = session_for(base).post(
         f"{base}/api/doctors",
         json={"reference": str(doctor_id), "name": name, "email": email},
         headers=headers,
-        timeout=s.crm_timeout,
+        timeout=s.timeout,
     )
     if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
         raise CRMRejectedError(f"CRM refused doctor {doctor_id}: HTTP {response.status_code}")
