@@ -50,9 +50,7 @@ def test_a_worker_run_s_hooks_twice_serve_metrics_once_and_connect_each_receiver
 ) -> None:
     port = free_port()
     env = child_env({"LOG_FORMAT": "json", "METRICS_PORT": str(port), "DATA_DIR": str(tmp_path)})
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]  # a second server on the port: OSError
     shown = json.loads(done.stdout.strip().splitlines()[-1])
     counts = {name: len(keys) for name, keys in shown["again"].items() if keys}
