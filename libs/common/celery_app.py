@@ -1,9 +1,9 @@
 """The Celery app factory every service, beat, flower and the web side use: the top of `common`.
 
-`create_app` is the configured app (`common.celery_base`) plus what sits above sending:
-contracts' `.delay()` and friends bound to `common.calls` (on import of this module), and in a
-service the final-failure receivers (the dead-letter store's `failures`, the operations page's
-`recent_failures`).
+`create_app` is the configured app (`common.celery_base`, with every app's hooks) plus what
+sits above sending: contracts' `.delay()` and friends bound to `common.calls` (on import of
+this module), and in a queue service the worker service's hooks of `common.process_hooks`
+(its final failures kept as dead letters and listed on the operations page).
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from celery import Celery
 
 import common.calls  # noqa: F401 - binds contracts' .delay() and friends to sending
 from common.celery_base import DJANGO_SETTINGS, configured_app, current_app
-from common.deadletters import failures
-from common.observability import recent_failures
-from common.routing import SERVICES
+from common.process_hooks import Scope, install
 from contracts.declare import TaskContract
 
 __all__ = ["DJANGO_SETTINGS", "create_app", "current_app", "implements"]
@@ -27,9 +25,7 @@ __all__ = ["DJANGO_SETTINGS", "create_app", "current_app", "implements"]
 def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
     """A configured app for `service`; Django is set up so tasks can use the ORM."""
     app = configured_app(service, include=include)
-    if service in SERVICES:
-        failures.install()  # tasks that opt in keep their final failure for replay
-        recent_failures.install()  # the admin's operations page lists the last ones
+    install(app, Scope.WORKER_SERVICE)  # a queue service's only (common.process_hooks)
     return app
 
 

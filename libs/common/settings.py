@@ -217,7 +217,7 @@ class Settings(BaseSettings):
     worker_concurrency: PositiveInt | None = Field(
         None, description="Overrides the concurrency the service declares (services/<name>/service.py)."
     )
-    # Remote control commands workers obey beyond the read-only default (common.worker), comma
+    # Remote control commands workers obey beyond the read-only default (common.remote_control), comma
     # separated, e.g. "shutdown,pool_restart"; "*" obeys all (Celery's default).
     worker_remote_control_allow: str = Field(
         "",

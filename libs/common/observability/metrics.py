@@ -1,7 +1,7 @@
 """Prometheus metrics of a worker: what its tasks did, and what waits in Redis for it.
 
-With METRICS_PORT set, `common.worker.run_worker` calls `serve_metrics` before the worker
-starts: the worker's main process serves `http://<METRICS_ADDRESS>:<METRICS_PORT>/metrics`.
+With METRICS_PORT set, a worker run calls `serve_metrics` before the worker starts (a hook in
+`common.process_hooks`): the worker's main process serves `http://<METRICS_ADDRESS>:<METRICS_PORT>/metrics`.
 
 Task counts come from Celery's signals, which fire where the task runs: in the main process
 for the threads and solo pools, in the pool's child processes for prefork. Counting only
@@ -332,6 +332,9 @@ def _use_multiprocess_mode(path: Path) -> None:
     values.ValueClass = values.MultiProcessValue()
 
 
+_serving: MetricsServer | None = None  # this process's endpoint, while it serves
+
+
 class MetricsServer:
     """The running endpoint: its port, and `close()` (tests; a worker's exit does it anyway)."""
 
@@ -344,8 +347,11 @@ class MetricsServer:
         return int(self.server.server_port)
 
     def close(self) -> None:
+        global _serving
         if os.getpid() != self._pid:
             return  # a forked pool child inherits the hook: the directory is its parent's
+        if _serving is self:
+            _serving = None
         self.tasks.disconnect()
         self.server.shutdown()
         self.server.server_close()
@@ -359,10 +365,14 @@ def serve_metrics(
 
     Call it in the worker's main process before the pool starts (its children inherit the
     signal receivers). A port in use raises OSError: the worker then fails at start, loudly.
+    Idempotent: while this process serves, a second call returns the running endpoint.
     """
+    global _serving
     s = settings or get_settings()
     if s.metrics_port is None:
         return None
+    if _serving is not None and _serving._pid == os.getpid():
+        return _serving
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -386,7 +396,7 @@ def serve_metrics(
     registry.register(broker_collector([service], s))
     registry.register(WorkerCollector(service, s.release_for(service), pool))
     server, thread = start_http_server(s.metrics_port, addr=s.metrics_address, registry=registry)
-    running = MetricsServer(server, thread, path, tasks)
+    running = _serving = MetricsServer(server, thread, path, tasks)
     atexit.register(running.close)
     logger.info("metrics: serving http://%s:%s/metrics", s.metrics_address, running.port)
     return running
