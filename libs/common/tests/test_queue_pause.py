@@ -143,3 +143,24 @@ def test_a_pause_survives_a_redis_restart() -> None:
         assert _fetch(client, owner, QUEUE) is None
         resume_queue(client, QUEUE)
         assert _fetch(client, owner, QUEUE)[2] == b"m-1"
+
+
+def test_the_metrics_show_a_pause_and_how_long_it_lasts(client: redis.Redis) -> None:
+    from common.observability.metrics import RedisCollector
+
+    def scrape() -> dict[str, dict[str, float]]:
+        families = RedisCollector([QUEUE, OTHER], lambda: client, min_interval=0).collect()
+        return {f.name: {s.labels.get("queue", ""): s.value for s in f.samples} for f in families}
+
+    assert scrape()["celery_queue_paused"] == {QUEUE: 0, OTHER: 0}
+    client.hset(PAUSED, QUEUE, json.dumps({"since": time.time() - 1900, "by": "ops"}))
+    figures = scrape()
+    print(f"\n[pause] metrics: paused {figures['celery_queue_paused']}, for {figures['celery_queue_paused_seconds']}")
+    assert figures["celery_queue_paused"] == {QUEUE: 1, OTHER: 0}
+    assert 1899 <= figures["celery_queue_paused_seconds"][QUEUE] <= 1960
+    assert figures["celery_queue_paused_seconds"][OTHER] == 0
+    # A PAUSED of another type pauses nothing (FETCH) and does not blind the other figures.
+    client.delete(PAUSED)
+    client.set(PAUSED, "garbage")
+    figures = scrape()
+    assert figures["celery_broker_up"] == {"": 1} and figures["celery_queue_paused"] == {QUEUE: 0, OTHER: 0}

@@ -91,8 +91,12 @@ def resume_queue(client: Any, queue: str) -> Pause | None:
 def paused_queues(client: Any) -> dict[str, Pause]:
     """Every paused queue -> its pause, sorted by name. An unreadable entry still counts as a
     pause (FETCH honours it), with time 0 and `by` '?'."""
-    entries = client.hgetall(PAUSED) or {}
-    found = {_text(queue): _read(_text(queue), raw) for queue, raw in entries.items()}
+    return paused_from(client.hgetall(PAUSED))
+
+
+def paused_from(entries: Any) -> dict[str, Pause]:
+    """`paused_queues` from a reply of HGETALL PAUSED (for a caller that pipelines it)."""
+    found = {_text(queue): _read(_text(queue), raw) for queue, raw in (entries or {}).items()}
     return dict(sorted(found.items()))
 
 
