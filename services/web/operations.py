@@ -4,9 +4,10 @@ One page an operator keeps open (it reloads itself every few seconds): per queue
 the age of its oldest waiting message, its live consumers and which workers (with their
 release) consume it, its dead letters, whether it is paused (since when, by whom; with Pause
 and Resume buttons for `web.pause_queue`: web/queue_pause_admin.py); the countdown/eta
-messages not yet due; the last tasks that failed for good. Queue numbers come from Redis (`common.observability.queues`),
-workers from one pair of Celery broadcasts (`active_queues`, `stats`) asked at once with
-a one-second timeout, failures from `common.observability.recent_failures`.
+messages not yet due; the last tasks that failed for good. Queue numbers come from Redis
+(`common.observability.queues`), workers from one pair of Celery broadcasts (`active_queues`,
+`stats`) asked at once with a one-second timeout, failures from
+`common.observability.recent_failures`.
 
 Staff only (`admin.site.admin_view`); an unreachable Redis is a page saying so, not a 500.
 """

@@ -52,7 +52,9 @@ def _acting(
             from common.settings import get_settings
 
             where = redact_url(get_settings().redis_url)
-            messages.error(request, f"Could not reach Redis at {where} ({type(exc).__name__}): nothing changed.")
+            messages.error(
+                request, f"Could not reach Redis at {where} ({type(exc).__name__}): nothing changed."
+            )
         finally:
             client.close()
         return HttpResponseRedirect(reverse("web-operations"))

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import redis
 from celery import Celery
@@ -38,9 +38,15 @@ DELAYED = 3  # of the 20, sent with a countdown that falls due while the queue i
 
 def appointment(n: int) -> Appointment:
     doctor = Doctor.objects.create(first_name="Doc", last_name=f"Pause{n}", email=f"pause{n}@clinic.example")
-    patient = Patient.objects.create(name="Pat", email=f"pat-pause{n}@mail.example", gateway_customer_id=f"cus_p{n}")
+    patient = Patient.objects.create(
+        name="Pat", email=f"pat-pause{n}@mail.example", gateway_customer_id=f"cus_p{n}"
+    )
     return Appointment.objects.create(
-        doctor=doctor, patient=patient, amount=Decimal("80.00"), currency="EUR", scheduled_at=datetime.now(UTC)
+        doctor=doctor,
+        patient=patient,
+        amount=Decimal("80.00"),
+        currency="EUR",
+        scheduled_at=datetime.now(UTC),
     )
 
 
@@ -70,7 +76,9 @@ def received(workers: list[NamedWorker]) -> Counter[str]:
     found: Counter[str] = Counter()
     for w in workers:
         if w.log.exists():
-            found.update(re.findall(r"Task payments\.process_payment\[([0-9a-f-]+)\] received", w.log.read_text()))
+            found.update(
+                re.findall(r"Task payments\.process_payment\[([0-9a-f-]+)\] received", w.log.read_text())
+            )
     return found
 
 
@@ -78,7 +86,9 @@ def succeeded(workers: list[NamedWorker]) -> Counter[str]:
     found: Counter[str] = Counter()
     for w in workers:
         if w.log.exists():
-            found.update(re.findall(r"Task payments\.process_payment\[([0-9a-f-]+)\] succeeded", w.log.read_text()))
+            found.update(
+                re.findall(r"Task payments\.process_payment\[([0-9a-f-]+)\] succeeded", w.log.read_text())
+            )
     return found
 
 
@@ -107,7 +117,9 @@ def test_a_paused_queue_starts_nothing_on_any_worker_and_resume_drains_it_once(
         running_at_pause = not first.ready()
         assert finished(pausing).startswith("Paused payments")
         sent = [
-            calls.apply_async(payments.process_payment, (a.pk,), app=app, countdown=2 if n < DELAYED else None)
+            calls.apply_async(
+                payments.process_payment, (a.pk,), app=app, countdown=2 if n < DELAYED else None
+            )
             for n, a in enumerate(appointments)
         ]
         ids = {r.id for r in sent}
@@ -151,14 +163,16 @@ def test_a_paused_queue_starts_nothing_on_any_worker_and_resume_drains_it_once(
         runs, takes = succeeded(workers), received(workers)
         charged = Counter(c["customer"] for c in gateway_sandbox.charges)
         paid = Appointment.objects.filter(pk__in=[a.pk for a in appointments], is_paid=True).count()
+        per_task = sorted(Counter(runs[i] for i in ids).items())
+        per_appointment = sorted(Counter(charged[f"cus_p{n}"] for n in range(1, WAITING + 1)).items())
         print(
             f"\n[queue pause] 2 payments workers; watched {watched:.1f} s paused (then "
             f"{after_restart:.1f} s more after a worker restart): 0 of {WAITING} taken "
             f"({DELAYED} delayed fell due and waited), gateway calls 1, held by workers at most "
             f"{most_held}; the running charge finished {finished_after or -1:.1f} s into the pause; "
-            f"resume: first fetch after {first_fetch * 1000:.0f} ms, first start after {first_start * 1000:.0f} ms, all {WAITING} done in {drained:.1f} s; "
-            f"runs per task {sorted(Counter(runs[i] for i in ids).items())}, "
-            f"charges per appointment {sorted(Counter(charged[f'cus_p{n}'] for n in range(1, WAITING + 1)).items())}"
+            f"resume: first fetch after {first_fetch * 1000:.0f} ms, first start after "
+            f"{first_start * 1000:.0f} ms, all {WAITING} done in {drained:.1f} s; "
+            f"runs per task {per_task}, charges per appointment {per_appointment}"
         )
         assert most_held <= 1, "nothing fetched ahead while paused: only the running charge is held"
         assert running_at_pause, "the first charge was still running when the pause took effect"
@@ -171,4 +185,3 @@ def test_a_paused_queue_starts_nothing_on_any_worker_and_resume_drains_it_once(
         client.delete("jobs.paused")
         for w in workers:
             w.terminate()
-

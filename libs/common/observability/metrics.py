@@ -258,7 +258,9 @@ class RedisCollector:
             labels=["queue"],
         )
         paused_for = GaugeMetricFamily(
-            "celery_queue_paused_seconds", "Seconds the queue has been paused (0 while it runs).", labels=["queue"]
+            "celery_queue_paused_seconds",
+            "Seconds the queue has been paused (0 while it runs).",
+            labels=["queue"],
         )
         for q in broker.queues:
             paused.add_metric([q.queue], 1.0 if q.paused is not None else 0.0)

@@ -155,7 +155,8 @@ def test_the_metrics_show_a_pause_and_how_long_it_lasts(client: redis.Redis) -> 
     assert scrape()["celery_queue_paused"] == {QUEUE: 0, OTHER: 0}
     client.hset(PAUSED, QUEUE, json.dumps({"since": time.time() - 1900, "by": "ops"}))
     figures = scrape()
-    print(f"\n[pause] metrics: paused {figures['celery_queue_paused']}, for {figures['celery_queue_paused_seconds']}")
+    paused, seconds = figures["celery_queue_paused"], figures["celery_queue_paused_seconds"]
+    print(f"\n[pause] metrics: paused {paused}, for {seconds}")
     assert figures["celery_queue_paused"] == {QUEUE: 1, OTHER: 0}
     assert 1899 <= figures["celery_queue_paused_seconds"][QUEUE] <= 1960
     assert figures["celery_queue_paused_seconds"][OTHER] == 0

@@ -36,7 +36,9 @@ def staff(*permissions: str, csrf: bool = False) -> Client:
     user = get_user_model().objects.create_user(f"op-{uuid.uuid4().hex[:8]}", password="x", is_staff=True)
     for permission in permissions:
         app_label, codename = permission.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
     client = Client(enforce_csrf_checks=csrf)
     client.force_login(user)
     return client
@@ -94,7 +96,9 @@ def test_pause_shows_on_the_page_and_resume_ends_it(broker: redis.Redis) -> None
     response = client.post(RESUME, {"queue": "payments"}, follow=True)
     assert shown_messages(response) == ["Resumed payments: its waiting tasks start now."]
     assert paused_queues(broker) == {}
-    assert shown_messages(client.post(RESUME, {"queue": "payments"}, follow=True)) == ["payments was not paused."]
+    assert shown_messages(client.post(RESUME, {"queue": "payments"}, follow=True)) == [
+        "payments was not paused."
+    ]
 
 
 def test_an_unknown_queue_and_a_missing_csrf_token_are_refused(broker: redis.Redis) -> None:
@@ -116,7 +120,9 @@ def _command(*args: str) -> str:
 
 
 def test_the_command_pauses_resumes_and_refuses_unknown_names(broker: redis.Redis) -> None:
-    out = _command("pause", "payments", "--reason", "gateway incident, mail ada@clinic.example", "--by", "alice")
+    out = _command(
+        "pause", "payments", "--reason", "gateway incident, mail ada@clinic.example", "--by", "alice"
+    )
     assert out.startswith("Paused payments: no worker starts its tasks from now on")
     assert "already paused" in _command("pause", "payments", "--by", "bob")
     status = _command("status")
