@@ -60,7 +60,7 @@ def command(broker: RestartableRedis, *args: str) -> subprocess.Popen[str]:
 def finished(proc: subprocess.Popen[str]) -> str:
     """The command's output, once it exited 0."""
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, f"{' '.join(map(str, proc.args))} exited {proc.returncode}:\n{out}{err}"
+    assert proc.returncode == 0, f"{proc.args!r} exited {proc.returncode}:\n{out}{err}"
     return out
 
 

@@ -13,6 +13,7 @@ import html
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -53,12 +54,12 @@ def broker(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def text(response: object) -> str:
-    return html.unescape(response.content.decode())  # type: ignore[attr-defined]
+def text(response: Any) -> str:
+    return html.unescape(response.content.decode())
 
 
-def shown_messages(response: object) -> list[str]:
-    return [str(m) for m in response.context["messages"]]  # type: ignore[attr-defined]
+def shown_messages(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
 
 
 def test_without_the_permission_there_is_no_button_and_a_post_changes_nothing(broker: redis.Redis) -> None:
