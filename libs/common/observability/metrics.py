@@ -36,6 +36,8 @@ service (Flower's /metrics) reports every queue, so a queue nobody consumes is s
                                                       been runnable (0 when empty)
     celery_queue_consumers{queue}                     worker processes consuming it, alive
     celery_dead_letters{queue}                        dead letters kept (common.deadletters)
+    celery_queue_paused{queue}                        1 while paused (no worker starts its tasks)
+    celery_queue_paused_seconds{queue}                how long it has been paused (0 while it runs)
     celery_delayed_tasks                              countdown/eta messages not yet due (all queues)
     celery_broker_up                                  1 if the scrape could read Redis, else 0
 
@@ -250,6 +252,21 @@ class RedisCollector:
             for field, family in families.items():
                 family.add_metric([q.queue], float(getattr(q, field) or 0))
         yield from families.values()
+        paused = GaugeMetricFamily(
+            "celery_queue_paused",
+            "1 while the queue is paused: no worker starts its tasks (common.transport.broker.pause).",
+            labels=["queue"],
+        )
+        paused_for = GaugeMetricFamily(
+            "celery_queue_paused_seconds",
+            "Seconds the queue has been paused (0 while it runs).",
+            labels=["queue"],
+        )
+        for q in broker.queues:
+            paused.add_metric([q.queue], 1.0 if q.paused is not None else 0.0)
+            paused_for.add_metric([q.queue], q.paused_seconds(broker.now))
+        yield paused
+        yield paused_for
         delayed = GaugeMetricFamily(
             "celery_delayed_tasks", "Messages with a countdown or eta not yet due, all queues."
         )
