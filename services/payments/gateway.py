@@ -16,6 +16,11 @@ import requests
 
 from common.http import session_for
 from common.settings import get_settings
+from common.transport.rate_limits import Limit, limiter
+from contracts.declare import parse_rate
+from payments.config import get_payment_settings
+
+LIMIT_NAME = "payment-gateway"  # the account-wide limit every payments worker shares
 
 
 class PaymentDeclinedError(Exception):
@@ -43,6 +48,17 @@ class Charge:
     amount: Decimal | None
     currency: str | None
     customer: str | None
+
+
+def take_turn() -> None:
+    """Take a slot under PAYMENT_GATEWAY_RATE_LIMIT (none when unset), or raise `RateLimited`.
+
+    `find_charge` takes its own; a charge's caller takes it before committing its claim
+    (`payments.tasks.process_payment`), so a payment turned away is never left processing.
+    """
+    rate = get_payment_settings().gateway_rate_limit
+    if rate:
+        limiter().acquire(Limit(LIMIT_NAME, parse_rate(rate)))
 
 
 def _base_and_headers() -> tuple[str, dict[str, str], float]:
@@ -106,7 +122,7 @@ def charge(*, amount: Decimal, currency: str, customer_id: str, idempotency_key:
 
     The same `idempotency_key` always yields the same charge, so a retry after a lost
     response cannot charge twice. A key the gateway saw before with other parameters raises
-    `ChargeMismatchError`.
+    `ChargeMismatchError`. The caller takes its turn under the rate limit first (`take_turn`).
     """
     base, headers, timeout = _base_and_headers()
     headers["Idempotency-Key"] = idempotency_key
@@ -136,9 +152,11 @@ def find_charge(idempotency_key: str) -> Charge | None:
     """The charge made under `idempotency_key`, or None if the gateway made none.
 
     None means no money moved under this key (never received, or declined), so charging
-    again with the same key is safe; the key would dedupe it anyway.
+    again with the same key is safe; the key would dedupe it anyway. Takes its turn under
+    PAYMENT_GATEWAY_RATE_LIMIT first (`take_turn`).
     """
     base, headers, timeout = _base_and_headers()
+    take_turn()
     try:
         response = session_for(base).get(
             f"{base}/v1/charges",

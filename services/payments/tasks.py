@@ -246,6 +246,7 @@ def process_payment(self: Task, appointment_id: int) -> dict[str, Any]:
     - gateway unreachable or 5xx: RETRY in 60 s under the same key, FAILURE after 3 retries.
     Declines and invalid appointments are outcomes, not bugs: logged once, never sent to Sentry.
     """
+    gateway.take_turn()  # before the claim: a payment over the limit waits, never left processing
     claim = _claim(appointment_id)
     if isinstance(claim, dict):
         logger.info("Appointment %s: %s, gateway not called", appointment_id, claim["status"])
