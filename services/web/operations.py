@@ -2,8 +2,9 @@
 
 One page an operator keeps open (it reloads itself every few seconds): per queue its depth,
 the age of its oldest waiting message, its live consumers and which workers (with their
-release) consume it, its dead letters; the countdown/eta messages not yet due; the last
-tasks that failed for good. Queue numbers come from Redis (`common.observability.queues`),
+release) consume it, its dead letters; the countdown/eta messages not yet due; the shared
+rate limits in use and how much of each is used now (`common.transport.rate_limits`); the
+last tasks that failed for good. Queue numbers come from Redis (`common.observability.queues`),
 workers from one pair of Celery broadcasts (`active_queues`, `stats`) asked at once with
 a one-second timeout, failures from `common.observability.recent_failures`.
 
@@ -31,6 +32,7 @@ from common.masking import redact_url
 from common.observability.queues import BrokerSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES
+from common.transport.rate_limits import snapshot as rate_limits
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +159,7 @@ def index(request: HttpRequest) -> HttpResponse:
     try:
         broker = read_broker(client, SERVICES)
         failures = recent(client, FAILURES_ON_PAGE)
+        limits = rate_limits(client)
     except redis.RedisError as exc:
         return _unreachable(request, "Operations", "web/operations/index.html", exc)
     finally:
@@ -169,6 +172,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "now": _when(datetime.now(UTC).timestamp()),
         "rows": _queue_rows(broker, workers),
         "delayed": broker.delayed,
+        "limits": limits,
         "workers": workers,
         "failures": [_failure_row(f) for f in failures],
         "failures_url": reverse("web-operations-failures"),
