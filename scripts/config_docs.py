@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings
 
 from common.settings import Settings
 from payments.config import PaymentSettings
+from sync.config import SyncSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "configuration.md"
@@ -35,6 +36,7 @@ COMMAND = "./scripts/config-docs"
 SOURCES: list[tuple[str, type[BaseSettings]]] = [
     ("Every process (`common.settings.Settings`)", Settings),
     ("The payments service (`payments.config.PaymentSettings`)", PaymentSettings),
+    ("The sync service (`sync.config.SyncSettings`)", SyncSettings),
 ]
 # Defaults computed at start-up, which would differ from machine to machine if evaluated here.
 COMPUTED_DEFAULTS: dict[tuple[type[BaseSettings], str], str] = {
