@@ -84,7 +84,9 @@ def parse_rate(text: str) -> Rate:
     accepted otherwise (settings name their variable around it)."""
     match = _RATE.fullmatch(text) if isinstance(text, str) else None
     if match is None or int(match.group(1)) == 0:
-        raise ValueError(f"{str(text)[:40]!r} is not a rate: write N/s or N/m with N a positive whole number, e.g. 5/s")
+        raise ValueError(
+            f"{str(text)[:40]!r} is not a rate: write N/s or N/m with N a positive whole number, e.g. 5/s"
+        )
     return Rate(int(match.group(1)), _UNIT_SECONDS[match.group(2).lower()])
 
 
@@ -108,9 +110,13 @@ class RateLimit:
         if self.rate is not None:
             parse_rate(self.rate)
         if self.concurrency is not None and (
-            not isinstance(self.concurrency, int) or isinstance(self.concurrency, bool) or self.concurrency < 1
+            not isinstance(self.concurrency, int)
+            or isinstance(self.concurrency, bool)
+            or self.concurrency < 1
         ):
-            raise ValueError(f"a RateLimit's concurrency is a positive whole number, not {self.concurrency!r}")
+            raise ValueError(
+                f"a RateLimit's concurrency is a positive whole number, not {self.concurrency!r}"
+            )
 
     @property
     def parsed_rate(self) -> Rate | None:
@@ -125,9 +131,7 @@ class TaskContract:
     doc: str
     annotations: dict[str, Any] = field(repr=False, compare=False)
     rate_limit: RateLimit | None = field(default=None, compare=False)
-    _adapters: dict[bool, TypeAdapter[Any]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    _adapters: dict[bool, TypeAdapter[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def service(self) -> str:
@@ -222,7 +226,11 @@ class ServiceContracts:
         if name in self._contracts:
             raise ValueError(f"task {name} declared twice")
         signature = inspect.signature(stub, eval_str=True)
-        if rate_limit is not None and rate_limit.per is not None and rate_limit.per not in signature.parameters:
+        if (
+            rate_limit is not None
+            and rate_limit.per is not None
+            and rate_limit.per not in signature.parameters
+        ):
             raise ValueError(f"{name}: rate_limit per={rate_limit.per!r} names no parameter of the task")
         contract = TaskContract(
             name=name,

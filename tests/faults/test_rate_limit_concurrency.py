@@ -76,7 +76,10 @@ def worker(name: str, data_dir: Path) -> ServiceProcess:
 
 def wait_up(count: int) -> None:
     deadline = time.monotonic() + 60
-    while sum(n.startswith(f"{QUEUE}@") for r in current_app().control.ping(timeout=0.5) or [] for n in r) < count:
+    while (
+        sum(n.startswith(f"{QUEUE}@") for r in current_app().control.ping(timeout=0.5) or [] for n in r)
+        < count
+    ):
         assert time.monotonic() < deadline, "the probe workers did not start"
 
 
@@ -85,7 +88,10 @@ def send(key: str, seconds: float):
 
 
 def starts(r: redis.Redis, key: str) -> list[tuple[float, bool]]:
-    return [(float(t), flag == "1") for t, flag in (s.decode().split() for s in r.lrange(f"rlprobe:starts:{key}", 0, -1))]
+    return [
+        (float(t), flag == "1")
+        for t, flag in (s.decode().split() for s in r.lrange(f"rlprobe:starts:{key}", 0, -1))
+    ]
 
 
 @pytest.fixture

@@ -59,7 +59,10 @@ def test_many_threads_racing_never_get_more_than_n_in_any_window(redis_client: r
     for t in threads:
         t.join()
     seen = max_in_any_window(granted, 1000)
-    print(f"\n16 threads for 3 s at 5/s: {len(granted)} granted, {len(waits)} turned away, max {seen} in any 1 s")
+    print(
+        f"\n16 threads for 3 s at 5/s: {len(granted)} granted, {len(waits)} turned away, "
+        f"max {seen} in any 1 s"
+    )
     assert seen <= 5
     assert 10 <= len(granted) <= 15  # 5 at once, then 5 per 1.1 s: the limiter does not starve
     window = redis_client.zrange(rate_limits.PREFIX + limit.name + ":window", 0, -1, withscores=True)

@@ -54,7 +54,8 @@ _SAFE_KEY = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 # ARGV: count (0: no window), window ms (margin included), cap (0: none), holder,
 # lease ms, dead-after ms, registry member, limit name, spec JSON, concurrency retry ms.
 # Returns {1, now, in window, running} when granted, {0, due, in window, running} when not.
-ACQUIRE = """
+ACQUIRE = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local count, window, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -81,7 +82,9 @@ if cap > 0 then
   if c >= cap then free_at = math.max(free_at, now + tonumber(ARGV[10])) end
 end
 redis.call('ZADD', KEYS[4], now, ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - """ + str(FORGET_AFTER_MS) + """)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - """
+    + str(FORGET_AFTER_MS)
+    + """)
 redis.call('HSET', KEYS[6], ARGV[8], ARGV[9])
 if free_at > now then
   local spacing = 0
@@ -101,6 +104,7 @@ if cap > 0 then
 end
 return {1, now, n + 1, c + 1}
 """
+)
 
 
 class RateLimited(Exception):

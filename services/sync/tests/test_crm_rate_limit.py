@@ -86,8 +86,12 @@ def doctors(n: int, tag: str) -> list[int]:
     made = Doctor.objects.bulk_create(
         Doctor(first_name="Doc", last_name=f"{tag}{i}", email=f"{tag}{i}@clinic.example") for i in range(n)
     )
-    return [d.pk for d in made] if made[0].pk else list(
-        Doctor.objects.filter(last_name__startswith=tag).order_by("pk").values_list("pk", flat=True)
+    return (
+        [d.pk for d in made]
+        if made[0].pk
+        else list(
+            Doctor.objects.filter(last_name__startswith=tag).order_by("pk").values_list("pk", flat=True)
+        )
     )
 
 
@@ -141,8 +145,9 @@ def test_crm_rate_limit_holds_across_3_workers_and_echo_does_not_wait(
     ratio = echo_limited / echo_free
     waits = len(log_lines(data_dir, "lim", "waits in the delayed set"))
     print(
-        f"\nCRM_RATE_LIMIT={LIMIT}/s, {WORKERS} workers x 32 threads, {SYNCS} syncs: {len(posts)} CRM requests "
-        f"in {sync_limited:.1f} s (without the limit {sync_free:.1f} s), max {seen} in any 1 s window"
+        f"\nCRM_RATE_LIMIT={LIMIT}/s, {WORKERS} workers x 32 threads, {SYNCS} syncs: "
+        f"{len(posts)} CRM requests in {sync_limited:.1f} s (without the limit {sync_free:.1f} s), "
+        f"max {seen} in any 1 s window"
         f"\n{ECHOES} sync.echo sent with them: {echo_free:.2f} s without the limit, {echo_limited:.2f} s "
         f"with it (ratio {ratio:.2f}); {waits} turns waited for in the delayed set"
     )

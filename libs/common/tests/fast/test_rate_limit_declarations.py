@@ -22,7 +22,9 @@ def test_a_rate_is_n_per_second_or_per_minute(text: str, rate: Rate) -> None:
     assert parse_rate(str(rate)) == rate
 
 
-@pytest.mark.parametrize("text", ["", "5", "0/s", "-1/s", "5/h", "5/sec", "1.5/s", "five/s", "5/s/s", "9" * 12 + "/s"])
+@pytest.mark.parametrize(
+    "text", ["", "5", "0/s", "-1/s", "5/h", "5/sec", "1.5/s", "five/s", "5/s/s", "9" * 12 + "/s"]
+)
 def test_anything_else_is_refused_saying_what_is_accepted(text: str) -> None:
     with pytest.raises(ValueError, match="write N/s or N/m"):
         parse_rate(text)
@@ -41,7 +43,11 @@ def test_a_contract_declares_a_limit_per_parameter() -> None:
 
     assert push.rate_limit == RateLimit("10/s", 2, "doctor_id") and plain.rate_limit is None
     limit = contract_limit(push)
-    assert limit is not None and (limit.name, limit.rate, limit.concurrency) == ("ratelimitprobe.push", Rate(10, 1), 2)
+    assert limit is not None and (limit.name, limit.rate, limit.concurrency) == (
+        "ratelimitprobe.push",
+        Rate(10, 1),
+        2,
+    )
     assert contract_limit(plain) is None
 
 

@@ -21,7 +21,9 @@ def test_a_rate_is_read_and_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("value", ["5", "5/h", "0/s", "lots"])
-def test_a_wrong_rate_names_the_variable_and_what_it_takes(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+def test_a_wrong_rate_names_the_variable_and_what_it_takes(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
     monkeypatch.setenv("CRM_RATE_LIMIT", value)
     with pytest.raises(SettingsError, match=r"CRM_RATE_LIMIT: .*write N/s or N/m"):
         load_sync_settings()
