@@ -53,8 +53,9 @@ class Charge:
 def take_turn() -> None:
     """Take a slot under PAYMENT_GATEWAY_RATE_LIMIT (none when unset), or raise `RateLimited`.
 
-    `find_charge` takes its own; a charge's caller takes it before committing its claim
-    (`payments.tasks.process_payment`), so a payment turned away is never left processing.
+    Taken just before each request, so the window counted is the one the gateway sees; a
+    charge turned away sends nothing (`payments.tasks.process_payment` then hands its claim
+    back, so the payment is never left processing).
     """
     rate = get_payment_settings().gateway_rate_limit
     if rate:
@@ -122,10 +123,12 @@ def charge(*, amount: Decimal, currency: str, customer_id: str, idempotency_key:
 
     The same `idempotency_key` always yields the same charge, so a retry after a lost
     response cannot charge twice. A key the gateway saw before with other parameters raises
-    `ChargeMismatchError`. The caller takes its turn under the rate limit first (`take_turn`).
+    `ChargeMismatchError`. Over PAYMENT_GATEWAY_RATE_LIMIT it raises `RateLimited`, sending
+    nothing (`take_turn`).
     """
     base, headers, timeout = _base_and_headers()
     headers["Idempotency-Key"] = idempotency_key
+    take_turn()
     try:
         response = session_for(base).post(
             f"{base}/v1/charges",
