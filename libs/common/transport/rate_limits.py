@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -224,8 +224,9 @@ class LimitUse:
 
 def snapshot(client: redis.Redis, most: int = 50) -> list[LimitUse]:
     """The limits used in the last hour, most recently used first, with their current use."""
-    members = client.zrevrange(REGISTRY, 0, most - 1)
-    specs = {k.decode(): json.loads(v) for k, v in (client.hgetall(SPECS) or {}).items()}
+    members = cast("list[bytes]", client.zrevrange(REGISTRY, 0, most - 1))
+    stored = cast("dict[bytes, bytes]", client.hgetall(SPECS) or {})
+    specs = {k.decode(errors="replace"): _spec(v) for k, v in stored.items()}
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     found: list[tuple[str, str, dict[str, Any]]] = []
@@ -253,8 +254,19 @@ def snapshot(client: redis.Redis, most: int = 50) -> list[LimitUse]:
     return uses
 
 
+def _spec(raw: bytes) -> dict[str, Any]:
+    try:
+        spec = json.loads(raw)
+    except ValueError:
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
 def _window_ms(rate: str | None) -> int:
     if not rate:
         return 0
-    parsed = parse_rate(rate)
+    try:
+        parsed = parse_rate(rate)
+    except ValueError:
+        return 0  # not ours: shown, not counted
     return parsed.seconds * 1000 + MARGIN_MS

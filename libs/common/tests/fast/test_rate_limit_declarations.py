@@ -61,7 +61,7 @@ def test_a_limit_that_cannot_work_is_refused_where_it_is_declared() -> None:
 
     for bad in ({}, {"rate": "1/hour"}, {"concurrency": 0}, {"rate": "1/s", "concurrency": True}):
         with pytest.raises(ValueError):
-            RateLimit(**bad)  # type: ignore[arg-type]
+            RateLimit(**bad)
 
 
 def test_a_task_body_keeps_its_signature_and_a_direct_call_over_a_limit_raises() -> None:
