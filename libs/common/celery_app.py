@@ -17,9 +17,12 @@ from celery import Celery
 import common.calls  # noqa: F401 - binds contracts' .delay() and friends to sending
 from common.celery_base import DJANGO_SETTINGS, configured_app, current_app
 from common.process_hooks import Scope, install
+from common.transport import limited_tasks
 from contracts.declare import TaskContract
 
 __all__ = ["DJANGO_SETTINGS", "create_app", "current_app", "implements"]
+
+DEFAULT_LEASE = 3600.0  # seconds, for a task with no hard time limit
 
 
 def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
@@ -41,6 +44,9 @@ def implements(app: Celery, contract: TaskContract, **options: Any) -> Callable[
                 f"{fn.__module__}.{fn.__qualname__}{tuple(params)} does not match the contract "
                 f"declaration {contract.name}{contract.signature}"
             )
-        return app.task(name=contract.name, shared=False, **options)(fn)
+        # A limit's concurrency slot is freed at the latest with the task's hard time limit.
+        lease = float(options.get("time_limit") or app.conf.task_time_limit or DEFAULT_LEASE)
+        body = limited_tasks.wrap(fn, contract, bind=bool(options.get("bind")), lease=lease)
+        return app.task(name=contract.name, shared=False, **options)(body)
 
     return register

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import AnyUrl, Field, PositiveFloat, PositiveInt, SecretStr
+from pydantic import AfterValidator, AnyUrl, Field, PositiveFloat, PositiveInt, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from common.settings import ServiceSettings, load_service_settings
+from contracts.declare import parse_rate
+
+
+def _rate(text: str | None) -> str | None:
+    return None if text is None or not text.strip() else str(parse_rate(text))
 
 
 class PaymentSettings(ServiceSettings):
@@ -29,6 +35,13 @@ class PaymentSettings(ServiceSettings):
         description="PAYMENT_RECONCILE_AFTER: seconds a payment may stay pending/processing before "
         "the reconcile job asks the gateway about it. Keep it well above the gateway timeout, "
         "so a live worker's charge is never second-guessed.",
+    )
+    gateway_rate_limit: Annotated[str | None, AfterValidator(_rate)] = Field(
+        None,
+        description="PAYMENT_GATEWAY_RATE_LIMIT: the payment gateway account's API limit, `N/s` or "
+        "`N/m`, shared by every payments worker of every host: at most N gateway calls start in "
+        "any such window; a payment over it waits in the delayed set, holding no thread. Unset: "
+        "no limit.",
     )
 
     def production_problems(self) -> Iterator[str]:

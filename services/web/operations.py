@@ -4,9 +4,10 @@ One page an operator keeps open (it reloads itself every few seconds): per queue
 the age of its oldest waiting message, its live consumers and which workers (with their
 release) consume it, its dead letters, whether it is paused (since when, by whom; with Pause
 and Resume buttons for `web.pause_queue`: web/queue_pause_admin.py); the countdown/eta
-messages not yet due; the last tasks that failed for good. Queue numbers come from Redis
-(`common.observability.queues`), workers from one pair of Celery broadcasts (`active_queues`,
-`stats`) asked at once with a one-second timeout, failures from
+messages not yet due; the shared rate limits in use and how much of each is used now
+(`common.transport.rate_limits`); the last tasks that failed for good. Queue numbers come from
+Redis (`common.observability.queues`), workers from one pair of Celery broadcasts
+(`active_queues`, `stats`) asked at once with a one-second timeout, failures from
 `common.observability.recent_failures`.
 
 Staff only (`admin.site.admin_view`); an unreachable Redis is a page saying so, not a 500.
@@ -33,6 +34,7 @@ from common.masking import mask_text, redact_url
 from common.observability.queues import BrokerSnapshot, QueueSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES
+from common.transport.rate_limits import snapshot as rate_limits
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +170,7 @@ def index(request: HttpRequest) -> HttpResponse:
     try:
         broker = read_broker(client, SERVICES)
         failures = recent(client, FAILURES_ON_PAGE)
+        limits = rate_limits(client)
     except redis.RedisError as exc:
         return _unreachable(request, "Operations", "web/operations/index.html", exc)
     finally:
@@ -182,6 +185,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "rows": rows,
         "paused": [row for row in rows if row["paused"]],
         "delayed": broker.delayed,
+        "limits": limits,
         "workers": workers,
         "failures": [_failure_row(f) for f in failures],
         "failures_url": reverse("web-operations-failures"),
