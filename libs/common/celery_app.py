@@ -3,7 +3,8 @@
 `create_app` is the configured app (`common.celery_base`) plus what sits above sending:
 contracts' `.delay()` and friends bound to `common.calls` (on import of this module), and in a
 service the final-failure receivers (the dead-letter store's `failures`, the operations page's
-`recent_failures`).
+`recent_failures`). Every task `implements` registers checks at its start for a revoke that
+arrived while it waited in a worker's prefetch (`common.cancellation`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from celery import Celery
 
 import common.calls  # noqa: F401 - binds contracts' .delay() and friends to sending
+from common import cancellation
 from common.celery_base import DJANGO_SETTINGS, configured_app, current_app
 from common.deadletters import failures
 from common.observability import recent_failures
@@ -45,6 +47,8 @@ def implements(app: Celery, contract: TaskContract, **options: Any) -> Callable[
                 f"{fn.__module__}.{fn.__qualname__}{tuple(params)} does not match the contract "
                 f"declaration {contract.name}{contract.signature}"
             )
+        # A plain function as a class attribute: Celery calls it as the task's method.
+        options.setdefault("before_start", cancellation.check_at_start)
         return app.task(name=contract.name, shared=False, **options)(fn)
 
     return register

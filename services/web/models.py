@@ -11,6 +11,8 @@ and no table is ever created or queried.
 - `web.purge_deadletter`: delete dead letters for good.
 - `web.charge_appointment`: the appointments' "Charge now / retry payment" action, a new
   attempt at the payment gateway.
+- `web.revoke_task`: cancel tasks (`common.cancellation.revoke`): the reports' "Cancel report"
+  action and the operations page's list of revoked tasks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ VIEW_DEADLETTER = "web.view_deadletter"
 REPLAY_DEADLETTER = "web.replay_deadletter"
 PURGE_DEADLETTER = "web.purge_deadletter"
 CHARGE_APPOINTMENT = "web.charge_appointment"
+REVOKE_TASK = "web.revoke_task"
 
 
 class DeadLetter(models.Model):
@@ -44,4 +47,15 @@ class AppointmentCharge(models.Model):
         default_permissions = ()
         permissions = [
             ("charge_appointment", "Can charge an appointment now (a new payment gateway attempt)"),
+        ]
+
+
+class TaskRevocation(models.Model):
+    """Cancelling a task: kept in Redis (common.cancellation), its own permission."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [
+            ("revoke_task", "Can revoke tasks (cancel them queued, delayed or running)"),
         ]
