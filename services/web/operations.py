@@ -3,9 +3,10 @@
 One page an operator keeps open (it reloads itself every few seconds): per queue its depth,
 the age of its oldest waiting message, its live consumers and which workers (with their
 release) consume it, its dead letters; the countdown/eta messages not yet due; the last
-tasks that failed for good. Queue numbers come from Redis (`common.observability.queues`),
-workers from one pair of Celery broadcasts (`active_queues`, `stats`) asked at once with
-a one-second timeout, failures from `common.observability.recent_failures`.
+tasks that failed for good; the last tasks revoked, with their state. Queue numbers come from
+Redis (`common.observability.queues`), workers from one pair of Celery broadcasts
+(`active_queues`, `stats`) asked at once with a one-second timeout, failures from
+`common.observability.recent_failures`, revokes from `common.transport.revocation`.
 
 Staff only (`admin.site.admin_view`); an unreachable Redis is a page saying so, not a 500.
 """
@@ -31,12 +32,14 @@ from common.masking import redact_url
 from common.observability.queues import BrokerSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES
+from common.transport import revocation
 
 logger = logging.getLogger(__name__)
 
 INSPECT_TIMEOUT = 1.0  # seconds the broadcasts wait for workers' replies (the page's own latency)
 REFRESH_SECONDS = 5
 FAILURES_ON_PAGE = 10
+REVOKED_ON_PAGE = 10
 
 # The admin index's "Operations" module links this page and the dead letters.
 admin.site.index_template = "web/operations/admin_index.html"
@@ -141,6 +144,23 @@ def _queue_rows(broker: BrokerSnapshot, workers: Workers) -> list[dict[str, Any]
     ]
 
 
+def _revoked_rows(revoked: list[revocation.Revoked]) -> list[dict[str, Any]]:
+    """Each revoke with its task's state now: REVOKED once a worker dropped or stopped it,
+    PENDING while it still waits (or was never sent), SUCCESS if it ran before the revoke."""
+    from common.celery_app import current_app
+
+    backend = current_app().backend
+    return [
+        {
+            "task_id": r.task_id,
+            "when": _when(r.at),
+            "terminate": r.terminate,
+            "state": backend.get_state(r.task_id),
+        }
+        for r in revoked
+    ]
+
+
 def _unreachable(request: HttpRequest, title: str, template: str, exc: Exception) -> HttpResponse:
     from common.settings import get_settings
 
@@ -157,6 +177,7 @@ def index(request: HttpRequest) -> HttpResponse:
     try:
         broker = read_broker(client, SERVICES)
         failures = recent(client, FAILURES_ON_PAGE)
+        revoked = _revoked_rows(revocation.recent(client, REVOKED_ON_PAGE))
     except redis.RedisError as exc:
         return _unreachable(request, "Operations", "web/operations/index.html", exc)
     finally:
@@ -173,6 +194,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "failures": [_failure_row(f) for f in failures],
         "failures_url": reverse("web-operations-failures"),
         "deadletters_url": reverse("web-deadletters"),
+        "revoked": revoked,
     }
     return render(request, "web/operations/index.html", context)
 
