@@ -9,9 +9,10 @@ TASK_REVOKE_RETENTION seconds, never less than RESULT_EXPIRES. Then, wherever th
 - fetched into a worker's prefetch: its start asks again (`check_at_start`, every task's
   `before_start`, see `common.celery_app.implements`) and ends it REVOKED unrun;
 - running: it is asked to stop. A long task calls `stop_if_revoked(self)` between chunks,
-  which stores REVOKED and raises `TaskRevoked` (Celery's `Ignore`: no FAILURE, no Sentry
-  event, no dead letter); the task cleans up on its way out. A task that never asks runs to
-  its end.
+  which raises `TaskRevoked` (Celery's `Ignore`: no FAILURE, no Sentry event, no dead
+  letter); the task cleans up on its way out, and once the exception has left it REVOKED is
+  stored (`install()`'s `task_postrun` receiver), so a caller who sees REVOKED finds the
+  cleanup done. A task that never asks runs to its end.
 
 `revoke(..., terminate=True)` also broadcasts Celery's `revoke` with `terminate`, the hard stop
 (SIGTERM to the prefork child running it; it cannot clean up). Workers refuse it unless
@@ -27,19 +28,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery.exceptions import Ignore
+from celery.signals import task_postrun
 
 from common.celery_base import current_app
 from common.settings import get_settings
 from common.transport import locks, revocation
 from common.transport.revocation import Revoked
 
-__all__ = ["Revoked", "TaskRevoked", "check_at_start", "is_revoked", "recent", "revoke", "stop_if_revoked"]
+__all__ = [
+    "Revoked",
+    "TaskRevoked",
+    "check_at_start",
+    "install",
+    "is_revoked",
+    "recent",
+    "revoke",
+    "stop_if_revoked",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class TaskRevoked(Ignore):
-    """The task was revoked: REVOKED is stored; Celery acknowledges the message, records nothing else."""
+    """The task was revoked: Celery acknowledges the message and records nothing; `install()`'s
+    receiver stores REVOKED once the exception has left the task."""
 
 
 @dataclass
@@ -92,13 +104,14 @@ def recent(limit: int = 200) -> list[Revoked]:
 
 
 def stop_if_revoked(task: Any) -> None:
-    """Raise `TaskRevoked` (REVOKED stored) if the running `task` was revoked: call it between chunks.
+    """Raise `TaskRevoked` if the running `task` was revoked: call it between chunks, and let
+    the exception through (clean up in `except TaskRevoked: ...; raise` or `finally`).
 
     One EXISTS in Redis; called inline (no task id), it never stops anything.
     """
     task_id = task.request.id
     if task_id is not None and is_revoked(task_id):
-        _stop(task, task_id, "revoked while running; stopped at a checkpoint")
+        raise TaskRevoked("revoked while running; stopped at a checkpoint")
 
 
 def check_at_start(task: Any, task_id: str, args: Any, kwargs: Any) -> None:
@@ -111,10 +124,19 @@ def check_at_start(task: Any, task_id: str, args: Any, kwargs: Any) -> None:
     if isinstance(checked, float) and 0 <= time.monotonic() - checked < revocation.RECHECK_AFTER:
         return
     if task_id is not None and is_revoked(task_id):
-        _stop(task, task_id, "revoked before it started")
+        raise TaskRevoked("revoked before it started")
 
 
-def _stop(task: Any, task_id: str, why: str) -> None:
-    task.backend.mark_as_revoked(task_id, why, request=task.request)
-    logger.info("Stopped task %s[%s]: %s", task.name, task_id, why)
-    raise TaskRevoked(why)
+def _store_revoked(sender: Any = None, task_id: str | None = None, retval: Any = None, **_: Any) -> None:
+    """After a task ended by `TaskRevoked` (its cleanup done): store REVOKED, not FAILURE.
+
+    Should the worker die before this, the message is redelivered and the intake stores it.
+    """
+    if isinstance(retval, TaskRevoked) and task_id and sender is not None:
+        sender.backend.mark_as_revoked(task_id, str(retval), request=sender.request)
+        logger.info("Stopped task %s[%s]: %s", sender.name, task_id, retval)
+
+
+def install() -> None:
+    """Store REVOKED for tasks that stop on a revoke (a worker's app, `common.celery_app`)."""
+    task_postrun.connect(_store_revoked, weak=False, dispatch_uid="common.cancellation")

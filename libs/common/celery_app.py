@@ -32,6 +32,7 @@ def create_app(service: str, *, include: tuple[str, ...] = ()) -> Celery:
     if service in SERVICES:
         failures.install()  # tasks that opt in keep their final failure for replay
         recent_failures.install()  # the admin's operations page lists the last ones
+        cancellation.install()  # a task stopped by a revoke ends REVOKED
     return app
 
 
