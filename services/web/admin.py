@@ -21,8 +21,10 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from common import calls  # noqa: F401  (binds the contracts' .delay() to the outbox sender)
-from common import cancellation
+from common import (
+    calls,  # noqa: F401  (binds the contracts' .delay() to the outbox sender)
+    cancellation,
+)
 from common.models import (
     Appointment,
     Doctor,
@@ -268,11 +270,15 @@ class ReportAdmin(admin.ModelAdmin):
                 cancellation.revoke([task_id for _, task_id in cancelled])
             except redis.RedisError as exc:
                 self.message_user(
-                    request, f"Nothing was cancelled: Redis is unreachable ({type(exc).__name__}).", messages.ERROR
+                    request,
+                    f"Nothing was cancelled: Redis is unreachable ({type(exc).__name__}).",
+                    messages.ERROR,
                 )
                 return
             Report.objects.filter(
-                pk__in=[r.pk for r in chosen], status=Report.Status.PENDING, task_id__in=[t for _, t in cancelled]
+                pk__in=[r.pk for r in chosen],
+                status=Report.Status.PENDING,
+                task_id__in=[t for _, t in cancelled],
             ).update(status=Report.Status.CANCELLED, finished_at=timezone.now())
         if cancelled:
             self.message_user(

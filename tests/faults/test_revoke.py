@@ -82,13 +82,18 @@ def test_a_countdown_revoked_while_every_worker_is_down_never_runs(workers: Work
         f"\nrevoked {COUNTDOWN - (due - revoked_at):.2f} s after the send with no worker up; worker "
         f"answered {started_at - revoked_at:.1f} s later; the twin ran {ran_at - due:+.2f} s from its due "
         f"time; the revoked one REVOKED {revoked_state_at - due:+.2f} s from its due time; its report: "
-        f"{revoked_report.status}, {revoked_report.progress_total} rows counted, files {files_of(revoked_report)}"
+        f"{revoked_report.status}, {revoked_report.progress_total} rows counted, "
+        f"files {files_of(revoked_report)}"
     )
     assert result.state == states.REVOKED
     with pytest.raises(TaskRevokedError):
         result.get(timeout=5)
     # Never started: the task's first step marks the report running and counts its rows.
-    assert (revoked_report.status, revoked_report.progress_total, revoked_report.task_id) == ("pending", 0, "")
+    assert (revoked_report.status, revoked_report.progress_total, revoked_report.task_id) == (
+        "pending",
+        0,
+        "",
+    )
     assert files_of(revoked_report) == []
     assert DeadLetters(redis_client).count("reports") == dead_before  # dropped, not dead-lettered
     assert Report.objects.get(pk=kept_report.pk).status == Report.Status.COMPLETE
@@ -121,9 +126,9 @@ def test_a_running_report_asked_to_stop_ends_revoked_within_2_s_without_its_part
     left = files_of(report)  # REVOKED is stored once the task has cleaned up: nothing left now
     report.refresh_from_db()
     print(
-        f"\nrunning report ({report.progress_total:,} rows) asked to stop at row {report.progress_current:,}, "
-        f"partial file {size_before:,} bytes: REVOKED after {took:.2f} s; report {report.status}; "
-        f"files left {left}"
+        f"\nrunning report ({report.progress_total:,} rows) asked to stop at row "
+        f"{report.progress_current:,}, partial file {size_before:,} bytes: REVOKED after {took:.2f} s; "
+        f"report {report.status}; files left {left}"
     )
     assert AsyncResult(result.id, app=app).state == states.REVOKED
     assert took < 2.0

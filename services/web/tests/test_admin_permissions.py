@@ -163,8 +163,12 @@ def test_cancel_report_needs_the_revoke_permission() -> None:
     from common import cancellation
 
     task_id = str(uuid.uuid4())
-    report = Report.objects.create(name=f"r-{uuid.uuid4().hex[:6]}", status=Report.Status.PENDING, task_id=task_id)
-    finished = Report.objects.create(name=f"r-{uuid.uuid4().hex[:6]}", status=Report.Status.COMPLETE, task_id="x")
+    report = Report.objects.create(
+        name=f"r-{uuid.uuid4().hex[:6]}", status=Report.Status.PENDING, task_id=task_id
+    )
+    finished = Report.objects.create(
+        name=f"r-{uuid.uuid4().hex[:6]}", status=Report.Status.COMPLETE, task_id="x"
+    )
     # May read and rerun reports, may not cancel work.
     editor = client_with("common.view_report", "common.change_report")
     assert "cancel_report" not in offered(editor, "report")
