@@ -6,7 +6,9 @@ waiting in the delayed set, it is lost and the task runs (celery#8888, celery#43
 - a report sent with a 10 s countdown and revoked while no worker runs never runs once a
   worker starts and its due time passes; its state is REVOKED (a report sent beside it with
   the same countdown runs, so the worker did take due messages);
-- a running report asked to stop ends REVOKED within 2 s and leaves no partial file.
+- a running report asked to stop ends REVOKED within 2 s and leaves no partial file;
+- a report already fetched into a worker's prefetch (behind a running one) and revoked there
+  never starts: its start asks Redis again and it ends REVOKED.
 Real reports workers (prefork, as deployed), the session's real Redis and database.
 """
 
@@ -136,3 +138,47 @@ def test_a_running_report_asked_to_stop_ends_revoked_within_2_s_without_its_part
     assert report.status == Report.Status.CANCELLED
     with pytest.raises(TaskRevokedError):
         result.get(timeout=5)
+
+
+def test_a_task_revoked_while_it_waits_in_a_workers_prefetch_never_starts(
+    workers: Workers, redis_client
+) -> None:
+    workers.stop()  # one pool process reserving two messages: the second waits in the prefetch
+    workers.start(
+        ["reports"], env={"reports": {"WORKER_CONCURRENCY": "1", "WORKER_PREFETCH_MULTIPLIER": "2"}}
+    )
+    app = current_app()
+    running_report, waiting_report = a_report(300_000), a_report(10)
+    running = reports.generate_large_report.delay(running_report.pk)
+    wait_until(
+        lambda: Report.objects.get(pk=running_report.pk).progress_current > 1, timeout=60, interval=0.02
+    )
+    waiting = reports.generate_large_report.delay(waiting_report.pk)
+
+    def fetched() -> bool:  # off its queue: taken (and checked) by the busy worker
+        queued = [k for k in redis_client.scan_iter(match="reports*", _type="list")]
+        return not any(waiting.id.encode() in item for k in queued for item in redis_client.lrange(k, 0, -1))
+
+    wait_until(fetched, timeout=10, interval=0.02)
+    reserved = app.control.inspect(timeout=2).reserved() or {}
+    held = [t["id"] for tasks in reserved.values() for t in tasks]
+    cancellation.revoke([waiting.id])
+    time.sleep(0.5)  # well past the intake's check: the start must ask again
+    cancellation.revoke([running.id])  # frees the pool process for the waiting one
+    asked = time.monotonic()
+    wait_until(lambda: AsyncResult(waiting.id, app=app).state == states.REVOKED, timeout=30, interval=0.02)
+    took = time.monotonic() - asked
+    waiting_report.refresh_from_db()
+    print(
+        f"\nreserved in the worker's prefetch: {waiting.id in held}; revoked there, it ended REVOKED "
+        f"{took:.2f} s after the running report was stopped; its report {waiting_report.status}, "
+        f"{waiting_report.progress_total} rows counted"
+    )
+    assert waiting.id in held, f"not in the worker's prefetch: {reserved}"
+    assert AsyncResult(running.id, app=app).state == states.REVOKED
+    assert (waiting_report.status, waiting_report.progress_total, waiting_report.task_id) == (
+        "pending",
+        0,
+        "",
+    )
+    assert files_of(waiting_report) == []
