@@ -120,6 +120,8 @@ def check_at_start(task: Any, task_id: str, args: Any, kwargs: Any) -> None:
     The intake checked the message when the worker took it; a task starting within
     `revocation.RECHECK_AFTER` of that check is not asked again.
     """
+    if task.request.is_eager:
+        return  # called in-process (`apply()`): it never waited anywhere
     checked = getattr(task.request, revocation.CHECKED_HEADER, None)
     if isinstance(checked, float) and 0 <= time.monotonic() - checked < revocation.RECHECK_AFTER:
         return

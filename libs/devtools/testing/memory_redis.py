@@ -127,8 +127,8 @@ class MemoryRedis:
     def zrevrange(self, name: str, start: int, end: int, withscores: bool = False) -> list[Any]:
         with self._lock:
             ranked = sorted(self._zset(name).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
-            ranked = ranked[start : None if end == -1 else end + 1]
-            return ranked if withscores else [m for m, _ in ranked]
+            picked = ranked[start : None if end == -1 else end + 1]
+            return list(picked) if withscores else [m for m, _ in picked]
 
     def lpush(self, name: str, *values: Any) -> int:
         with self._lock:

@@ -96,7 +96,11 @@ def test_a_hostile_task_id_is_never_looked_up_and_the_task_runs(jobs):
 
 def _start(task_id: str, checked_ago: float | None) -> None:
     """Run sync.echo as a worker runs a message the intake checked `checked_ago` seconds ago."""
-    request = {"id": task_id, "task": "sync.echo", "delivery_info": {"routing_key": "sync"}}
+    request: dict[str, object] = {
+        "id": task_id,
+        "task": "sync.echo",
+        "delivery_info": {"routing_key": "sync"},
+    }
     if checked_ago is not None:
         request[revocation.CHECKED_HEADER] = time.monotonic() - checked_ago
     trace_task(sync_app.tasks["sync.echo"], task_id, (5,), {}, request, app=sync_app)
@@ -142,3 +146,9 @@ def test_terminate_broadcasts_celerys_revoke_and_reports_refusals(jobs, monkeypa
     sent.clear()
     cancellation.revoke([str(uuid.uuid4())])
     assert sent == []  # no broadcast without terminate: the workers' refusal stays quiet
+
+
+def test_an_inline_apply_never_asks_redis(network_attempts):
+    """`apply()` runs in-process: nothing waited in a prefetch, so its start asks nobody."""
+    assert sync_app.tasks["sync.echo"].apply((7,)).get() == 7
+    assert network_attempts() == []
