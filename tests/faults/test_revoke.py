@@ -107,7 +107,7 @@ def test_a_running_report_asked_to_stop_ends_revoked_within_2_s_without_its_part
     if "reports" not in workers.procs:
         workers.start(["reports"])
     app = current_app()
-    report = a_report(300_000)
+    report = a_report(600_000)  # several seconds of writing, on a fast machine too
     result = reports.generate_large_report.delay(report.pk)
     partial = Path(settings.REPORTS_DIR) / f"report-{report.pk}.csv.part"
 
@@ -148,7 +148,7 @@ def test_a_task_revoked_while_it_waits_in_a_workers_prefetch_never_starts(
         ["reports"], env={"reports": {"WORKER_CONCURRENCY": "1", "WORKER_PREFETCH_MULTIPLIER": "2"}}
     )
     app = current_app()
-    running_report, waiting_report = a_report(300_000), a_report(10)
+    running_report, waiting_report = a_report(600_000), a_report(10)
     running = reports.generate_large_report.delay(running_report.pk)
     wait_until(
         lambda: Report.objects.get(pk=running_report.pk).progress_current > 1, timeout=60, interval=0.02
@@ -160,13 +160,23 @@ def test_a_task_revoked_while_it_waits_in_a_workers_prefetch_never_starts(
         return not any(waiting.id.encode() in item for k in queued for item in redis_client.lrange(k, 0, -1))
 
     wait_until(fetched, timeout=10, interval=0.02)
-    reserved = app.control.inspect(timeout=2).reserved() or {}
+    cancellation.revoke([waiting.id])  # after the intake's check: only its start can refuse it now
+    reserved = app.control.inspect(timeout=0.5).reserved() or {}
     held = [t["id"] for tasks in reserved.values() for t in tasks]
-    cancellation.revoke([waiting.id])
-    time.sleep(0.5)  # well past the intake's check: the start must ask again
+    running_report.refresh_from_db()
+    assert running_report.status == Report.Status.RUNNING, "the running report ended too soon for this test"
     cancellation.revoke([running.id])  # frees the pool process for the waiting one
     asked = time.monotonic()
-    wait_until(lambda: AsyncResult(waiting.id, app=app).state == states.REVOKED, timeout=30, interval=0.02)
+    try:
+        wait_until(
+            lambda: AsyncResult(waiting.id, app=app).state == states.REVOKED, timeout=30, interval=0.02
+        )
+    except AssertionError:
+        waiting_report.refresh_from_db()
+        raise AssertionError(
+            f"state {AsyncResult(waiting.id, app=app).state}, report {waiting_report.status}, "
+            f"reserved {reserved}\n{workers.logs()}"
+        ) from None
     took = time.monotonic() - asked
     waiting_report.refresh_from_db()
     print(
