@@ -410,6 +410,15 @@ def test_a_worker_drains_tasks_web_reads_results_and_replays_a_dead_letter_relay
             "    print('REPLAYED', outcome.replayed, outcome.reason)\n"
             "    print('LEFT', json.dumps([e.id for e in store.list('sync')]))\n"
             f"print('DEAD', AsyncResult({dead_id!r}, app=app).get(timeout=30))\n"
+            # A revoke (web writes it, the worker reads it on receipt and stores REVOKED).
+            "from common import cancellation\n"
+            "doomed = calls.apply_async('sync.echo', (10,), countdown=1, outbox=False)\n"
+            "cancellation.revoke([doomed.id])\n"
+            "print('LISTED_REVOKED', int(doomed.id in [r.task_id for r in cancellation.recent(5)]))\n"
+            "try:\n"
+            "    doomed.get(timeout=30)\n"
+            "except Exception as exc:\n"
+            "    print('DOOMED', type(exc).__name__)\n"
             "queues = app.control.inspect(timeout=2).active_queues() or {}\n"
             "print('QUEUES', ' '.join(q['name'] for qs in queues.values() for q in qs))\n"
         )
@@ -431,6 +440,7 @@ def test_a_worker_drains_tasks_web_reads_results_and_replays_a_dead_letter_relay
     assert json.loads(lines["LISTED"]) == [entry.id] and json.loads(lines["LEFT"]) == [], detail
     assert lines.get("REPLAYED", "").startswith("True"), detail
     assert lines.get("DEAD") == "21", detail
+    assert lines.get("LISTED_REVOKED") == "1" and lines.get("DOOMED") == "TaskRevokedError", detail
     assert "sync" in lines.get("QUEUES", ""), detail
     assert live.returncode == 0, live.stdout + live.stderr[-2000:]
     # Nothing any of them sent was refused: every command each needs is in its list.

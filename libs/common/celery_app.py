@@ -3,7 +3,9 @@
 `create_app` is the configured app (`common.celery_base`, with every app's hooks) plus what
 sits above sending: contracts' `.delay()` and friends bound to `common.calls` (on import of
 this module), and in a queue service the worker service's hooks of `common.process_hooks`
-(its final failures kept as dead letters and listed on the operations page).
+(its final failures kept as dead letters and listed on the operations page). Every task `implements`
+registers checks at its start for a revoke that arrived while it waited in a worker's prefetch
+(`common.cancellation`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from celery import Celery
 
 import common.calls  # noqa: F401 - binds contracts' .delay() and friends to sending
+from common import cancellation
 from common.celery_base import DJANGO_SETTINGS, configured_app, current_app
 from common.process_hooks import Scope, install
 from common.transport import limited_tasks
@@ -47,6 +50,8 @@ def implements(app: Celery, contract: TaskContract, **options: Any) -> Callable[
         # A limit's concurrency slot is freed at the latest with the task's hard time limit.
         lease = float(options.get("time_limit") or app.conf.task_time_limit or DEFAULT_LEASE)
         body = limited_tasks.wrap(fn, contract, bind=bool(options.get("bind")), lease=lease)
+        # A plain function as a class attribute: Celery calls it as the task's method.
+        options.setdefault("before_start", cancellation.check_at_start)
         return app.task(name=contract.name, shared=False, **options)(body)
 
     return register

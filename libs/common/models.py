@@ -197,6 +197,7 @@ class Report(models.Model):
         RUNNING = "running"
         COMPLETE = "complete"
         FAILED = "failed"
+        CANCELLED = "cancelled"  # its task was revoked (common.cancellation)
 
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)

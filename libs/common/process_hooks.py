@@ -13,14 +13,15 @@ the processes it applies to:
 - **worker service** (`create_app` of a queue service, `common.routing.SERVICES`):
   3. `dead_letters`: a task that opts in keeps its final failure (`common.deadletters.failures`);
   4. `recent_failures`: the operations page lists it (`common.observability.recent_failures`);
+  5. `revoked_state`: a task stopped by a revoke ends REVOKED, not SUCCESS (`common.cancellation`);
 - **worker run** (`run_worker`, in the worker's main process before its pool starts):
-  5. `scheduled_inspect`: `inspect scheduled` reads the delayed set (`transport.broker.scheduled`);
-  6. `remote_control`: commands outside WORKER_REMOTE_CONTROL_ALLOW refused (`common.remote_control`);
-  7. `hidden_task_results`: "Task ... succeeded" never shows the value (`common.masking`);
-  8. `json_logs`: with LOG_FORMAT=json, Celery's handlers write JSON (`observability.logging_config`);
-  9. `metrics`: with METRICS_PORT, count tasks and serve /metrics (`observability.metrics`);
-  10. `release_info`: `inspect stats` shows the release (`common.worker_status`);
-  11. `exit_status`: keep the worker, for a truthful exit code (`common.worker_status`).
+  6. `scheduled_inspect`: `inspect scheduled` reads the delayed set (`transport.broker.scheduled`);
+  7. `remote_control`: commands outside WORKER_REMOTE_CONTROL_ALLOW refused (`common.remote_control`);
+  8. `hidden_task_results`: "Task ... succeeded" never shows the value (`common.masking`);
+  9. `json_logs`: with LOG_FORMAT=json, Celery's handlers write JSON (`observability.logging_config`);
+  10. `metrics`: with METRICS_PORT, count tasks and serve /metrics (`observability.metrics`);
+  11. `release_info`: `inspect stats` shows the release (`common.worker_status`);
+  12. `exit_status`: keep the worker, for a truthful exit code (`common.worker_status`).
 
 Why this order: each group runs when its process reaches that point (an app is made, a
 service's app is made, its worker runs), so a group's hooks come after the groups before it.
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from common import celery_base, db_connections, masking, remote_control, worker_status
+from common import cancellation, celery_base, db_connections, masking, remote_control, worker_status
 from common.deadletters import failures
 from common.observability import logging_config, metrics, recent_failures, reporting
 from common.routing import SERVICES
@@ -91,6 +92,10 @@ def _recent_failures(app: Celery) -> None:
     recent_failures.install()
 
 
+def _revoked_state(app: Celery) -> None:
+    cancellation.install()
+
+
 def _scheduled_inspect(app: Celery) -> None:
     scheduled.register()
 
@@ -119,6 +124,7 @@ HOOKS: tuple[Hook, ...] = (
     Hook("error_reporting", Scope.EVERY_APP, _error_reporting),
     Hook("dead_letters", Scope.WORKER_SERVICE, _dead_letters),
     Hook("recent_failures", Scope.WORKER_SERVICE, _recent_failures),
+    Hook("revoked_state", Scope.WORKER_SERVICE, _revoked_state),
     Hook("scheduled_inspect", Scope.WORKER_RUN, _scheduled_inspect),
     Hook("remote_control", Scope.WORKER_RUN, _remote_control),
     Hook("hidden_task_results", Scope.WORKER_RUN, _hidden_task_results),

@@ -193,6 +193,11 @@ class Settings(BaseSettings):
         600, description="Seconds before a task's process is killed (prefork pool); above the soft limit."
     )
     result_expires: PositiveInt = Field(3600, description="Seconds a task's result is kept in Redis.")
+    task_revoke_retention: PositiveInt = Field(
+        604_800,
+        description="Seconds a revoke is kept in Redis (never less than RESULT_EXPIRES): a task due "
+        "later than that (a countdown over 7 days) must be revoked again nearer its time.",
+    )
     worker_prefetch_multiplier: PositiveInt = Field(
         1, description="Messages a worker process reserves per unit of concurrency."
     )

@@ -1,4 +1,9 @@
-"""The reports service's tasks, as declared in `contracts.reports`."""
+"""The reports service's tasks, as declared in `contracts.reports`.
+
+A report build can be cancelled while it runs: at each progress update (every
+REPORT_PROGRESS_INTERVAL, 0.5 s) it asks whether it was revoked (`common.cancellation`), and
+if so removes its partial file, marks the report cancelled and ends REVOKED.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from django.conf import settings
 from django.db.models import Count, Sum
 from django.utils import timezone
 
+from common import cancellation
 from common.celery_app import implements
 from common.models import Appointment, Report, ReportItem
 from common.settings import get_settings
@@ -27,15 +33,19 @@ def _write_csv(report: Report, progress: Progress) -> tuple[Path, int]:
     tmp = path.with_suffix(".csv.part")
     processed = 0
     total_value = Decimal("0")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["item", "label", "value"])
-        for item in report.items.order_by("pk").iterator(chunk_size=2000):
-            writer.writerow([item.pk, item.label, item.value])
-            total_value += item.value
-            processed += 1
-            progress.update(processed)
-        writer.writerow(["total", "", total_value])
+    try:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["item", "label", "value"])
+            for item in report.items.order_by("pk").iterator(chunk_size=2000):
+                writer.writerow([item.pk, item.label, item.value])
+                total_value += item.value
+                processed += 1
+                progress.update(processed)  # and a stop if revoked (generate_large_report)
+            writer.writerow(["total", "", total_value])
+    except BaseException:  # revoked, failed or timed out: no half-written file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)  # readers never see a half-written file
     return path, processed
 
@@ -50,11 +60,15 @@ def generate_large_report(self: Any, report_id: int) -> dict:
 
     def remember(current: int, total: int) -> None:
         Report.objects.filter(pk=report_id).update(progress_current=current)
+        cancellation.stop_if_revoked(self)  # between chunks: one EXISTS per progress update
 
     progress = Progress(self, total, every=get_settings().report_progress_interval, on_publish=remember)
-    progress.publish(0)
     try:
+        progress.publish(0)
         path, processed = _write_csv(report, progress)
+    except cancellation.TaskRevoked:  # REVOKED is stored; not a failure
+        Report.objects.filter(pk=report_id).update(status=Report.Status.CANCELLED, finished_at=timezone.now())
+        raise
     except Exception:
         Report.objects.filter(pk=report_id).update(status=Report.Status.FAILED)
         raise

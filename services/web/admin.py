@@ -2,13 +2,15 @@
 
 Every action that sends work declares the permission it needs (`@admin.action(permissions=...)`):
 Django leaves it out of the action menu for a user without it, and refuses a forged POST of
-it. Welcome mails and CRM syncs need `change_doctor`, a report run `change_report`, and a
-charge (a new attempt at the payment gateway) `web.charge_appointment` (web/models.py).
+it. Welcome mails and CRM syncs need `change_doctor`, a report run `change_report`, a
+charge (a new attempt at the payment gateway) `web.charge_appointment`, and cancelling a
+report's task `web.revoke_task` (web/models.py).
 """
 
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from celery import states
 from celery.result import AsyncResult
 from django.contrib import admin, messages
@@ -19,7 +21,10 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from common import calls  # noqa: F401  (binds the contracts' .delay() to the outbox sender)
+from common import (
+    calls,  # noqa: F401  (binds the contracts' .delay() to the outbox sender)
+    cancellation,
+)
 from common.models import (
     Appointment,
     Doctor,
@@ -31,7 +36,7 @@ from common.models import (
 from common.outbox.models import OutboxMessage
 from contracts import emails, payments, reports, sync
 from web import report_views
-from web.models import CHARGE_APPOINTMENT
+from web.models import CHARGE_APPOINTMENT, REVOKE_TASK
 
 
 def queued_message(what: str, queued: list[tuple[str, str]]) -> str:
@@ -150,6 +155,7 @@ class PaymentAdmin(admin.ModelAdmin):
 RECORDED_STATE: dict[str, str] = {
     Report.Status.COMPLETE: states.SUCCESS,
     Report.Status.FAILED: states.FAILURE,
+    Report.Status.CANCELLED: states.REVOKED,
 }
 RECORDED = "{state} (recorded; result expired after RESULT_EXPIRES)"
 EXPIRED = "expired (result gone after RESULT_EXPIRES)"
@@ -188,7 +194,7 @@ IN_FLIGHT = (Report.Status.PENDING, Report.Status.RUNNING)
 @admin.register(Report)
 class ReportAdmin(admin.ModelAdmin):
     list_display = ("id", "name", "status", "progress", "task_state", "finished_at")
-    actions = ("generate_report",)
+    actions = ("generate_report", "cancel_report")
     readonly_fields = (
         "task_id",
         "task_state",
@@ -237,6 +243,51 @@ class ReportAdmin(admin.ModelAdmin):
             self.message_user(
                 request,
                 format_html("{} Open a report to follow its progress.", queued_message("report(s)", queued)),
+                messages.SUCCESS,
+            )
+        if refused:
+            self.message_user(request, refused_message(refused), messages.WARNING)
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        """Cancelling work is its own permission (`web.revoke_task`), not "change report"."""
+        return request.user.has_perm(REVOKE_TASK)
+
+    @admin.action(description="Cancel report (revoke its task)", permissions=["revoke"])
+    def cancel_report(self, request: HttpRequest, queryset: QuerySet[Report]) -> None:
+        # The revoke is kept in Redis: a waiting report is dropped by the worker that takes it
+        # (marked cancelled here, as it will never start), a running one stops at its next
+        # progress update and removes its partial file (reports/tasks.py).
+        cancelled: list[tuple[str, str]] = []
+        refused: list[tuple[str, str]] = []
+        with transaction.atomic():
+            chosen = list(queryset.select_for_update())
+            for report in chosen:
+                if report.status not in IN_FLIGHT or not report.task_id:
+                    refused.append((report.name, f"{report.status}: no task to cancel"))
+                else:
+                    cancelled.append((report.name, report.task_id))
+            try:
+                cancellation.revoke([task_id for _, task_id in cancelled])
+            except redis.RedisError as exc:
+                self.message_user(
+                    request,
+                    f"Nothing was cancelled: Redis is unreachable ({type(exc).__name__}).",
+                    messages.ERROR,
+                )
+                return
+            Report.objects.filter(
+                pk__in=[r.pk for r in chosen],
+                status=Report.Status.PENDING,
+                task_id__in=[t for _, t in cancelled],
+            ).update(status=Report.Status.CANCELLED, finished_at=timezone.now())
+        if cancelled:
+            self.message_user(
+                request,
+                format_html(
+                    "Cancelled {} report(s): {}. A running one stops within a second or so.",
+                    len(cancelled),
+                    format_html_join(", ", "{} (task {})", cancelled),
+                ),
                 messages.SUCCESS,
             )
         if refused:

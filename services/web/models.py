@@ -13,6 +13,8 @@ and no table is ever created or queried.
   attempt at the payment gateway.
 - `web.pause_queue`: pause and resume a queue on the operations page (no worker starts its
   tasks while it is paused: `common.transport.broker.pause`).
+- `web.revoke_task`: cancel tasks (`common.cancellation.revoke`): the reports' "Cancel report"
+  action and the operations page's list of revoked tasks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ REPLAY_DEADLETTER = "web.replay_deadletter"
 PURGE_DEADLETTER = "web.purge_deadletter"
 CHARGE_APPOINTMENT = "web.charge_appointment"
 PAUSE_QUEUE = "web.pause_queue"
+REVOKE_TASK = "web.revoke_task"
 
 
 class DeadLetter(models.Model):
@@ -58,4 +61,15 @@ class QueuePause(models.Model):
         default_permissions = ()
         permissions = [
             ("pause_queue", "Can pause and resume a queue (no worker starts its tasks while paused)"),
+        ]
+
+
+class TaskRevocation(models.Model):
+    """Cancelling a task: kept in Redis (common.cancellation), its own permission."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [
+            ("revoke_task", "Can revoke tasks (cancel them queued, delayed or running)"),
         ]

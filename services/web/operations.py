@@ -5,10 +5,11 @@ the age of its oldest waiting message, its live consumers and which workers (wit
 release) consume it, its dead letters, whether it is paused (since when, by whom; with Pause
 and Resume buttons for `web.pause_queue`: web/queue_pause_admin.py); the countdown/eta
 messages not yet due; the shared rate limits in use and how much of each is used now
-(`common.transport.rate_limits`); the last tasks that failed for good. Queue numbers come from
-Redis (`common.observability.queues`), workers from one pair of Celery broadcasts
-(`active_queues`, `stats`) asked at once with a one-second timeout, failures from
-`common.observability.recent_failures`.
+(`common.transport.rate_limits`); the last tasks that failed for good; the last tasks revoked,
+with their state. Queue numbers come from Redis (`common.observability.queues`), workers from
+one pair of Celery broadcasts (`active_queues`, `stats`) asked at once with a one-second
+timeout, failures from `common.observability.recent_failures`, revokes from
+`common.transport.revocation`.
 
 Staff only (`admin.site.admin_view`); an unreachable Redis is a page saying so, not a 500.
 """
@@ -35,12 +36,14 @@ from common.observability.queues import BrokerSnapshot, QueueSnapshot, read_brok
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES
 from common.transport.rate_limits import snapshot as rate_limits
+from common.transport import revocation
 
 logger = logging.getLogger(__name__)
 
 INSPECT_TIMEOUT = 1.0  # seconds the broadcasts wait for workers' replies (the page's own latency)
 REFRESH_SECONDS = 5
 FAILURES_ON_PAGE = 10
+REVOKED_ON_PAGE = 10
 
 # The admin index's "Operations" module links this page and the dead letters.
 admin.site.index_template = "web/operations/admin_index.html"
@@ -154,6 +157,23 @@ def _queue_rows(broker: BrokerSnapshot, workers: Workers) -> list[dict[str, Any]
     ]
 
 
+def _revoked_rows(revoked: list[revocation.Revoked]) -> list[dict[str, Any]]:
+    """Each revoke with its task's state now: REVOKED once a worker dropped or stopped it,
+    PENDING while it still waits (or was never sent), SUCCESS if it ran before the revoke."""
+    from common.celery_app import current_app
+
+    backend = current_app().backend
+    return [
+        {
+            "task_id": r.task_id,
+            "when": _when(r.at),
+            "terminate": r.terminate,
+            "state": backend.get_state(r.task_id),
+        }
+        for r in revoked
+    ]
+
+
 def _unreachable(request: HttpRequest, title: str, template: str, exc: Exception) -> HttpResponse:
     from common.settings import get_settings
 
@@ -171,6 +191,7 @@ def index(request: HttpRequest) -> HttpResponse:
         broker = read_broker(client, SERVICES)
         failures = recent(client, FAILURES_ON_PAGE)
         limits = rate_limits(client)
+        revoked = _revoked_rows(revocation.recent(client, REVOKED_ON_PAGE))
     except redis.RedisError as exc:
         return _unreachable(request, "Operations", "web/operations/index.html", exc)
     finally:
@@ -190,6 +211,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "failures": [_failure_row(f) for f in failures],
         "failures_url": reverse("web-operations-failures"),
         "deadletters_url": reverse("web-deadletters"),
+        "revoked": revoked,
     }
     return render(request, "web/operations/index.html", context)
 

@@ -43,6 +43,7 @@ TOO_LARGE = "too-large"  # over TASK_MAX_PAYLOAD_BYTES
 FAILED = "failed"  # the task failed for good (retries exhausted or unexpected error)
 CRASHED_CONSUMER = "crashed-consumer"  # the worker's message handling raised
 DUPLICATE = "duplicate"  # not dead-lettered: a second copy of an outbox message, dropped
+REVOKED = "revoked"  # not dead-lettered: an operator cancelled it; acked, its state REVOKED
 REQUEUE_LIMIT = "requeue-limit"  # went back on its queue more than TASK_MAX_REQUEUES times
 REASONS = (
     UNDECODABLE,
@@ -55,6 +56,8 @@ REASONS = (
     CRASHED_CONSUMER,
     REQUEUE_LIMIT,
 )
+# Refusals that are no fault: the message is acknowledged and dropped, never dead-lettered.
+DROPPED = frozenset({DUPLICATE, REVOKED})
 
 SIZES = "jobs.dead.sizes"  # entry id -> bytes it takes
 BYTES = "jobs.dead.bytes"  # queue -> bytes its entries take

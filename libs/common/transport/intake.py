@@ -5,7 +5,8 @@ Celery's consumer crashes the whole worker on some malformed messages (a body th
 task names, pickle), and runs a task whatever its arguments. Here every message is checked
 against Celery's protocol 2 and against the task's contract; one that fails is
 dead-lettered by the transport with the reason, and its result becomes FAILURE so a
-caller's `.get()` returns.
+caller's `.get()` returns. A task revoked in Redis (`common.transport.revocation`) is not
+dead-lettered: its result becomes REVOKED and the transport drops it.
 
 Named by the `intake` broker transport option of worker apps (`common.celery_config`).
 """
@@ -14,19 +15,22 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from datetime import datetime
 from typing import Any, cast
 
 from celery import current_app, states
+from celery.app.task import Context
 from kombu.utils.json import dumps
 
 from common.settings import get_settings
-from common.transport import protocol
+from common.transport import locks, protocol, revocation
 from common.transport.dead_letter_store import (
     CONTENT_TYPE,
     DUPLICATE,
     INVALID_ARGUMENTS,
     MALFORMED,
+    REVOKED,
     TOO_LARGE,
     UNKNOWN_TASK,
     DeadLetteredError,
@@ -60,9 +64,10 @@ def check(payload: dict[str, Any], queue: str) -> None:
     if content_type != "application/json":
         raise reject(CONTENT_TYPE, f"content type {content_type!r}; only application/json is accepted")
     try:
-        args, kwargs, _ = protocol.task_call(payload)
+        args, kwargs, embed = protocol.task_call(payload)
     except protocol.MalformedMessage as exc:
         raise reject(MALFORMED, str(exc)) from None
+    _refuse_if_revoked(task, task_id, headers, embed)
     _check_headers(headers, reject)
     size = len(dumps([args, kwargs]).encode())
     limit = get_settings().task_max_payload_bytes
@@ -90,6 +95,21 @@ def check(payload: dict[str, Any], queue: str) -> None:
     if headers.get(OUTBOX_HEADER) and _already_seen(payload, headers, task_id):
         logger.info("Dropped a second copy of task %s republished by the outbox relay", task_id)
         raise Rejection(DUPLICATE, "second copy from the outbox relay", task, task_id)
+
+
+def _refuse_if_revoked(task: str, task_id: str, headers: dict[str, Any], embed: Any) -> None:
+    """Store REVOKED and refuse a revoked task, wherever it waited (its queue, the delayed set).
+
+    REVOKED is stored before the transport acknowledges: a crash in between redelivers the
+    message, which is refused again. A task not revoked is stamped with the time of this
+    check, so its start asks again only if it then waited in the worker's prefetch.
+    """
+    if revocation.is_revoked(locks.redis_client(), task_id):
+        request = Context({**headers, **(embed if isinstance(embed, dict) else {}), "id": task_id})
+        _app().backend.mark_as_revoked(task_id, "revoked before it started", request=request)
+        logger.info("Dropped task %s[%s]: revoked before it started", task, task_id)
+        raise Rejection(REVOKED, "revoked before it started", task, task_id)
+    headers[revocation.CHECKED_HEADER] = time.monotonic()
 
 
 def builtins_in_use(app: Any) -> frozenset[str]:

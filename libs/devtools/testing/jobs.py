@@ -11,7 +11,8 @@ would hold.
 
 `jobs.run_all()` (alias `join()`) then runs the queued messages in order, each through the
 receipt path of a worker of its queue: the envelope decoded from those bytes,
-`common.transport.intake.check` (a rejection is dead-lettered, its result made FAILURE), then
+`common.transport.intake.check` (a rejection is dead-lettered, its result made FAILURE; a task
+revoked with `common.cancellation.revoke` ends REVOKED unrun), then
 the task through Celery's own tracer (`celery.app.trace.trace_task`, not eager mode), so its
 result is stored as JSON, a `self.retry()` or `autoretry_for` publishes the retry message
 again (run next, its countdown ignored) until `max_retries`, failure hooks fire, and the tasks
@@ -328,7 +329,7 @@ class Jobs:
         from common.transport import dead_letter_store, intake, protocol
 
         # The names the intake uses (it imports them from the dead-letter store).
-        Rejection, DUPLICATE = dead_letter_store.Rejection, dead_letter_store.DUPLICATE  # noqa: N806
+        Rejection, DROPPED = dead_letter_store.Rejection, dead_letter_store.DROPPED  # noqa: N806
 
         app = _app_for(message.queue)
         with _current(app):
@@ -341,7 +342,9 @@ class Jobs:
             try:
                 intake.check(payload, message.queue)
             except Rejection as rejection:
-                if rejection.reason != DUPLICATE:
+                if rejection.reason == dead_letter_store.REVOKED:  # REVOKED stored; dropped
+                    self._record(rejection.task or "?", rejection.task_id or "", 0, app)
+                elif rejection.reason not in DROPPED:
                     self.dead_letters.append(
                         DeadLetter(
                             message.queue,

@@ -2,8 +2,9 @@
 
 Redis is no edge a task sees, but our locks (`common.transport.locks`), the intake's
 outbox-copy keys and the final-failure records talk to it. Inside `devtools.testing.jobs.Jobs`
-they get a `MemoryRedis`: SET (NX, EX/PX), GET, DELETE, EXISTS, LPUSH/LTRIM/LRANGE, pipelines,
-and redis-py's `Lock` semantics (set-if-absent with expiry, owner-only release).
+they get a `MemoryRedis`: SET (NX, EX/PX), GET, MGET, DELETE, EXISTS, EXPIRE, LPUSH/LTRIM/LRANGE,
+ZADD/ZREMRANGEBYSCORE/ZREVRANGE (the revokes' index), pipelines, and redis-py's `Lock`
+semantics (set-if-absent with expiry, owner-only release).
 """
 
 from __future__ import annotations
@@ -90,6 +91,44 @@ class MemoryRedis:
     def exists(self, *names: str) -> int:
         with self._lock:
             return sum(1 for n in names if self._alive(n))
+
+    def mget(self, names: list[str]) -> list[bytes | None]:
+        return [self.get(n) for n in names]
+
+    def expire(self, name: str, seconds: float) -> bool:
+        with self._lock:
+            if not self._alive(name):
+                return False
+            self._expires[name] = time.monotonic() + seconds
+            return True
+
+    def _zset(self, name: str) -> dict[bytes, float]:
+        if not self._alive(name):
+            self._data[name] = {}
+        zset: dict[bytes, float] = self._data[name]
+        return zset
+
+    def zadd(self, name: str, mapping: dict[Any, float]) -> int:
+        with self._lock:
+            zset = self._zset(name)
+            new = sum(1 for m in mapping if self._b(m) not in zset)
+            zset.update({self._b(m): float(score) for m, score in mapping.items()})
+            return new
+
+    def zremrangebyscore(self, name: str, low: Any, high: Any) -> int:
+        with self._lock:
+            zset = self._zset(name)
+            lo = float("-inf") if low == "-inf" else float(low)
+            gone = [m for m, score in zset.items() if lo <= score <= float(high)]
+            for m in gone:
+                del zset[m]
+            return len(gone)
+
+    def zrevrange(self, name: str, start: int, end: int, withscores: bool = False) -> list[Any]:
+        with self._lock:
+            ranked = sorted(self._zset(name).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+            picked = ranked[start : None if end == -1 else end + 1]
+            return list(picked) if withscores else [m for m, _ in picked]
 
     def lpush(self, name: str, *values: Any) -> int:
         with self._lock:

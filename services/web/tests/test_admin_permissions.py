@@ -99,6 +99,7 @@ def test_a_staff_user_without_permissions_runs_no_action(sent: list) -> None:
         ("doctor", "send_welcome_email", appointment.doctor_id),
         ("doctor", "sync_to_crm", appointment.doctor_id),
         ("report", "generate_report", report.pk),
+        ("report", "cancel_report", report.pk),
     ):
         status, _ = run_action(nobody, model, action, pk)
         assert status == 403, (action, status)
@@ -156,3 +157,32 @@ def test_generate_report_needs_change_report(sent: list) -> None:
     assert any("Queued 1 report(s)" in m for m in shown), shown
     assert sent == [("reports.generate_large_report", (report.pk,))]
     assert Report.objects.get(pk=report.pk).task_id != ""
+
+
+def test_cancel_report_needs_the_revoke_permission() -> None:
+    from common import cancellation
+
+    task_id = str(uuid.uuid4())
+    report = Report.objects.create(
+        name=f"r-{uuid.uuid4().hex[:6]}", status=Report.Status.PENDING, task_id=task_id
+    )
+    finished = Report.objects.create(
+        name=f"r-{uuid.uuid4().hex[:6]}", status=Report.Status.COMPLETE, task_id="x"
+    )
+    # May read and rerun reports, may not cancel work.
+    editor = client_with("common.view_report", "common.change_report")
+    assert "cancel_report" not in offered(editor, "report")
+    status, shown = run_action(editor, "report", "cancel_report", report.pk)
+    assert status == 200 and not any("Cancelled" in m for m in shown), shown
+    assert not cancellation.is_revoked(task_id)
+    assert Report.objects.get(pk=report.pk).status == Report.Status.PENDING
+
+    canceller = client_with("common.view_report", "web.revoke_task")
+    assert "cancel_report" in offered(canceller, "report")
+    status, shown = run_action(canceller, "report", "cancel_report", report.pk)
+    assert any(m.startswith("Cancelled 1 report(s)") for m in shown), shown
+    assert cancellation.is_revoked(task_id)  # kept in Redis: the worker that takes it drops it
+    assert Report.objects.get(pk=report.pk).status == Report.Status.CANCELLED  # it will never start
+    status, shown = run_action(canceller, "report", "cancel_report", finished.pk)
+    assert any("no task to cancel" in m for m in shown), shown
+    assert not cancellation.is_revoked("x")

@@ -42,8 +42,9 @@ MAX_PAYLOAD = 20_000
 
 
 @pytest.fixture(autouse=True)
-def sync_service_app() -> Iterator[None]:
-    """The intake checks against the process's app: here, the sync service's."""
+def sync_service_app(jobs: Any) -> Iterator[None]:
+    """The intake checks against the process's app: here, the sync service's; it asks the
+    harness's in-memory Redis (`jobs`) whether a task was revoked."""
     previous = celery.current_app._get_current_object()
     app.set_current()
     yield

@@ -23,7 +23,7 @@ from common.transport.dead_letter_store import dead_lettered
 from common.worker_status import ReleaseInfo
 
 EVERY_APP = ["db_connection_reuse", "error_reporting"]
-SERVICE = ["dead_letters", "recent_failures"]
+SERVICE = ["dead_letters", "recent_failures", "revoked_state"]
 RUN = [
     "scheduled_inspect",
     "remote_control",

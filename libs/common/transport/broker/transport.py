@@ -47,7 +47,7 @@ from common.transport.broker.round_trip import ROUND_TRIP_MESSAGES, one_round_tr
 from common.transport.dead_letter_store import (
     CRASHED_CONSUMER,
     DEFAULT_MAX_ENTRY_BYTES,
-    DUPLICATE,
+    DROPPED,
     REQUEUE_LIMIT,
     TOO_LARGE,
     UNDECODABLE,
@@ -433,7 +433,7 @@ class Channel(kombu_redis.Channel):
         try:
             payload = self._admit(raw, queue, tag)
         except Rejection as rejection:
-            if rejection.reason == DUPLICATE:
+            if rejection.reason in DROPPED:  # an outbox copy, or revoked (REVOKED stored)
                 owner.ack(tag)
             else:
                 self._dead_letter(rejection, raw, queue, tag)

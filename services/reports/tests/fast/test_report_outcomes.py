@@ -125,3 +125,48 @@ def test_every_item_is_written_once(jobs, n):
     lines = rows(jobs.outcome("reports.generate_large_report").result["file"])
     assert len(lines) == n + 2
     assert lines[-1] == ["total", "", f"{n}.00"]
+
+
+def test_a_report_revoked_while_it_writes_stops_at_its_next_progress_update(jobs, monkeypatch):
+    """The revoke lands mid-file (when row 3's progress reaches the database, seen through Django's
+    query hook): the build stops there, leaves no partial file, is cancelled and ends REVOKED."""
+    from celery.result import AsyncResult
+    from django.conf import settings
+    from django.db import connection
+
+    from common import cancellation
+    from common.settings import reset_settings_cache
+    from reports.app import app
+
+    report = report_with(["1"] * 50)
+    task_id = reports.generate_large_report.delay(report.pk).id
+    out_dir = Path(settings.REPORTS_DIR)
+    before = set(out_dir.glob("*")) if out_dir.exists() else set()
+    partial_while_writing = []
+
+    def revoke_at_row_3(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if "progress_current" in sql and params and params[0] == 3:
+            partial_while_writing.append((out_dir / f"report-{report.pk}.csv.part").exists())
+            cancellation.revoke([task_id])
+        return result
+
+    monkeypatch.setenv("REPORT_PROGRESS_INTERVAL", "0.000001")  # a progress update per row
+    reset_settings_cache()
+    try:
+        with connection.execute_wrapper(revoke_at_row_3):
+            jobs.run_all()
+    finally:
+        monkeypatch.undo()
+        reset_settings_cache()
+
+    assert jobs.outcome(task_id).state == "REVOKED"
+    assert AsyncResult(task_id, app=app).state == "REVOKED"
+    report.refresh_from_db()
+    assert report.status == Report.Status.CANCELLED
+    assert report.progress_current == 3  # it stopped at the first check after the revoke
+    assert report.file_path == "" and report.finished_at is not None
+    assert partial_while_writing == [True]  # the revoke came while the partial file was there
+    left = set(out_dir.glob("*")) - before
+    assert left == set(), f"file left behind: {left}"
+    assert jobs.dead_letters == []
