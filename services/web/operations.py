@@ -35,8 +35,8 @@ from common.masking import mask_text, redact_url
 from common.observability.queues import BrokerSnapshot, QueueSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES
-from common.transport.rate_limits import snapshot as rate_limits
 from common.transport import revocation
+from common.transport.rate_limits import snapshot as rate_limits
 
 logger = logging.getLogger(__name__)
 
