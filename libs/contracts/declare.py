@@ -17,13 +17,16 @@ Arguments are checked twice, with two readings of the same shapes:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
+import math
 import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NotRequired, Protocol, cast
+from typing import Any, Literal, NotRequired, Protocol, cast, overload
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -63,6 +66,36 @@ def _bound() -> Sender:
     return _sender
 
 
+UNIQUE_PREFIX = "jobs.unique:"
+
+
+@dataclass(frozen=True)
+class Unique:
+    """A task that is queued at most once per value of `on` (Sidekiq's unique_for/unique_until).
+
+    The key is taken in the same Redis step as the publish and held until the task starts
+    (`until="start"`: a send while it runs queues one more) or ends for good
+    (`until="finish"`: a retry keeps it), and never longer than `seconds` after it was
+    taken or the task started: a killed worker's key runs out. With `debounce` seconds the
+    message waits that long, and a later send in the window replaces it (the last wins).
+    """
+
+    on: tuple[str, ...]
+    until: Literal["start", "finish"] = "start"
+    seconds: float = 3600.0
+    debounce: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.on, str):
+            object.__setattr__(self, "on", (self.on,))
+        if self.until not in ("start", "finish"):
+            raise ValueError(f"Unique(until=...) is 'start' or 'finish', not {self.until!r}")
+        if not (0 < self.seconds < math.inf):
+            raise ValueError(f"Unique(seconds=...) must be a positive number of seconds, not {self.seconds!r}")
+        if not (0 <= self.debounce < self.seconds):
+            raise ValueError("Unique(debounce=...) must be at least 0 and shorter than its seconds")
+
+
 @dataclass(frozen=True)
 class TaskContract:
     name: str
@@ -70,6 +103,7 @@ class TaskContract:
     signature: inspect.Signature
     doc: str
     annotations: dict[str, Any] = field(repr=False, compare=False)
+    unique: Unique | None = None
     _adapters: dict[bool, TypeAdapter[Any]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -114,6 +148,26 @@ class TaskContract:
                 f"(got {type(value).__name__})"
             ) from None
 
+    def unique_key(self, args: Any = (), kwargs: dict[str, Any] | None = None) -> str | None:
+        """The Redis key a `unique` call holds: the task's name and a hash of the JSON of the
+        declared arguments (defaults applied), so equal values give one key whatever the
+        caller's spelling (positional or keyword); None for a task that is not unique, or
+        arguments that do not bind (the worker's intake judges those)."""
+        if self.unique is None:
+            return None
+        try:
+            bound = self.signature.bind(*(args or ()), **(kwargs or {}))
+        except TypeError:
+            return None
+        bound.apply_defaults()
+        values = [bound.arguments.get(name) for name in self.unique.on]
+        try:
+            text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError):
+            text = repr(values)
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{UNIQUE_PREFIX}{self.name}:{digest}"
+
     # Celery's calling API, sent by name through the bound sender (common.calls).
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return _bound().apply_async(self, args, kwargs)
@@ -149,11 +203,28 @@ class ServiceContracts:
         self.service = service
         self._contracts: dict[str, TaskContract] = {}
 
-    def task(self, stub: Callable[..., Any]) -> TaskContract:
+    @overload
+    def task(self, stub: Callable[..., Any]) -> TaskContract: ...
+    @overload
+    def task(self, *, unique: Unique | None = None) -> Callable[[Callable[..., Any]], TaskContract]: ...
+
+    def task(
+        self, stub: Callable[..., Any] | None = None, *, unique: Unique | None = None
+    ) -> TaskContract | Callable[[Callable[..., Any]], TaskContract]:
+        """`@SERVICE.task`, or `@SERVICE.task(unique=Unique(on=("doctor_id",)))`."""
+        if stub is None:
+            return lambda fn: self._declare(fn, unique)
+        return self._declare(stub, unique)
+
+    def _declare(self, stub: Callable[..., Any], unique: Unique | None) -> TaskContract:
         name = f"{self.service}.{stub.__name__}"
         if name in self._contracts:
             raise ValueError(f"task {name} declared twice")
         signature = inspect.signature(stub, eval_str=True)
+        if unique is not None:
+            unknown = [p for p in unique.on if p not in signature.parameters]
+            if unknown or not unique.on:
+                raise ValueError(f"task {name}: Unique(on=...) must name its parameters, not {unknown or '()'}")
         contract = TaskContract(
             name=name,
             queue=self.service,
@@ -162,6 +233,7 @@ class ServiceContracts:
             annotations={
                 p: a for p, a in inspect.get_annotations(stub, eval_str=True).items() if p != "return"
             },
+            unique=unique,
         )
         self._contracts[name] = contract
         return contract
