@@ -2,8 +2,9 @@
 
 One page an operator keeps open (it reloads itself every few seconds): per queue its depth,
 the age of its oldest waiting message, its live consumers and which workers (with their
-release) consume it, its dead letters; the countdown/eta messages not yet due; the last
-tasks that failed for good. Queue numbers come from Redis (`common.observability.queues`),
+release) consume it, its dead letters; the countdown/eta messages not yet due; the unique
+keys held (`common.transport.unique_jobs`: task, key hash, holding task id, lease left); the
+last tasks that failed for good. Queue numbers come from Redis (`common.observability.queues`),
 workers from one pair of Celery broadcasts (`active_queues`, `stats`) asked at once with
 a one-second timeout, failures from `common.observability.recent_failures`.
 
@@ -31,12 +32,14 @@ from common.masking import redact_url
 from common.observability.queues import BrokerSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES
+from common.transport.unique_jobs import held_keys
 
 logger = logging.getLogger(__name__)
 
 INSPECT_TIMEOUT = 1.0  # seconds the broadcasts wait for workers' replies (the page's own latency)
 REFRESH_SECONDS = 5
 FAILURES_ON_PAGE = 10
+UNIQUE_ON_PAGE = 50  # held unique keys listed (a SCAN of at most this many)
 
 # The admin index's "Operations" module links this page and the dead letters.
 admin.site.index_template = "web/operations/admin_index.html"
@@ -157,6 +160,7 @@ def index(request: HttpRequest) -> HttpResponse:
     try:
         broker = read_broker(client, SERVICES)
         failures = recent(client, FAILURES_ON_PAGE)
+        unique = held_keys(client, UNIQUE_ON_PAGE)
     except redis.RedisError as exc:
         return _unreachable(request, "Operations", "web/operations/index.html", exc)
     finally:
@@ -171,6 +175,8 @@ def index(request: HttpRequest) -> HttpResponse:
         "delayed": broker.delayed,
         "workers": workers,
         "failures": [_failure_row(f) for f in failures],
+        "unique": unique,
+        "unique_limit": UNIQUE_ON_PAGE,
         "failures_url": reverse("web-operations-failures"),
         "deadletters_url": reverse("web-deadletters"),
     }

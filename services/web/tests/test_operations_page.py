@@ -178,3 +178,24 @@ def test_an_unreachable_redis_is_said_plainly(redis_gone: None) -> None:
         assert response.status_code == 503, url
         assert "Could not reach Redis at redis://127.0.0.1:" in text and "Is Redis running?" in text
         assert time.monotonic() - started < 10
+
+
+def test_held_unique_keys_are_listed_with_their_holder_and_lease_never_their_arguments(
+    redis_client: redis.Redis,
+) -> None:
+    from contracts import sync
+
+    doctor_id = 880_000 + secrets.randbelow(10_000)
+    # Nobody consumes sync here: the send waits, holding its key.
+    result = sync.sync_doctor_to_external_system.delay(doctor_id)
+    key = sync.sync_doctor_to_external_system.unique_key((doctor_id,))
+    assert key is not None
+    digest = key.rpartition(":")[2][:12]
+    try:
+        text = html.unescape(staff_client().get(PAGE).content.decode())
+        assert "Held unique keys" in text
+        row = next(line for line in text.splitlines() if digest in line)
+        assert "sync.sync_doctor_to_external_system" in row and result.id in row and " s</td>" in row
+        assert str(doctor_id) not in text  # a hash of the arguments, never the arguments
+    finally:
+        redis_client.delete("sync", key)
