@@ -78,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated steps to run (noop,box,latency,io,recovery,chord,bulk,unique,report,memory,capacity)",
+        help="comma-separated steps to run "
+        "(noop,box,latency,io,recovery,chord,bulk,unique,report,memory,capacity)",
     )
     parser.add_argument(
         "--profile",

@@ -91,7 +91,9 @@ class Unique:
         if self.until not in ("start", "finish"):
             raise ValueError(f"Unique(until=...) is 'start' or 'finish', not {self.until!r}")
         if not (0 < self.seconds < math.inf):
-            raise ValueError(f"Unique(seconds=...) must be a positive number of seconds, not {self.seconds!r}")
+            raise ValueError(
+                f"Unique(seconds=...) must be a positive number of seconds, not {self.seconds!r}"
+            )
         if not (0 <= self.debounce < self.seconds):
             raise ValueError("Unique(debounce=...) must be at least 0 and shorter than its seconds")
 
@@ -224,7 +226,9 @@ class ServiceContracts:
         if unique is not None:
             unknown = [p for p in unique.on if p not in signature.parameters]
             if unknown or not unique.on:
-                raise ValueError(f"task {name}: Unique(on=...) must name its parameters, not {unknown or '()'}")
+                raise ValueError(
+                    f"task {name}: Unique(on=...) must name its parameters, not {unknown or '()'}"
+                )
         contract = TaskContract(
             name=name,
             queue=self.service,

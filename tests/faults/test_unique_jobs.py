@@ -57,7 +57,9 @@ def start_workers(data_dir: Path, peers_env: dict[str, str]) -> Iterator:
 
 def crm_calls(crm, reference: int) -> int:
     return sum(
-        1 for r in crm.requests if isinstance(r["body"], dict) and r["body"].get("reference") == str(reference)
+        1
+        for r in crm.requests
+        if isinstance(r["body"], dict) and r["body"].get("reference") == str(reference)
     )
 
 
@@ -124,7 +126,10 @@ def test_two_producers_bursting_on_one_doctor_queue_one_crm_sync_and_a_send_afte
     second = current_app().AsyncResult(second_id).get(timeout=30)
     time.sleep(2)  # time for any extra copy to show itself
     calls = crm_calls(crm_sandbox, DOCTOR) - before
-    print(f"[unique burst] CRM calls for doctor {DOCTOR}: {calls} (one for the burst, one for the send after it started)")
+    print(
+        f"[unique burst] CRM calls for doctor {DOCTOR}: {calls} "
+        "(one for the burst, one for the five sends after it started)"
+    )
     assert first["status"] == second["status"] == "synced"
     assert second_id != holder
     assert calls == 2
@@ -161,7 +166,9 @@ def test_a_worker_sigkilled_while_holding_a_key_does_not_keep_it_past_its_lease(
     assert sync.probe_unique.unique is not None
     lease = sync.probe_unique.unique.seconds
     held = sync.probe_unique.apply_async((key_arg, 1), {"hold_ms": 8000})
-    wait_until(lambda: any(redis_client.hlen(k) for k in redis_client.scan_iter("jobs.inflight:*")), timeout=20)
+    wait_until(
+        lambda: any(redis_client.hlen(k) for k in redis_client.scan_iter("jobs.inflight:*")), timeout=20
+    )
     time.sleep(1.0)  # running, holding its key (until="finish")
     duplicate = sync.probe_unique.delay(key_arg, 2)
     assert duplicate.id == held.id  # held while it runs: a send follows the running task

@@ -142,7 +142,9 @@ def _settle(header: dict[str, Any], task_id: str, what: str) -> None:
         client = redis_client()
         client.register_script(RELEASE)(keys=[key, pending_key(key)], args=[task_id, what], client=client)
     except Exception as exc:  # noqa: BLE001 - Redis away: the lease frees the key; the task goes on
-        logger.warning("Could not %s unique key %s (%s); its lease frees it", _verb(what), key, type(exc).__name__)
+        logger.warning(
+            "Could not %s unique key %s (%s); its lease frees it", _verb(what), key, type(exc).__name__
+        )
 
 
 def _verb(what: str) -> str:

@@ -50,7 +50,12 @@ def test_the_crm_sync_is_declared_unique_per_doctor_until_it_starts():
 
 
 def test_the_publish_header_is_given_only_by_a_declaration():
-    headers = {"id": "t1", "task": "sync.echo", "retries": 0, "x_unique": {"key": "jobs.unique:x", "lease_ms": 9}}
+    headers = {
+        "id": "t1",
+        "task": "sync.echo",
+        "retries": 0,
+        "x_unique": {"key": "jobs.unique:x", "lease_ms": 9},
+    }
     unique_jobs.on_publish(sender="sync.echo", body=([1], {}, {}), headers=headers)
     assert "x_unique" not in headers  # a caller cannot make a plain task unique (or hold a key)
 

@@ -42,9 +42,9 @@ _OUTCOMES_KEPT = 256
 # KEYS[1] unique key; KEYS[2] queue list; KEYS[3] its bell; KEYS[4] pending key; KEYS[5] the
 # delayed set. ARGV[1] task id; ARGV[2] lease ms; ARGV[3] the message; ARGV[4] due time ms
 # ('' to queue it now); ARGV[5] '1' for a retry; ARGV[6] '1' to debounce.
-# Returns {outcome, holder}: outcome 'queued', 'duplicate' (nothing published) or 'replaced'
-# (a waiting debounced message was removed for this one); holder: the task id that held the
-# key before this call (this task's own id when it was free).
+# Returns 1 when queued (the common case: the cheapest reply to read), else {outcome, holder}:
+# 'duplicate' (nothing published) or 'replaced' (a waiting debounced message was removed for
+# this one), and the task id that held the key.
 UNIQUE_PUT = """
 local function publish()
   if ARGV[4] == '' then
@@ -61,7 +61,7 @@ if type(held) ~= 'string' then held = nil end
 if ARGV[5] == '1' then
   if held == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
   publish()
-  return {'queued', held or ARGV[1]}
+  return 1
 end
 local outcome = 'queued'
 if held and held ~= ARGV[1] then
@@ -75,7 +75,8 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local member = publish()
 if member and ARGV[6] == '1' then redis.call('SET', KEYS[4], member, 'PX', ARGV[2]) end
-return {outcome, held or ARGV[1]}
+if outcome == 'queued' then return 1 end
+return {outcome, held}
 """
 
 _script: Script | None = None
@@ -100,7 +101,9 @@ def pending_key(key: str) -> str:
     return PENDING_PREFIX + key[len(KEY_PREFIX) :]
 
 
-def put(channel: Any, message: dict[str, Any], list_key: str, bell: str, payload: str, due: int | None) -> None:
+def put(
+    channel: Any, message: dict[str, Any], list_key: str, bell: str, payload: str, due: int | None
+) -> None:
     """Publish `message` (already `payload`) under its unique key, in one Lua step."""
     unique = header_of(message)
     assert unique is not None  # the transport asks header_of first
@@ -120,8 +123,10 @@ def put(channel: Any, message: dict[str, Any], list_key: str, bell: str, payload
         _script_on(batch)(keys=keys, args=args, client=batch)
         return
     with channel.conn_or_acquire() as client:
-        outcome, holder = _script_on(client)(keys=keys, args=args, client=client)
-    outcome, holder = _text(outcome), _text(holder)
+        reply = _script_on(client)(keys=keys, args=args, client=client)
+    if not isinstance(reply, list):
+        return  # queued
+    outcome, holder = _text(reply[0]), _text(reply[1])
     if outcome == "duplicate":
         logger.info("%s[%s] not queued: %s holds its unique key", headers.get("task"), task_id, holder)
         _remember(task_id, holder)
