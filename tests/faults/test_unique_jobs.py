@@ -184,3 +184,41 @@ def test_a_worker_sigkilled_while_holding_a_key_does_not_keep_it_past_its_lease(
     )
     assert freed_after <= lease
     assert after.id != held.id
+
+
+def test_every_path_to_the_queue_is_covered_send_many_the_outbox_relay_and_countdowns(redis_client) -> None:
+    from django.db import transaction
+
+    from common import calls
+    from common.outbox.models import OutboxMessage
+
+    base = int(time.time() * 1000) % 1_000_000_000 + 10_000
+    doctors = [base, base + 1, base + 2]
+    for d in doctors:
+        redis_client.delete(sync.sync_doctor_to_external_system.unique_key((d,)))
+    waiting = lambda d: queued_syncs(redis_client, d)  # noqa: E731
+    # send_many (pipelined): each doctor twice, once queued.
+    calls.send_many(sync.sync_doctor_to_external_system, [(d,) for d in doctors[:2] * 2])
+    # Inside a transaction: kept in the outbox, published after the commit by the relay's code.
+    with transaction.atomic():
+        for _ in range(3):
+            sync.sync_doctor_to_external_system.delay(doctors[2])
+    assert not OutboxMessage.objects.exists()
+    # A countdown goes to the delayed set: a second send is a duplicate there too.
+    delayed_before = redis_client.zcard("jobs.delayed")
+    later = [sync.probe_unique.apply_async((base, v), countdown=60) for v in (1, 2)]
+    assert redis_client.zcard("jobs.delayed") == delayed_before + 1  # debounced: replaced in place
+    assert later[0].id != later[1].id
+    redis_client.delete(sync.sync_doctor_to_external_system.unique_key((base + 3,)))
+    counted = [sync.sync_doctor_to_external_system.apply_async((base + 3,), countdown=60) for _ in range(2)]
+    assert redis_client.zcard("jobs.delayed") == delayed_before + 2  # not debounced: a duplicate
+    assert counted[0].id == counted[1].id
+    counts = [waiting(d) for d in doctors]
+    print(f"\n[unique paths] queued per doctor after 2 x send_many + 3 sends in a transaction: {counts}")
+    assert counts == [1, 1, 1]
+    redis_client.delete("sync")
+    for d in [*doctors, base + 3]:
+        redis_client.delete(sync.sync_doctor_to_external_system.unique_key((d,)))
+    for member in redis_client.zrange("jobs.delayed", 0, -1):
+        if b"sync.probe_unique" in member or str(base + 3).encode() in member:
+            redis_client.zrem("jobs.delayed", member)
