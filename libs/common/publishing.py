@@ -4,7 +4,9 @@
 relay (`common.outbox.relay`) both publish through `publish` and `Batch`, so an outage looks
 the same everywhere: a `BrokerUnavailableError` naming the broker (password hidden), after
 which sends to that broker skip it for `BROKER_RETRY_AFTER` seconds and go to the outbox.
-Nothing here checks a contract: callers check first.
+Nothing here checks a contract: callers check first. A unique task's duplicate (its key held,
+`common.transport.broker.uniqueness`) publishes nothing, and `publish` returns the
+`AsyncResult` of the task that holds the key.
 """
 
 from __future__ import annotations
