@@ -40,7 +40,7 @@ def test_a_declaration_must_name_its_parameters_and_a_sane_lease():
 
     for wrong in ({"until": "never"}, {"seconds": 0}, {"seconds": 10, "debounce": 20}):
         with pytest.raises(ValueError):
-            Unique(on=("x",), **wrong)  # type: ignore[arg-type]
+            Unique(on=("x",), **wrong)
 
 
 def test_the_crm_sync_is_declared_unique_per_doctor_until_it_starts():

@@ -86,8 +86,10 @@ _state = threading.local()
 def header_of(message: dict[str, Any]) -> dict[str, Any] | None:
     """The message's `x_unique` header when it is well formed, else None (published plainly)."""
     headers = message.get("headers")
-    unique = headers.get(HEADER) if isinstance(headers, dict) else None
-    if not isinstance(unique, dict) or not isinstance(headers.get("id"), str):
+    if not isinstance(headers, dict) or not isinstance(headers.get("id"), str):
+        return None
+    unique = headers.get(HEADER)
+    if not isinstance(unique, dict):
         return None
     key, lease = unique.get("key"), unique.get("lease_ms")
     if not (isinstance(key, str) and key.startswith(KEY_PREFIX) and len(key) <= 512):
