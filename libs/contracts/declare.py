@@ -106,6 +106,7 @@ class TaskContract:
     doc: str
     annotations: dict[str, Any] = field(repr=False, compare=False)
     unique: Unique | None = None
+    _unique_at: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
     _adapters: dict[bool, TypeAdapter[Any]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -157,18 +158,33 @@ class TaskContract:
         arguments that do not bind (the worker's intake judges those)."""
         if self.unique is None:
             return None
-        try:
-            bound = self.signature.bind(*(args or ()), **(kwargs or {}))
-        except TypeError:
-            return None
-        bound.apply_defaults()
-        values = [bound.arguments.get(name) for name in self.unique.on]
+        positions = self._unique_positions()
+        if not kwargs and isinstance(args, list | tuple) and len(args) > max(positions, default=-1) >= 0:
+            values = [args[i] for i in positions]  # the common call: positional, nothing to bind
+        else:
+            try:
+                bound = self.signature.bind(*(args or ()), **(kwargs or {}))
+            except TypeError:
+                return None
+            bound.apply_defaults()
+            values = [bound.arguments.get(name) for name in self.unique.on]
         try:
             text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError):
             text = repr(values)
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         return f"{UNIQUE_PREFIX}{self.name}:{digest}"
+
+    def _unique_positions(self) -> tuple[int, ...]:
+        """Where the declared `on` parameters sit among the positional ones (() if one cannot)."""
+        found = self._unique_at.get("at")
+        if found is None:
+            params = list(self.signature.parameters.values())
+            positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            on = self.unique.on if self.unique is not None else ()
+            found = tuple(positional.index(n) for n in on) if all(n in positional for n in on) else ()
+            self._unique_at["at"] = found
+        return found
 
     # Celery's calling API, sent by name through the bound sender (common.calls).
     def delay(self, *args: Any, **kwargs: Any) -> Any:

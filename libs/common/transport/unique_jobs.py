@@ -27,7 +27,15 @@ from typing import Any
 
 from celery import signals, states
 
-from common.transport.broker.uniqueness import HEADER, KEY_PREFIX, MAX_LEASE_MS, header_of, pending_key
+from common.transport.broker.uniqueness import (
+    HEADER,
+    KEY_PREFIX,
+    MAX_LEASE_MS,
+    Header,
+    encode,
+    header_of,
+    pending_key,
+)
 from contracts.declare import TaskContract, UnknownTaskError, lookup
 
 logger = logging.getLogger(__name__)
@@ -72,19 +80,14 @@ def contract_of(name: Any) -> TaskContract | None:
     return found
 
 
-def unique_header(contract: TaskContract, args: Any, kwargs: Any, retries: int) -> dict[str, Any] | None:
+def unique_header(contract: TaskContract, args: Any, kwargs: Any, retries: int) -> list[Any] | None:
     """What `x_unique` says for this call of `contract` (None if its arguments do not bind)."""
     spec = contract.unique
     key = contract.unique_key(args, kwargs) if spec is not None else None
     if spec is None or key is None:
         return None
-    return {
-        "key": key,
-        "until": spec.until,
-        "lease_ms": min(MAX_LEASE_MS, max(1, int(spec.seconds * 1000))),
-        "retry": retries > 0,
-        "debounce": bool(spec.debounce) and retries == 0,
-    }
+    lease = min(MAX_LEASE_MS, max(1, int(spec.seconds * 1000)))
+    return encode(key, lease, spec.until, retry=retries > 0, debounce=bool(spec.debounce))
 
 
 def on_publish(sender: Any = None, body: Any = None, headers: Any = None, **_: Any) -> None:
@@ -104,7 +107,7 @@ def on_publish(sender: Any = None, body: Any = None, headers: Any = None, **_: A
         return
     headers[HEADER] = header
     debounce = contract.unique.debounce if contract.unique is not None else 0
-    if header["debounce"] and not headers.get("eta"):
+    if header[2].endswith("d") and not headers.get("eta"):
         headers["eta"] = (datetime.now(UTC) + timedelta(seconds=debounce)).isoformat()
 
 
@@ -113,20 +116,20 @@ def on_start(task_id: Any = None, task: Any = None, **_: Any) -> None:
     header = _header(task)
     if header is None or not isinstance(task_id, str):
         return
-    _settle(header, task_id, "release" if header.get("until") == "start" else str(header["lease_ms"]))
+    _settle(header, task_id, "release" if header.until == "start" else str(header.lease_ms))
 
 
 def on_end(task_id: Any = None, task: Any = None, state: Any = None, **_: Any) -> None:
     """`task_postrun`: release an until-finish key unless the task is retrying."""
     header = _header(task)
-    if header is None or not isinstance(task_id, str) or header.get("until") != "finish":
+    if header is None or not isinstance(task_id, str) or header.until != "finish":
         return
     if state == states.RETRY:
         return
     _settle(header, task_id, "release")
 
 
-def _header(task: Any) -> dict[str, Any] | None:
+def _header(task: Any) -> Header | None:
     request = getattr(task, "request", None)
     header = getattr(request, HEADER, None) if request is not None else None
     if header is None:
@@ -134,10 +137,10 @@ def _header(task: Any) -> dict[str, Any] | None:
     return header_of({"headers": {"id": "", HEADER: header}})
 
 
-def _settle(header: dict[str, Any], task_id: str, what: str) -> None:
+def _settle(header: Header, task_id: str, what: str) -> None:
     from common.transport.locks import redis_client
 
-    key = header["key"]
+    key = header.key
     try:
         client = redis_client()
         client.register_script(RELEASE)(keys=[key, pending_key(key)], args=[task_id, what], client=client)

@@ -21,22 +21,22 @@ def admit(jobs: Any, message: Any, envelope: dict[str, Any]) -> bool:
     unique = uniqueness.header_of(envelope)
     if unique is None:
         return True
-    redis, key, task_id = jobs.redis, unique["key"], envelope["headers"]["id"]
-    lease = int(unique["lease_ms"])
+    redis, key, task_id = jobs.redis, unique.key, envelope["headers"]["id"]
+    lease = unique.lease_ms
     held = redis.get(key)
     holder = held.decode() if held is not None else None
-    if unique.get("retry") is True:
+    if unique.retry:
         if holder == task_id:
             redis.set(key, task_id, px=lease)
         return True
     if holder is not None and holder != task_id:
         waiting = jobs.unique_pending.get(key)
-        if unique.get("debounce") is not True or waiting is None or waiting not in jobs.messages:
+        if not unique.debounce or waiting is None or waiting not in jobs.messages:
             uniqueness._remember(task_id, holder)  # what the caller's AsyncResult follows
             return False
         jobs.messages.remove(waiting)  # the last of a burst wins
     redis.set(key, task_id, px=lease)
-    if unique.get("debounce") is True:
+    if unique.debounce:
         jobs.unique_pending[key] = message
     return True
 

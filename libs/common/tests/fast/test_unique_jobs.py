@@ -54,29 +54,29 @@ def test_the_publish_header_is_given_only_by_a_declaration():
         "id": "t1",
         "task": "sync.echo",
         "retries": 0,
-        "x_unique": {"key": "jobs.unique:x", "lease_ms": 9},
+        "x_unique": ["jobs.unique:x", 9, "s"],
     }
     unique_jobs.on_publish(sender="sync.echo", body=([1], {}, {}), headers=headers)
     assert "x_unique" not in headers  # a caller cannot make a plain task unique (or hold a key)
 
     headers = {"id": "t2", "task": "sync.sync_doctor_to_external_system", "retries": 0}
     unique_jobs.on_publish(sender=headers["task"], body=([7], {}, {}), headers=headers)
-    assert headers["x_unique"] == {
-        "key": sync.sync_doctor_to_external_system.unique_key((7,)),
-        "until": "start",
-        "lease_ms": 600_000,
-        "retry": False,
-        "debounce": False,
-    }
+    assert headers["x_unique"] == [sync.sync_doctor_to_external_system.unique_key((7,)), 600_000, "s"]
+    header = uniqueness.header_of({"headers": headers})
+    assert header == uniqueness.Header(headers["x_unique"][0], 600_000, "start", False, False)
 
 
 @pytest.mark.parametrize(
     "header",
-    [None, "x", {"key": "jobs.owners", "lease_ms": 5}, {"key": "jobs.unique:a", "lease_ms": -1},
-     {"key": "jobs.unique:a", "lease_ms": True}, {"key": "jobs.unique:" + "a" * 600, "lease_ms": 5}],
+    [None, "x", {"key": "jobs.unique:a"}, ["jobs.owners", 5, "s"], ["jobs.unique:a", -1, "s"],
+     ["jobs.unique:a", True, "s"], ["jobs.unique:" + "a" * 600, 5, "s"], ["jobs.unique:a", 5, "x"],
+     ["jobs.unique:a", 5, "s", "extra"], ["jobs.unique:a", 10**15, "f"], [None, None, None]],
 )  # fmt: skip
 def test_a_malformed_header_is_ignored_not_obeyed(header):
     assert uniqueness.header_of({"headers": {"id": "t", "x_unique": header}}) is None
+    assert uniqueness.header_of({"headers": {"id": "t", "x_unique": ["jobs.unique:a", 5, "fd"]}}) == (
+        uniqueness.Header("jobs.unique:a", 5, "finish", False, True)
+    )
 
 
 def test_a_burst_for_one_doctor_queues_one_sync_and_every_caller_follows_it(jobs):

@@ -228,8 +228,8 @@ class Channel(kombu_redis.Channel):
         payload = dumps(message)
         bell = scripts.BELL_PREFIX + queue
         expires = self._expires.get(queue) if self._expires else None
-        if expires is None and uniqueness.header_of(message) is not None:  # a unique task
-            return uniqueness.put(self, message, key, bell, payload, due)
+        if expires is None and (unique := uniqueness.header_of(message)) is not None:  # a unique task
+            return uniqueness.put(self, message, unique, key, bell, payload, due)
         batch = self._round_trip_pipeline()
         if due is None and expires is None:
             # The common case: the message and its queue's wake-up call in one EVALSHA.

@@ -1,8 +1,10 @@
 """Unique jobs, in the publish step: the unique key is taken in the same Lua call as the publish.
 
 A message of a task whose contract declares `unique` carries the header `x_unique` (added
-where every publish passes, `common.transport.unique_jobs`): its key, how long the key may
-be held (the lease, ms), whether it is a retry, and whether it is debounced. The transport's
+where every publish passes, `common.transport.unique_jobs`), `[key, lease_ms, mode]`: its key,
+how long the key may be held (the lease), and its mode: `s` (held until start) or `f` (until
+finish), then `r` for a retry or `d` for a debounced send (a short list: every unique publish
+encodes it). The transport's
 `_put` hands such a message here, and `UNIQUE_PUT` then, in one step:
 
 - publishes it and takes the key for its task id when the key is free (or already its own);
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.commands.core import Script
 
@@ -39,13 +41,26 @@ PENDING_PREFIX = "jobs.unique.pending:"
 MAX_LEASE_MS = 30 * 24 * 3600 * 1000
 _OUTCOMES_KEPT = 256
 
-# KEYS[1] unique key; KEYS[2] queue list; KEYS[3] its bell; KEYS[4] pending key; KEYS[5] the
-# delayed set. ARGV[1] task id; ARGV[2] lease ms; ARGV[3] the message; ARGV[4] due time ms
-# ('' to queue it now); ARGV[5] '1' for a retry; ARGV[6] '1' to debounce.
+# KEYS[1] unique key; KEYS[2] queue list; KEYS[3] its bell. ARGV[1] task id; ARGV[2] lease
+# ms; ARGV[3] the message; ARGV[4] due time ms ('' to queue it now); ARGV[5] (optional) 'r'
+# for a retry, 'd' to debounce. The pending key (the unique key's name under PENDING_PREFIX)
+# and the delayed set are fixed names, as in the transport's other scripts: fewer arguments
+# to send on every unique publish.
 # Returns 1 when queued (the common case: the cheapest reply to read), else {outcome, holder}:
 # 'duplicate' (nothing published) or 'replaced' (a waiting debounced message was removed for
-# this one), and the task id that held the key.
-UNIQUE_PUT = """
+# this one), and the task id that held the key. A free key costs one SET NX: the holder is
+# read only when it is taken.
+UNIQUE_PUT = (
+    """
+local DELAYED = '"""
+    + scripts.DELAYED
+    + """'
+local PENDING = '"""
+    + PENDING_PREFIX
+    + """' .. string.sub(KEYS[1], """
+    + str(len(KEY_PREFIX) + 1)
+    + """)
+local flag = ARGV[5] or ''
 local function publish()
   if ARGV[4] == '' then
     redis.call('LPUSH', KEYS[2], ARGV[3])
@@ -53,50 +68,72 @@ local function publish()
     return nil
   end
   local member = KEYS[2] .. '\\n' .. ARGV[3]
-  redis.call('ZADD', KEYS[5], tonumber(ARGV[4]), member)
+  redis.call('ZADD', DELAYED, tonumber(ARGV[4]), member)
   return member
 end
-local held = redis.pcall('GET', KEYS[1])
-if type(held) ~= 'string' then held = nil end
-if ARGV[5] == '1' then
-  if held == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if flag == 'r' then
+  if redis.pcall('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
   publish()
   return 1
 end
-local outcome = 'queued'
-if held and held ~= ARGV[1] then
-  if ARGV[6] ~= '1' then return {'duplicate', held} end
-  local pending = redis.pcall('GET', KEYS[4])
-  if type(pending) ~= 'string' then return {'duplicate', held} end
-  local removed = redis.pcall('ZREM', KEYS[5], pending)
-  if removed ~= 1 then return {'duplicate', held} end
-  outcome = 'replaced'
+local outcome, held = 'queued', nil
+if not redis.pcall('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  held = redis.pcall('GET', KEYS[1])
+  if type(held) ~= 'string' then held = nil end
+  if held and held ~= ARGV[1] then
+    if flag ~= 'd' then return {'duplicate', held} end
+    local pending = redis.pcall('GET', PENDING)
+    if type(pending) ~= 'string' then return {'duplicate', held} end
+    if redis.pcall('ZREM', DELAYED, pending) ~= 1 then return {'duplicate', held} end
+    outcome = 'replaced'
+  end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local member = publish()
-if member and ARGV[6] == '1' then redis.call('SET', KEYS[4], member, 'PX', ARGV[2]) end
+if member and flag == 'd' then redis.call('SET', PENDING, member, 'PX', ARGV[2]) end
 if outcome == 'queued' then return 1 end
 return {outcome, held}
 """
+)
 
 _script: Script | None = None
 _state = threading.local()
 
 
-def header_of(message: dict[str, Any]) -> dict[str, Any] | None:
+class Header(NamedTuple):
+    """A well-formed `x_unique` header."""
+
+    key: str
+    lease_ms: int
+    until: str  # "start" or "finish"
+    retry: bool
+    debounce: bool
+
+
+def encode(key: str, lease_ms: int, until: str, *, retry: bool = False, debounce: bool = False) -> list[Any]:
+    """The `x_unique` header's value."""
+    return [key, lease_ms, ("f" if until == "finish" else "s") + ("r" if retry else "d" if debounce else "")]
+
+
+def header_of(message: dict[str, Any]) -> Header | None:
     """The message's `x_unique` header when it is well formed, else None (published plainly)."""
     headers = message.get("headers")
     if not isinstance(headers, dict) or not isinstance(headers.get("id"), str):
         return None
     unique = headers.get(HEADER)
-    if not isinstance(unique, dict):
+    if not isinstance(unique, list) or len(unique) != 3:
         return None
-    key, lease = unique.get("key"), unique.get("lease_ms")
+    key, lease, mode = unique
     if not (isinstance(key, str) and key.startswith(KEY_PREFIX) and len(key) <= 512):
         return None
     if not (isinstance(lease, int) and not isinstance(lease, bool) and 0 < lease <= MAX_LEASE_MS):
         return None
-    return unique
+    if mode not in _MODES:
+        return None
+    return Header(key, lease, "finish" if mode[0] == "f" else "start", mode[1:] == "r", mode[1:] == "d")
+
+
+_MODES = frozenset({"s", "f", "sr", "fr", "sd", "fd"})
 
 
 def pending_key(key: str) -> str:
@@ -104,22 +141,23 @@ def pending_key(key: str) -> str:
 
 
 def put(
-    channel: Any, message: dict[str, Any], list_key: str, bell: str, payload: str, due: int | None
+    channel: Any,
+    message: dict[str, Any],
+    unique: Header,
+    list_key: str,
+    bell: str,
+    payload: str,
+    due: int | None,
 ) -> None:
     """Publish `message` (already `payload`) under its unique key, in one Lua step."""
-    unique = header_of(message)
-    assert unique is not None  # the transport asks header_of first
     headers = message["headers"]
     task_id: str = headers["id"]
-    keys = [unique["key"], list_key, bell, pending_key(unique["key"]), scripts.DELAYED]
-    args = [
-        task_id,
-        unique["lease_ms"],
-        payload,
-        "" if due is None else due,
-        "1" if unique.get("retry") is True else "0",
-        "1" if unique.get("debounce") is True and due is not None else "0",
-    ]
+    args: list[Any] = [task_id, unique.lease_ms, payload, "" if due is None else due]
+    if unique.retry:
+        args.append("r")
+    elif unique.debounce and due is not None:
+        args.append("d")
+    keys = [unique.key, list_key, bell]
     batch = channel._round_trip_pipeline()
     if batch is not None:  # pipelined (send_many, the relay): the outcome is not read back
         _script_on(batch)(keys=keys, args=args, client=batch)
