@@ -102,3 +102,15 @@ def test_a_debounced_burst_runs_once_with_the_last_arguments_and_frees_its_key_a
     jobs.run_all()
     assert jobs.results("sync.probe_unique") == [5]
     assert jobs.redis.get(key) is None  # until="finish": released when it ended
+
+
+def test_the_key_of_ids_is_the_hash_of_their_json():
+    import hashlib
+    import json
+
+    for args in ((7,), (-3,), (10**20,)):
+        text = json.dumps(list(args), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+        assert sync.sync_doctor_to_external_system.unique_key(args) == (
+            f"jobs.unique:sync.sync_doctor_to_external_system:{digest}"
+        )

@@ -55,11 +55,13 @@ UNIQUE_PUT = (
 local DELAYED = '"""
     + scripts.DELAYED
     + """'
-local PENDING = '"""
+local function pending()
+  return '"""
     + PENDING_PREFIX
     + """' .. string.sub(KEYS[1], """
     + str(len(KEY_PREFIX) + 1)
     + """)
+end
 local flag = ARGV[5] or ''
 local function publish()
   if ARGV[4] == '' then
@@ -82,15 +84,15 @@ if not redis.pcall('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if type(held) ~= 'string' then held = nil end
   if held and held ~= ARGV[1] then
     if flag ~= 'd' then return {'duplicate', held} end
-    local pending = redis.pcall('GET', PENDING)
-    if type(pending) ~= 'string' then return {'duplicate', held} end
-    if redis.pcall('ZREM', DELAYED, pending) ~= 1 then return {'duplicate', held} end
+    local waiting = redis.pcall('GET', pending())
+    if type(waiting) ~= 'string' then return {'duplicate', held} end
+    if redis.pcall('ZREM', DELAYED, waiting) ~= 1 then return {'duplicate', held} end
     outcome = 'replaced'
   end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 local member = publish()
-if member and flag == 'd' then redis.call('SET', PENDING, member, 'PX', ARGV[2]) end
+if member and flag == 'd' then redis.call('SET', pending(), member, 'PX', ARGV[2]) end
 if outcome == 'queued' then return 1 end
 return {outcome, held}
 """
