@@ -23,7 +23,9 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from common.settings import Settings
+from emails.config import MailSettings
 from payments.config import PaymentSettings
+from sync.config import CrmSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "configuration.md"
@@ -34,7 +36,9 @@ COMMAND = "./scripts/config-docs"
 # Each settings class, under the heading its section gets.
 SOURCES: list[tuple[str, type[BaseSettings]]] = [
     ("Every process (`common.settings.Settings`)", Settings),
+    ("The emails service (`emails.config.MailSettings`)", MailSettings),
     ("The payments service (`payments.config.PaymentSettings`)", PaymentSettings),
+    ("The sync service (`sync.config.CrmSettings`)", CrmSettings),
 ]
 # Defaults computed at start-up, which would differ from machine to machine if evaluated here.
 COMPUTED_DEFAULTS: dict[tuple[type[BaseSettings], str], str] = {

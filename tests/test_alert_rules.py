@@ -48,6 +48,8 @@ METRICS = {
     "celery_queue_length": "gauge",
     "celery_queue_oldest_age_seconds": "gauge",
     "celery_queue_consumers": "gauge",
+    "celery_queue_paused": "gauge",
+    "celery_queue_paused_seconds": "gauge",
     "celery_dead_letters": "gauge",
     "celery_dead_lettered_total": "counter",
     "celery_delayed_tasks": "gauge",

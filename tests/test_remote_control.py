@@ -4,7 +4,7 @@ Celery's workers obey any remote control command published to their pidbox; whoe
 write to Redis could shut every worker down, restart or shrink pools, stop consumption of
 a queue or throttle a task. A worker here obeys only reading commands and event switching
 unless WORKER_REMOTE_CONTROL_ALLOW names more (revoke, and revoke's terminate, separately)
-(`common.worker.restrict_remote_control`). Real worker processes, the session's Redis.
+(`common.remote_control.restrict_remote_control`). Real worker processes, the session's Redis.
 """
 
 from __future__ import annotations

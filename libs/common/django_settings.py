@@ -66,17 +66,8 @@ SILENCED_SYSTEM_CHECKS = [] if _s.secure_hsts_preload else ["security.W021"]
 USE_TZ = True
 TIME_ZONE = _s.time_zone
 
-EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-EMAIL_HOST = _s.email_host
-EMAIL_PORT = _s.email_port
-EMAIL_HOST_USER = _s.email_host_user
-EMAIL_HOST_PASSWORD = _s.email_host_password.get_secret_value()
-EMAIL_USE_TLS = _s.email_use_tls
-EMAIL_USE_SSL = _s.email_use_ssl
-EMAIL_TIMEOUT = _s.email_timeout
-DEFAULT_FROM_EMAIL = _s.default_from_email
+# No EMAIL_*: only the emails service sends mail, with its own settings (emails.config).
 
 REPORTS_DIR = _s.data_dir / "reports"
 
 LOGGING = logging_dict(_s.log_level)
-ADMIN_EMAIL = _s.admin_email

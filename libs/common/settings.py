@@ -1,8 +1,9 @@
-"""The one place configuration is read: a typed `Settings` from the environment.
+"""How configuration is read: a typed `Settings` from the environment, and the base of a service's own.
 
-Every deployable (worker services, beat, flower, web) reads the same variables, so
-a wrong value fails the same way everywhere: one readable error naming the variable,
-never echoing a secret.
+Every deployable (worker services, beat, flower, web) reads the variables of `Settings`; a
+variable only one service reads (its peer's URL and secret, its mail relay) lives in that
+service's `config.py` as a `ServiceSettings`, read by `load_service_settings`. Either way a
+wrong value fails the same way: one readable error naming the variable, never echoing a secret.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
-    AnyUrl,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -38,7 +38,7 @@ DEV_SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 SECRET_KEY_MIN_LENGTH = 50
 GENERATE_SECRET_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
 # Fields whose value is a URL that may carry a password: masked in repr() and str().
-URL_FIELDS = ("redis_url", "result_backend_url", "database_url", "crm_url", "payment_gateway_url")
+URL_FIELDS = ("redis_url", "result_backend_url", "database_url")
 # Mail relays on this machine may be spoken to without TLS: nothing crosses a network.
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -47,6 +47,10 @@ Pool = Literal["prefork", "threads", "solo", "gevent", "eventlet"]
 
 class SettingsError(RuntimeError):
     """Configuration is wrong; the message names each offending variable."""
+
+
+ERROR_HEADER = "Invalid configuration (environment variables):\n"
+S = TypeVar("S", bound=BaseSettings)
 
 
 class Settings(BaseSettings):
@@ -213,43 +217,13 @@ class Settings(BaseSettings):
     worker_concurrency: PositiveInt | None = Field(
         None, description="Overrides the concurrency the service declares (services/<name>/service.py)."
     )
-    # Remote control commands workers obey beyond the read-only default (common.worker), comma
+    # Remote control commands workers obey beyond the read-only default (common.remote_control), comma
     # separated, e.g. "shutdown,pool_restart"; "*" obeys all (Celery's default).
     worker_remote_control_allow: str = Field(
         "",
         description="Remote control commands workers obey beyond the read-only default, comma "
         "separated (shutdown,pool_restart); * obeys all (Celery's default).",
     )
-
-    # Mail (Django's SMTP backend)
-    email_host: str = Field("127.0.0.1", description="SMTP server.")
-    email_port: PositiveInt = Field(
-        1025, description="SMTP port (587 with EMAIL_USE_TLS, 465 with EMAIL_USE_SSL)."
-    )
-    email_host_user: str = Field("", description="SMTP user name; empty: no login.")
-    email_host_password: SecretStr = Field(SecretStr(""), description="SMTP password.")
-    email_use_tls: bool = Field(
-        False,
-        description="STARTTLS (port 587); production needs it or EMAIL_USE_SSL unless the relay is local.",
-    )
-    email_use_ssl: bool = Field(False, description="Implicit TLS (port 465); not with EMAIL_USE_TLS.")
-    email_timeout: PositiveFloat = Field(30, description="Seconds an SMTP operation may take.")
-    default_from_email: str = Field("noreply@example.com", description="Sender of the mails.")
-    admin_email: str = Field("admin@example.com", description="Recipient of the admin notifications.")
-
-    # External peers
-    crm_url: AnyUrl = Field(
-        AnyUrl("http://127.0.0.1:8701"), description="The CRM's API; https:// in production."
-    )
-    crm_api_token: SecretStr = Field(SecretStr(""), description="Token for the CRM's API.")
-    crm_timeout: PositiveFloat = Field(30, description="Seconds a CRM request may take.")
-    payment_gateway_url: AnyUrl = Field(
-        AnyUrl("http://127.0.0.1:8702"), description="The payment gateway's API; https:// in production."
-    )
-    payment_gateway_api_key: SecretStr = Field(
-        SecretStr(""), description="Key for the payment gateway's API."
-    )
-    payment_gateway_timeout: PositiveFloat = Field(30, description="Seconds a gateway request may take.")
 
     # Operations
     sentry_dsn: SecretStr | None = Field(None, description="Sentry project DSN; unset: no Sentry.")
@@ -319,15 +293,6 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _mail_security_is_one_mode(self) -> Settings:
-        if self.email_use_tls and self.email_use_ssl:
-            raise ValueError(
-                "EMAIL_USE_SSL: cannot be true with EMAIL_USE_TLS; choose one "
-                "(EMAIL_USE_TLS: STARTTLS, port 587; EMAIL_USE_SSL: implicit TLS, port 465)"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _production_is_secure(self) -> Settings:
         """Production refuses what would send a secret in clear or make one guessable.
 
@@ -362,21 +327,6 @@ class Settings(BaseSettings):
                 yield from _redis_problems(name.upper(), url)
         if "*" in self.allowed_hosts:
             yield 'ALLOWED_HOSTS: must list the admin\'s host names in production, not "*"'
-        for name, secret in (
-            ("crm_url", "CRM_API_TOKEN"),
-            ("payment_gateway_url", "PAYMENT_GATEWAY_API_KEY"),
-        ):
-            if getattr(self, name).scheme != "https":
-                yield (
-                    f"{name.upper()}: must be an https:// URL in production "
-                    f"({secret} would travel in clear)"
-                )
-        if not (self.email_use_tls or self.email_use_ssl) and not _is_loopback(self.email_host):
-            yield (
-                "EMAIL_USE_TLS: must be true in production when EMAIL_HOST is not this machine "
-                "(STARTTLS, port 587; or EMAIL_USE_SSL=true, port 465); without TLS only a relay "
-                "on localhost may be used"
-            )
 
     @model_validator(mode="after")
     def _time_limits_ordered(self) -> Settings:
@@ -408,14 +358,7 @@ class Settings(BaseSettings):
         return self
 
     def __repr_args__(self) -> Any:
-        # A URL's password never reaches repr()/str() (logs, tracebacks, a debugger's display),
-        # in any form: userinfo, `?password=`, each sentinel's; nor one in any other text field.
-        for name, value in super().__repr_args__():
-            if name in URL_FIELDS and value is not None:
-                value = redact_url(str(value))
-            elif isinstance(value, str) and ("://" in value or "=" in value):
-                value = redact_url(value)
-            yield name, value
+        return _masked_repr_args(super().__repr_args__(), URL_FIELDS)
 
     @property
     def results_url(self) -> str:
@@ -451,7 +394,20 @@ class Settings(BaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
 
-def _is_loopback(host: str) -> bool:
+def _masked_repr_args(args: Iterable[tuple[str | None, Any]], url_fields: Iterable[str]) -> Any:
+    # A URL's password never reaches repr()/str() (logs, tracebacks, a debugger's display),
+    # in any form: userinfo, `?password=`, each sentinel's; nor one in any other text field.
+    url_fields = frozenset(url_fields)
+    for name, value in args:
+        if name in url_fields and value is not None:
+            value = redact_url(str(value))
+        elif isinstance(value, str) and ("://" in value or "=" in value):
+            value = redact_url(value)
+        yield name, value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine: a peer there is reached without crossing a network."""
     host = host.strip().strip("[]").lower()
     if host in LOOPBACK_NAMES:
         return True
@@ -477,7 +433,7 @@ def _redis_problems(variable: str, url: str) -> Iterator[str]:
             "must authenticate in production: give the password in the URL "
             "(redis://:PASSWORD@host/0, or USER:PASSWORD@ for an ACL user; percent-encode # / ? @)"
         )
-    local = parts.scheme == "unix" or _is_loopback(parts.hostname or "")
+    local = parts.scheme == "unix" or is_loopback(parts.hostname or "")
     if parts.scheme == "redis" and not local:
         wrong.append("must use TLS (rediss://) in production for a Redis that is not on this machine")
     if parts.scheme == "rediss":
@@ -502,7 +458,7 @@ def _sentinel_problems(variable: str, url: str) -> Iterator[str]:
             "must authenticate in production: give the data nodes' password in the URL "
             "(sentinel://:PASSWORD@host:26379;..., percent-encode # / ? @)"
         )
-    if not all(_is_loopback(host) for host, _port in target.sentinels):
+    if not all(is_loopback(host) for host, _port in target.sentinels):
         wrong.append(
             "sentinel:// has no TLS support here: in production the sentinels and the data nodes "
             "must be on this machine, or use a rediss:// URL to one primary"
@@ -511,33 +467,86 @@ def _sentinel_problems(variable: str, url: str) -> Iterator[str]:
         yield f"{variable}: " + "; ".join(wrong)
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, prefix: str = "") -> str:
     """One line per bad variable, without the offending input (it may be a secret)."""
     lines = []
     for item in error.errors(include_input=False, include_url=False):
         loc = [str(part) for part in item["loc"]]
         message = item["msg"].removeprefix("Value error, ")
         if loc:
-            name = loc[0].upper()
+            name = f"{prefix}{loc[0]}".upper()
             lines.append(f"  {name}: {message}")
         else:
             lines.append(f"  {message}")
-    return "Invalid configuration (environment variables):\n" + "\n".join(lines)
+    return ERROR_HEADER + "\n".join(lines)
+
+
+def _read(cls: type[S], **overrides: Any) -> S:
+    """An instance of `cls` from the environment; `SettingsError` naming each wrong variable."""
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, prefix)) from None
+    except SourceError as exc:
+        # pydantic-settings could not decode a variable (its message names the field, never the value).
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"{prefix}{field.group(1)}".upper() if field else "a variable"
+        raise SettingsError(f"{ERROR_HEADER}  {name}: could not be decoded (JSON expected)") from None
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment; raise `SettingsError` naming every wrong variable."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
-    except SourceError as exc:
-        # pydantic-settings could not decode a variable (its message names the field, never the value).
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = field.group(1).upper() if field else "a variable"
-        raise SettingsError(
-            f"Invalid configuration (environment variables):\n  {name}: could not be decoded (JSON expected)"
-        ) from None
+    return _read(Settings, **overrides)
+
+
+class ServiceSettings(BaseSettings):
+    """Settings only one service reads, kept in that service (`services/<svc>/config.py`).
+
+    Read like `Settings` (same errors, URLs in `url_fields` masked in repr) by
+    `load_service_settings`, which also refuses `production_problems` under
+    ENVIRONMENT=production: a service checks its own peers' security, no other process does.
+    """
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
+    url_fields: ClassVar[tuple[str, ...]] = ()
+
+    def production_problems(self) -> Iterator[str]:
+        """One line per variable that production refuses, naming it; never a value."""
+        return iter(())
+
+    def __repr_args__(self) -> Any:
+        return _masked_repr_args(super().__repr_args__(), self.url_fields)
+
+
+T = TypeVar("T", bound=ServiceSettings)
+
+
+def load_service_settings(cls: type[T], *, environment: str | None = None, **overrides: Any) -> T:
+    """Read `cls` from the environment; `SettingsError` naming each wrong variable.
+
+    In production (`environment`, else ENVIRONMENT as `Settings` reads it) the class's
+    `production_problems` are refused too, all at once, in `load_settings`' format.
+    """
+    settings = _read(cls, **overrides)
+    if (environment or get_settings().environment) == "production":
+        problems = list(settings.production_problems())
+        if problems:
+            raise SettingsError(ERROR_HEADER + "\n".join(f"  {line}" for line in problems))
+    return settings
+
+
+def service_settings_or_exit(*loaders: Callable[[], object]) -> None:
+    """Run each loader; a `SettingsError` stops the process in one line per variable (exit 1).
+
+    A worker calls this before it starts, as `common.django_settings` does for `Settings`:
+    no traceback, no value, only what to fix.
+    """
+    for load in loaders:
+        try:
+            load()
+        except SettingsError as exc:
+            raise SystemExit(str(exc)) from None
 
 
 @lru_cache(maxsize=1)

@@ -24,6 +24,7 @@ import inspect
 import json
 import math
 import pkgutil
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, Protocol, cast, overload
@@ -66,6 +67,65 @@ def _bound() -> Sender:
     return _sender
 
 
+_RATE = re.compile(r"\s*([0-9]{1,9})\s*/\s*(s|m)\s*", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60}
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` starts in any window of `seconds`: "5/s" is `Rate(5, 1)`."""
+
+    count: int
+    seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/{'s' if self.seconds == 1 else 'm'}"
+
+
+def parse_rate(text: str) -> Rate:
+    """ "N/s" or "N/m" (N a positive whole number) as a `Rate`; `ValueError` saying what is
+    accepted otherwise (settings name their variable around it)."""
+    match = _RATE.fullmatch(text) if isinstance(text, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(
+            f"{str(text)[:40]!r} is not a rate: write N/s or N/m with N a positive whole number, e.g. 5/s"
+        )
+    return Rate(int(match.group(1)), _UNIT_SECONDS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A limit shared by every worker of every host (`common.transport.rate_limits`).
+
+    `rate` ("N/s" or "N/m"): at most N of the task start in any such window; `concurrency`: at
+    most that many run at once; `per`: the name of a parameter whose value keys the limit (one
+    window and one cap per doctor, say), else one for the whole task. A task over its limit
+    goes back to the delayed set until it may start; it holds no worker thread meanwhile.
+    """
+
+    rate: str | None = None
+    concurrency: int | None = None
+    per: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate is None and self.concurrency is None:
+            raise ValueError("a RateLimit needs a rate, a concurrency, or both")
+        if self.rate is not None:
+            parse_rate(self.rate)
+        if self.concurrency is not None and (
+            not isinstance(self.concurrency, int)
+            or isinstance(self.concurrency, bool)
+            or self.concurrency < 1
+        ):
+            raise ValueError(
+                f"a RateLimit's concurrency is a positive whole number, not {self.concurrency!r}"
+            )
+
+    @property
+    def parsed_rate(self) -> Rate | None:
+        return parse_rate(self.rate) if self.rate is not None else None
+
+
 UNIQUE_PREFIX = "jobs.unique:"
 
 
@@ -105,11 +165,10 @@ class TaskContract:
     signature: inspect.Signature
     doc: str
     annotations: dict[str, Any] = field(repr=False, compare=False)
+    rate_limit: RateLimit | None = field(default=None, compare=False)
     unique: Unique | None = None
     _unique_at: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
-    _adapters: dict[bool, TypeAdapter[Any]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    _adapters: dict[bool, TypeAdapter[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def service(self) -> str:
@@ -225,23 +284,36 @@ class ServiceContracts:
         self._contracts: dict[str, TaskContract] = {}
 
     @overload
-    def task(self, stub: Callable[..., Any]) -> TaskContract: ...
+    def task(
+        self, stub: Callable[..., Any], *, rate_limit: RateLimit | None = None, unique: Unique | None = None
+    ) -> TaskContract: ...
+
     @overload
-    def task(self, *, unique: Unique | None = None) -> Callable[[Callable[..., Any]], TaskContract]: ...
+    def task(
+        self, stub: None = None, *, rate_limit: RateLimit | None = None, unique: Unique | None = None
+    ) -> Callable[[Callable[..., Any]], TaskContract]: ...
 
     def task(
-        self, stub: Callable[..., Any] | None = None, *, unique: Unique | None = None
+        self,
+        stub: Callable[..., Any] | None = None,
+        *,
+        rate_limit: RateLimit | None = None,
+        unique: Unique | None = None,
     ) -> TaskContract | Callable[[Callable[..., Any]], TaskContract]:
-        """`@SERVICE.task`, or `@SERVICE.task(unique=Unique(on=("doctor_id",)))`."""
+        """`@SERVICE.task`, or with options: `@SERVICE.task(rate_limit=RateLimit("5/s",
+        per="doctor_id"))`, `@SERVICE.task(unique=Unique(on=("doctor_id",)))`."""
         if stub is None:
-            return lambda fn: self._declare(fn, unique)
-        return self._declare(stub, unique)
-
-    def _declare(self, stub: Callable[..., Any], unique: Unique | None) -> TaskContract:
+            return lambda fn: self.task(fn, rate_limit=rate_limit, unique=unique)
         name = f"{self.service}.{stub.__name__}"
         if name in self._contracts:
             raise ValueError(f"task {name} declared twice")
         signature = inspect.signature(stub, eval_str=True)
+        if (
+            rate_limit is not None
+            and rate_limit.per is not None
+            and rate_limit.per not in signature.parameters
+        ):
+            raise ValueError(f"{name}: rate_limit per={rate_limit.per!r} names no parameter of the task")
         if unique is not None:
             unknown = [p for p in unique.on if p not in signature.parameters]
             if unknown or not unique.on:
@@ -256,6 +328,7 @@ class ServiceContracts:
             annotations={
                 p: a for p, a in inspect.get_annotations(stub, eval_str=True).items() if p != "return"
             },
+            rate_limit=rate_limit,
             unique=unique,
         )
         self._contracts[name] = contract

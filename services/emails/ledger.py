@@ -3,11 +3,11 @@ is delivered."""
 
 from __future__ import annotations
 
-from django.core.mail import send_mail
 from django.utils import timezone
 
 from common.models import SentEmail
 from common.transport.locks import task_lock
+from emails import mailer
 
 
 class MailBusyError(RuntimeError):
@@ -27,7 +27,7 @@ def send_once(key: str, *, subject: str, body: str, to: list[str]) -> bool:
         entry, _ = SentEmail.objects.get_or_create(key=key, defaults={"subject": subject})
         if entry.sent_at is not None:
             return False
-        send_mail(subject=subject, message=body, from_email=None, recipient_list=to)
+        mailer.send(subject=subject, body=body, to=to)
         entry.sent_at = timezone.now()
         entry.save(update_fields=["sent_at"])
         return True

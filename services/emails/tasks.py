@@ -6,15 +6,15 @@ import logging
 import smtplib
 from datetime import timedelta
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.utils import timezone
 
 from common import calls
 from common.celery_app import implements
 from common.models import Appointment, Doctor
 from contracts import emails as contract
+from emails import mailer
 from emails.app import app
+from emails.config import get_mail_settings
 from emails.ledger import MailBusyError, send_once
 
 logger = logging.getLogger(__name__)
@@ -89,10 +89,9 @@ def send_daily_reminders() -> dict:
 def notify_admin(data: int | dict | list) -> dict:
     items = data if isinstance(data, list) else [data]
     lines = "\n".join(f"- {item}" for item in items)
-    send_mail(
+    mailer.send(
         subject=f"[platform] {len(items)} event(s) for review",
-        message=f"The following completed:\n{lines}\n",
-        from_email=None,
-        recipient_list=[settings.ADMIN_EMAIL],
+        body=f"The following completed:\n{lines}\n",
+        to=[get_mail_settings().admin_email],
     )
     return {"status": "notified", "items": len(items), "admin_notified": True}

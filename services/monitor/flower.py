@@ -4,7 +4,7 @@ Flower is a monitor here, not a way in: every page and API call needs the passwo
 (`/metrics` and `/healthcheck` too, which Flower 2 serves to anyone), and the API that
 sends tasks (`/api/task/apply|async-apply|send-task`) or stops and reshapes workers
 (shutdown, pool restart/grow/shrink/autoscale, add/cancel consumer, rate and time limits)
-answers 403. Revoking a task stays, as it does on the workers (common.worker).
+answers 403. Revoking a task stays, as it does on the workers (common.remote_control).
 """
 
 import os

@@ -15,7 +15,11 @@ from typing import Any
 import requests
 
 from common.http import session_for
-from common.settings import get_settings
+from common.transport.rate_limits import Limit, limiter
+from contracts.declare import parse_rate
+from payments.config import get_payment_settings
+
+LIMIT_NAME = "payment-gateway"  # the account-wide limit every payments worker shares
 
 
 class PaymentDeclinedError(Exception):
@@ -45,13 +49,25 @@ class Charge:
     customer: str | None
 
 
+def take_turn() -> None:
+    """Take a slot under PAYMENT_GATEWAY_RATE_LIMIT (none when unset), or raise `RateLimited`.
+
+    Taken just before each request, so the window counted is the one the gateway sees; a
+    charge turned away sends nothing (`payments.tasks.process_payment` then hands its claim
+    back, so the payment is never left processing).
+    """
+    rate = get_payment_settings().gateway_rate_limit
+    if rate:
+        limiter().acquire(Limit(LIMIT_NAME, parse_rate(rate)))
+
+
 def _base_and_headers() -> tuple[str, dict[str, str], float]:
-    s = get_settings()
+    s = get_payment_settings()
     headers: dict[str, str] = {}
-    key = s.payment_gateway_api_key.get_secret_value()
+    key = s.gateway_api_key.get_secret_value()
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    return str(s.payment_gateway_url).rstrip("/"), headers, s.payment_gateway_timeout
+    return str(s.gateway_url).rstrip("/"), headers, s.gateway_timeout
 
 
 def _json(response: requests.Response) -> dict[str, Any]:
@@ -106,10 +122,12 @@ def charge(*, amount: Decimal, currency: str, customer_id: str, idempotency_key:
 
     The same `idempotency_key` always yields the same charge, so a retry after a lost
     response cannot charge twice. A key the gateway saw before with other parameters raises
-    `ChargeMismatchError`.
+    `ChargeMismatchError`. Over PAYMENT_GATEWAY_RATE_LIMIT it raises `RateLimited`, sending
+    nothing (`take_turn`).
     """
     base, headers, timeout = _base_and_headers()
     headers["Idempotency-Key"] = idempotency_key
+    take_turn()
     try:
         response = session_for(base).post(
             f"{base}/v1/charges",
@@ -136,9 +154,11 @@ def find_charge(idempotency_key: str) -> Charge | None:
     """The charge made under `idempotency_key`, or None if the gateway made none.
 
     None means no money moved under this key (never received, or declined), so charging
-    again with the same key is safe; the key would dedupe it anyway.
+    again with the same key is safe; the key would dedupe it anyway. Takes its turn under
+    PAYMENT_GATEWAY_RATE_LIMIT first (`take_turn`).
     """
     base, headers, timeout = _base_and_headers()
+    take_turn()
     try:
         response = session_for(base).get(
             f"{base}/v1/charges",

@@ -36,18 +36,19 @@ from typing import Any, cast
 
 from celery import Task
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from common.celery_app import implements
 from common.models import Appointment, Payment
 from common.transport.locks import task_lock
+from common.transport.rate_limits import RateLimited
 from contracts import payments as contract
 from payments import gateway
 from payments.app import app
 from payments.config import get_payment_settings
 
 logger = logging.getLogger(__name__)
-get_payment_settings()  # a wrong PAYMENT_RECONCILE_AFTER stops the worker at start, not mid-run
 
 RETRY_COUNTDOWN = 60
 RECONCILE_BATCH = 200  # rows per run, oldest first; the rest wait for the next run
@@ -217,6 +218,15 @@ def _mismatch_reason(charge: gateway.Charge | None, problems: list[str]) -> str:
 # Declines and invalid appointments are business outcomes (`throws`): Celery logs them as one
 # INFO line without a traceback, and neither the failure reporter nor Sentry reports them
 # (common.observability.outcomes).
+def _unclaim(claim: Claim) -> None:
+    """Hand back a claim whose charge was not sent (over PAYMENT_GATEWAY_RATE_LIMIT): the row is
+    pending again, its key and attempt count as before, so the delivery after the wait claims it
+    (a `processing` row would make it answer `in_progress` and never charge)."""
+    Payment.objects.filter(pk=claim.payment_id, status=Payment.Status.PROCESSING).update(
+        status=Payment.Status.PENDING, attempts=F("attempts") - 1, updated_at=timezone.now()
+    )
+
+
 @implements(
     app,
     contract.process_payment,
@@ -259,6 +269,9 @@ def process_payment(self: Task, appointment_id: int) -> dict[str, Any]:
             customer_id=claim.customer_id,
             idempotency_key=claim.key,
         )
+    except RateLimited:
+        _unclaim(claim)  # waits for its turn in the delayed set, never left processing
+        raise
     except gateway.PaymentDeclinedError as exc:
         _record(claim, declined=str(exc))
         raise

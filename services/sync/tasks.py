@@ -17,8 +17,11 @@ from common.transport.locks import redis_client, task_lock
 from contracts import sync as contract
 from sync import crm
 from sync.app import app
+from sync.config import get_sync_settings
 
 logger = logging.getLogger(__name__)
+
+get_sync_settings()  # a wrong CRM_RATE_LIMIT stops the worker at start, not mid-run
 
 
 @implements(

@@ -11,6 +11,8 @@ and no table is ever created or queried.
 - `web.purge_deadletter`: delete dead letters for good.
 - `web.charge_appointment`: the appointments' "Charge now / retry payment" action, a new
   attempt at the payment gateway.
+- `web.pause_queue`: pause and resume a queue on the operations page (no worker starts its
+  tasks while it is paused: `common.transport.broker.pause`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ VIEW_DEADLETTER = "web.view_deadletter"
 REPLAY_DEADLETTER = "web.replay_deadletter"
 PURGE_DEADLETTER = "web.purge_deadletter"
 CHARGE_APPOINTMENT = "web.charge_appointment"
+PAUSE_QUEUE = "web.pause_queue"
 
 
 class DeadLetter(models.Model):
@@ -44,4 +47,15 @@ class AppointmentCharge(models.Model):
         default_permissions = ()
         permissions = [
             ("charge_appointment", "Can charge an appointment now (a new payment gateway attempt)"),
+        ]
+
+
+class QueuePause(models.Model):
+    """Pausing a queue from the admin: it stops work on every worker, its own permission."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [
+            ("pause_queue", "Can pause and resume a queue (no worker starts its tasks while paused)"),
         ]

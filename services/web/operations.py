@@ -2,11 +2,14 @@
 
 One page an operator keeps open (it reloads itself every few seconds): per queue its depth,
 the age of its oldest waiting message, its live consumers and which workers (with their
-release) consume it, its dead letters; the countdown/eta messages not yet due; the unique
-keys held (`common.transport.unique_jobs`: task, key hash, holding task id, lease left); the
-last tasks that failed for good. Queue numbers come from Redis (`common.observability.queues`),
-workers from one pair of Celery broadcasts (`active_queues`, `stats`) asked at once with
-a one-second timeout, failures from `common.observability.recent_failures`.
+release) consume it, its dead letters, whether it is paused (since when, by whom; with Pause
+and Resume buttons for `web.pause_queue`: web/queue_pause_admin.py); the countdown/eta
+messages not yet due; the shared rate limits in use and how much of each is used now
+(`common.transport.rate_limits`); the unique keys held (`common.transport.unique_jobs`: task,
+key hash, holding task id, lease left); the last tasks that failed for good. Queue numbers come
+from Redis (`common.observability.queues`), workers from one pair of Celery broadcasts
+(`active_queues`, `stats`) asked at once with a one-second timeout, failures from
+`common.observability.recent_failures`.
 
 Staff only (`admin.site.admin_view`); an unreachable Redis is a page saying so, not a 500.
 """
@@ -28,10 +31,11 @@ from django.shortcuts import render
 from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_GET
 
-from common.masking import redact_url
-from common.observability.queues import BrokerSnapshot, read_broker
+from common.masking import mask_text, redact_url
+from common.observability.queues import BrokerSnapshot, QueueSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES
+from common.transport.rate_limits import snapshot as rate_limits
 from common.transport.unique_jobs import held_keys
 
 logger = logging.getLogger(__name__)
@@ -127,6 +131,14 @@ def _failure_row(failure: Failure) -> dict[str, Any]:
     return {**failure.__dict__, "when": _when(failure.time)}
 
 
+def _paused(q: QueueSnapshot, now: float) -> dict[str, Any] | None:
+    if q.paused is None:
+        return None
+    p = q.paused
+    return {"since": _when(p.since) if p.since else "?", "for": age_text(q.paused_seconds(now)), "by": p.by,
+            "reason": mask_text(p.reason)}  # fmt: skip
+
+
 def _queue_rows(broker: BrokerSnapshot, workers: Workers) -> list[dict[str, Any]]:
     deadletters = reverse("web-deadletters")
     return [
@@ -139,6 +151,7 @@ def _queue_rows(broker: BrokerSnapshot, workers: Workers) -> list[dict[str, Any]
             "workers": workers.by_queue.get(q.queue, []),
             "dead_letters": q.dead_letters,
             "dead_letters_url": f"{deadletters}?{urlencode({'queue': q.queue})}",
+            "paused": _paused(q, broker.now),
         }
         for q in broker.queues
     ]
@@ -160,19 +173,23 @@ def index(request: HttpRequest) -> HttpResponse:
     try:
         broker = read_broker(client, SERVICES)
         failures = recent(client, FAILURES_ON_PAGE)
+        limits = rate_limits(client)
         unique = held_keys(client, UNIQUE_ON_PAGE)
     except redis.RedisError as exc:
         return _unreachable(request, "Operations", "web/operations/index.html", exc)
     finally:
         client.close()
     workers = ask_workers()
+    rows = _queue_rows(broker, workers)
     context = {
         **admin.site.each_context(request),
         "title": "Operations",
         "refresh": REFRESH_SECONDS,
         "now": _when(datetime.now(UTC).timestamp()),
-        "rows": _queue_rows(broker, workers),
+        "rows": rows,
+        "paused": [row for row in rows if row["paused"]],
         "delayed": broker.delayed,
+        "limits": limits,
         "workers": workers,
         "failures": [_failure_row(f) for f in failures],
         "unique": unique,

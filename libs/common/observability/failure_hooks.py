@@ -4,7 +4,8 @@ Three modules used to connect a receiver each (the failure log and Sentry, the d
 a task that opts in, the operations page's recent failures), so their order was whatever order
 the imports happened in. Here there is one receiver and one list: the failure is reported
 first, then kept, then listed, and a hook that raises is logged without stopping the next.
-Each part adds its hook from its own `install` (this module imports none of them).
+Each part adds its hook from its own `install` (this module imports none of them), and the
+installs run in the order `common.process_hooks` lists them.
 """
 
 from __future__ import annotations

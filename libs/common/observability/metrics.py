@@ -1,7 +1,7 @@
 """Prometheus metrics of a worker: what its tasks did, and what waits in Redis for it.
 
-With METRICS_PORT set, `common.worker.run_worker` calls `serve_metrics` before the worker
-starts: the worker's main process serves `http://<METRICS_ADDRESS>:<METRICS_PORT>/metrics`.
+With METRICS_PORT set, a worker run calls `serve_metrics` before the worker starts (a hook in
+`common.process_hooks`): the worker's main process serves `http://<METRICS_ADDRESS>:<METRICS_PORT>/metrics`.
 
 Task counts come from Celery's signals, which fire where the task runs: in the main process
 for the threads and solo pools, in the pool's child processes for prefork. Counting only
@@ -36,6 +36,8 @@ service (Flower's /metrics) reports every queue, so a queue nobody consumes is s
                                                       been runnable (0 when empty)
     celery_queue_consumers{queue}                     worker processes consuming it, alive
     celery_dead_letters{queue}                        dead letters kept (common.deadletters)
+    celery_queue_paused{queue}                        1 while paused (no worker starts its tasks)
+    celery_queue_paused_seconds{queue}                how long it has been paused (0 while it runs)
     celery_delayed_tasks                              countdown/eta messages not yet due (all queues)
     celery_broker_up                                  1 if the scrape could read Redis, else 0
 
@@ -250,6 +252,21 @@ class RedisCollector:
             for field, family in families.items():
                 family.add_metric([q.queue], float(getattr(q, field) or 0))
         yield from families.values()
+        paused = GaugeMetricFamily(
+            "celery_queue_paused",
+            "1 while the queue is paused: no worker starts its tasks (common.transport.broker.pause).",
+            labels=["queue"],
+        )
+        paused_for = GaugeMetricFamily(
+            "celery_queue_paused_seconds",
+            "Seconds the queue has been paused (0 while it runs).",
+            labels=["queue"],
+        )
+        for q in broker.queues:
+            paused.add_metric([q.queue], 1.0 if q.paused is not None else 0.0)
+            paused_for.add_metric([q.queue], q.paused_seconds(broker.now))
+        yield paused
+        yield paused_for
         delayed = GaugeMetricFamily(
             "celery_delayed_tasks", "Messages with a countdown or eta not yet due, all queues."
         )
@@ -332,6 +349,9 @@ def _use_multiprocess_mode(path: Path) -> None:
     values.ValueClass = values.MultiProcessValue()
 
 
+_serving: MetricsServer | None = None  # this process's endpoint, while it serves
+
+
 class MetricsServer:
     """The running endpoint: its port, and `close()` (tests; a worker's exit does it anyway)."""
 
@@ -344,8 +364,11 @@ class MetricsServer:
         return int(self.server.server_port)
 
     def close(self) -> None:
+        global _serving
         if os.getpid() != self._pid:
             return  # a forked pool child inherits the hook: the directory is its parent's
+        if _serving is self:
+            _serving = None
         self.tasks.disconnect()
         self.server.shutdown()
         self.server.server_close()
@@ -359,10 +382,14 @@ def serve_metrics(
 
     Call it in the worker's main process before the pool starts (its children inherit the
     signal receivers). A port in use raises OSError: the worker then fails at start, loudly.
+    Idempotent: while this process serves, a second call returns the running endpoint.
     """
+    global _serving
     s = settings or get_settings()
     if s.metrics_port is None:
         return None
+    if _serving is not None and _serving._pid == os.getpid():
+        return _serving
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -386,7 +413,7 @@ def serve_metrics(
     registry.register(broker_collector([service], s))
     registry.register(WorkerCollector(service, s.release_for(service), pool))
     server, thread = start_http_server(s.metrics_port, addr=s.metrics_address, registry=registry)
-    running = MetricsServer(server, thread, path, tasks)
+    running = _serving = MetricsServer(server, thread, path, tasks)
     atexit.register(running.close)
     logger.info("metrics: serving http://%s:%s/metrics", s.metrics_address, running.port)
     return running

@@ -8,7 +8,8 @@ disagree on what "depth" or "age" means:
   empty or its oldest message came from a producer that does not stamp (stock kombu);
 - consumers: worker processes that consume the queue and still heartbeat
   (common.transport.broker.ownership publishes what each consumes);
-- dead_letters: dead letters kept for the queue (common.deadletters).
+- dead_letters: dead letters kept for the queue (common.deadletters);
+- paused: the queue's pause (common.transport.broker.pause), None while it runs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from common.settings import get_settings
 from common.transport.broker import scripts
+from common.transport.broker.pause import PAUSED, Pause, paused_from
 from common.transport.dead_letter_store import QUEUE_PREFIX
 
 PRIORITY_SEP = "\x06\x16"  # kombu: priority 0 is the queue's own list, 1..9 `<queue>\x06\x16<n>`
@@ -33,12 +35,18 @@ class QueueSnapshot:
     oldest_age: float | None
     consumers: int
     dead_letters: int
+    paused: Pause | None = None
+
+    def paused_seconds(self, now: float) -> float:
+        """How long the queue has been paused at `now` (0 while it runs)."""
+        return self.paused.seconds(now) if self.paused is not None else 0.0
 
 
 @dataclass(frozen=True)
 class BrokerSnapshot:
     queues: list[QueueSnapshot]
     delayed: int  # countdown/eta messages not yet due, all queues
+    now: float = 0.0  # Redis's clock when read
 
 
 def queue_keys(queue: str) -> list[str]:
@@ -65,7 +73,13 @@ def read_broker(client: Any, queues: Sequence[str], *, dead_after: float | None 
     pipe.zcard(scripts.DELAYED)
     pipe.hgetall(scripts.CONSUMERS)
     pipe.zrange(scripts.OWNERS, 0, -1, withscores=True)
-    replies = pipe.execute()
+    pipe.hgetall(PAUSED)
+    # A PAUSED of the wrong type (written by hand) pauses nothing (scripts.FETCH): read as none.
+    *replies, paused_reply = pipe.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    paused = paused_from({} if isinstance(paused_reply, Exception) else paused_reply)
 
     seconds, micros = replies[0]
     now = int(seconds) + int(micros) / 1e6  # Redis's clock: the heartbeats are in it too
@@ -90,9 +104,10 @@ def read_broker(client: Any, queues: Sequence[str], *, dead_after: float | None 
                 oldest_age=max(0.0, now - min(published)) if published else None,
                 consumers=consumers.get(queue, 0),
                 dead_letters=int(dead),
+                paused=paused.get(queue),
             )
         )
-    return BrokerSnapshot(queues=snapshots, delayed=int(delayed))
+    return BrokerSnapshot(queues=snapshots, delayed=int(delayed), now=now)
 
 
 def _text(value: bytes | str) -> str:

@@ -21,11 +21,6 @@ PRODUCTION = {
     "DJANGO_SECRET_KEY": GOOD_KEY,
     "DATABASE_URL": "postgres://jobs:db-hunter2@db.internal:5432/jobs",
     "REDIS_URL": "rediss://:redis-hunter2@redis.internal:6380/0",
-    "CRM_URL": "https://crm.example",
-    "PAYMENT_GATEWAY_URL": "https://gateway.example",
-    "EMAIL_HOST": "smtp.example.com",
-    "EMAIL_PORT": "587",
-    "EMAIL_USE_TLS": "true",
     "ALLOWED_HOSTS": '["jobs.example.com"]',
 }
 
@@ -62,7 +57,7 @@ def test_a_process_with_an_insecure_production_config_exits_1_with_one_line_per_
         DJANGO_SECRET_KEY="short-hunter2",
         DATABASE_URL=None,
         REDIS_URL="redis://:redis-hunter2@redis.internal:6379/0",
-        PAYMENT_GATEWAY_URL="http://gateway.example",
+        ALLOWED_HOSTS='["*"]',
     )
     out = run(["-m", "django", "check"], env, tmp_path)
     assert out.returncode == 1
@@ -73,9 +68,8 @@ def test_a_process_with_an_insecure_production_config_exits_1_with_one_line_per_
         "with: python -c 'import secrets; print(secrets.token_urlsafe(50))'",
         "  DATABASE_URL: must be set to a postgres:// URL in production (SQLite is for development)",
         "  REDIS_URL: must use TLS (rediss://) in production for a Redis that is not on this machine",
-        "  PAYMENT_GATEWAY_URL: must be an https:// URL in production "
-        "(PAYMENT_GATEWAY_API_KEY would travel in clear)",
-    ]  # no traceback, no value
+        '  ALLOWED_HOSTS: must list the admin\'s host names in production, not "*"',
+    ]  # no traceback, no value; a service's own peers: tests/test_service_settings_processes.py
 
 
 def test_a_malformed_allowed_hosts_stops_a_process_with_one_line(tmp_path: Path) -> None:

@@ -120,11 +120,15 @@ def on_start(task_id: Any = None, task: Any = None, **_: Any) -> None:
 
 
 def on_end(task_id: Any = None, task: Any = None, state: Any = None, **_: Any) -> None:
-    """`task_postrun`: release an until-finish key unless the task is retrying."""
+    """`task_postrun`: release an until-finish key when the task ended for good.
+
+    A retry keeps it, and so does a task that ended otherwise (`Ignore`: a rate-limited task
+    deferred to the delayed set runs again; `Reject`): its next run releases it, or its lease
+    runs out."""
     header = _header(task)
     if header is None or not isinstance(task_id, str) or header.until != "finish":
         return
-    if state == states.RETRY:
+    if state not in (states.SUCCESS, states.FAILURE):
         return
     _settle(header, task_id, "release")
 

@@ -216,10 +216,10 @@ def mailbox() -> Iterator[list[Any]]:
 @pytest.fixture
 def gateway() -> Iterator[FakeGateway]:
     """The payment gateway, answered in-process on our HTTP client's session."""
-    from common.settings import get_settings
+    from payments.config import get_payment_settings  # the URL the payments service calls
 
     fake = FakeGateway()
-    unmount = mount(str(get_settings().payment_gateway_url), fake.http)
+    unmount = mount(str(get_payment_settings().gateway_url), fake.http)
     try:
         yield fake
     finally:
@@ -229,10 +229,10 @@ def gateway() -> Iterator[FakeGateway]:
 @pytest.fixture
 def crm() -> Iterator[FakeCRM]:
     """The external CRM, answered in-process on our HTTP client's session."""
-    from common.settings import get_settings
+    from sync.config import get_crm_settings  # the URL the sync service calls
 
     fake = FakeCRM()
-    unmount = mount(str(get_settings().crm_url), fake.http)
+    unmount = mount(str(get_crm_settings().url), fake.http)
     try:
         yield fake
     finally:

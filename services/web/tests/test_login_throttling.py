@@ -32,9 +32,15 @@ LIMIT = settings.AXES_FAILURE_LIMIT
 
 @pytest.fixture(scope="module", autouse=True)
 def test_environment() -> Iterator[None]:
-    """Django's test setup: the `testserver` host, and the rendered context on responses."""
+    """Django's test setup: the `testserver` host, and the rendered context on responses.
+
+    Passwords hash with a fast hasher here, as Django's own test suites do: what is tested is
+    the throttling around the login view, and about 80 logins through PBKDF2's million rounds (Django 5.2)
+    made this the slowest file of the platform tier (150 s on a loaded CI machine).
+    """
     setup_test_environment()
-    yield
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
     teardown_test_environment()
 
 

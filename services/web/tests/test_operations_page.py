@@ -27,6 +27,8 @@ from common.deadletters import DeadLetters
 from common.observability.recent_failures import KEY, recent
 from common.settings import reset_settings_cache
 from common.transport.dead_letter_store import FAILED
+from common.transport.rate_limits import Limit, Limiter, RateLimited
+from contracts.declare import Rate
 from devtools.ports import free_port
 from devtools.testing.waiting import wait_until
 from devtools.testing.workers import Workers
@@ -178,6 +180,21 @@ def test_an_unreachable_redis_is_said_plainly(redis_gone: None) -> None:
         assert response.status_code == 503, url
         assert "Could not reach Redis at redis://127.0.0.1:" in text and "Is Redis running?" in text
         assert time.monotonic() - started < 10
+
+
+def test_rate_limits_in_use_are_listed_with_their_current_use(redis_client: redis.Redis) -> None:
+    """A limit a worker used (here, taken the way the CRM client takes it) shows with its use."""
+    limit = Limit(f"crm-{uuid.uuid4().hex[:6]}", Rate(5, 1))
+    for _ in range(3):
+        Limiter(redis_client).acquire(limit)
+    with pytest.raises(RateLimited):
+        for _ in range(3):
+            Limiter(redis_client).acquire(limit)
+    body = staff_client().get(PAGE).content.decode()
+    row = body[body.index(f'data-limit="{limit.name}"') :]
+    row = row[: row.index("</tr>")]
+    assert '<td class="rate">5/s</td>' in row and '<td class="in-window">5</td>' in row, row
+    assert '<td class="next">' in row and " s</td>" in row  # the 6th waits: due within the window
 
 
 def test_held_unique_keys_are_listed_with_their_holder_and_lease_never_their_arguments(

@@ -48,11 +48,12 @@ def test_inconsistent_time_limits_are_refused(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_secrets_are_secretstr_and_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EMAIL_HOST_PASSWORD", "hunter2-smtp")
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", "hunter2-sentinel")
     monkeypatch.setenv("SENTRY_DSN", "https://hunter2-dsn@sentry.example/1")
     monkeypatch.setenv("FLOWER_PASSWORD", "hunter2-flower")
     settings = load_settings()
-    assert settings.email_host_password.get_secret_value() == "hunter2-smtp"
+    assert settings.redis_sentinel_password is not None
+    assert settings.redis_sentinel_password.get_secret_value() == "hunter2-sentinel"
     shown = repr(settings) + str(settings) + settings.model_dump_json()
     assert "hunter2" not in shown
 

@@ -255,6 +255,18 @@ class Owner:
                 return None  # Celery's ack settles it, and removes the count
         return tag
 
+    def holding(self, task_id: str) -> str | None:
+        """The tag of the held message running `task_id`, or None (`deferral`)."""
+        with self._lock:
+            return next((tag for tag, held_id in self.held.items() if held_id == task_id), None)
+
+    def forget(self, tag: str) -> None:
+        """Forget a tag a script moved elsewhere (the delayed set), its count kept in Redis:
+        Celery's ack after it then costs nothing."""
+        with self._lock:
+            self.held.pop(tag, None)
+            self.redelivered.pop(tag, None)
+
     def ack(self, tag: str) -> None:
         """Forget a finished message; an ack that cannot reach Redis is retried, never dropped.
 

@@ -30,8 +30,8 @@ pages are read may shift a page: the answer is a snapshot, not a transaction. If
 cannot be read the answer is `{"error": ...}` (Celery's shape for a failed command), never
 an empty list that would claim nothing is due.
 
-Registered by `common.worker.run_worker` (`register()`), before the remote-control
-allow-list is applied; `scheduled` is among the read-only commands every worker obeys.
+Registered when a worker runs (`register()`, a hook in `common.process_hooks`), before the
+remote-control allow-list is applied; `scheduled` is among the read-only commands every worker obeys.
 """
 
 from __future__ import annotations
@@ -181,6 +181,9 @@ def scheduled(state: Any, **kwargs: Any) -> list[dict[str, Any]] | dict[str, str
 def register() -> None:
     """Make this process's workers answer `scheduled` (and its alias) from the delayed set.
 
-    Call before `common.worker.restrict_remote_control`, which keeps a command by name.
+    Installed before the remote control policy (`common.remote_control`), which keeps a command
+    by name (`common.process_hooks` orders them). Idempotent.
     """
+    if Panel.data.get("scheduled") is scheduled:
+        return
     Panel.register(scheduled, name="scheduled", alias="dump_schedule", type="inspect")  # type: ignore[call-arg]

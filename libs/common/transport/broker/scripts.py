@@ -27,6 +27,8 @@ Keys (all under `jobs.`, apart from kombu's own queue lists):
                            (no queue named, or a key that is not a list); the heartbeat moves
                            them aside here in the same step, and a live owner moves them on into
                            the dead-letter store (`Owner.drain_quarantine`)
+- `jobs.paused`            hash, queue -> JSON {since, by, reason}: queues an operator paused
+                           (`pause.py`); FETCH takes nothing from them, on any worker
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ SEQUENCE = "jobs.seq"
 CONSUMERS = "jobs.consumers"
 REDELIVERED = "jobs.redelivered"
 QUARANTINE = "jobs.quarantine"
+PAUSED = "jobs.paused"
 # A message's redelivery count is forgotten this long after the last requeue anywhere.
 REDELIVERED_TTL_MS = 7 * 24 * 3600 * 1000
 
@@ -55,6 +58,9 @@ local REDELIVERED = '"""
     + """'
 local QUARANTINE = '"""
     + QUARANTINE
+    + """'
+local PAUSED = '"""
+    + PAUSED
     + """'
 local REDELIVERED_TTL_MS = """
     + str(REDELIVERED_TTL_MS)
@@ -156,10 +162,23 @@ local counts = ARGV[4] == '1'
 local width = 3
 if counts then width = 5 end
 local tracked = counts and redis.call('EXISTS', REDELIVERED) == 1
+-- Lists of a paused queue are skipped: their messages stay where they are, and this is the
+-- step that would take them, so a pause is in force for every worker from the moment it is
+-- written. One EXISTS while nothing is paused; a PAUSED that is not a hash pauses nothing.
+local paused = {}
+if redis.call('EXISTS', PAUSED) == 1 then
+  local asked = {}
+  for j = 2, #KEYS do
+    local q = bell_for(KEYS[j], ARGV[1], '')
+    if asked[q] == nil then asked[q] = redis.pcall('HEXISTS', PAUSED, q) == 1 end
+    paused[j] = asked[q]
+  end
+end
 local out = {}
 local i = 2
 while i <= #KEYS and #out < limit * width do
-  local item = redis.call('RPOP', KEYS[i])
+  local item = nil
+  if not paused[i] then item = redis.call('RPOP', KEYS[i]) end
   if item then
     local own = tag_of(item)
     local tag = own
@@ -189,7 +208,7 @@ while i <= #KEYS and #out < limit * width do
 end
 if #out == 0 then return nil end
 for j = i, #KEYS do
-  if redis.call('LLEN', KEYS[j]) > 0 then
+  if not paused[j] and redis.call('LLEN', KEYS[j]) > 0 then
     ring(KEYS[j], ARGV[1], ARGV[2])
     break
   end

@@ -171,7 +171,7 @@ def test_the_daily_job_reminds_each_appointment_of_the_next_day_once(jobs, mailb
     ("data", "items"), [(7, 1), ({"event": "doctor_created", "doctor_id": 7}, 1), ([1, {"report_id": 2}], 2)]
 )
 def test_the_admin_is_told_in_one_mail(jobs, mailbox, data, items):
-    from django.conf import settings
+    from emails.config import get_mail_settings
 
     emails.notify_admin.delay(data)
     jobs.run_all()
@@ -181,5 +181,6 @@ def test_the_admin_is_told_in_one_mail(jobs, mailbox, data, items):
         "admin_notified": True,
     }
     (mail,) = mailbox
-    assert mail.to == [settings.ADMIN_EMAIL]
+    assert mail.to == [get_mail_settings().admin_email]
+    assert mail.from_email == get_mail_settings().default_from_email
     assert mail.subject == f"[platform] {items} event(s) for review"
