@@ -72,7 +72,11 @@ class Batch:
             raise ValueError(f"parent={parent!r} is not a batch")
         self.callbacks = {
             name: _encoded(sig, name)
-            for name, sig in (("on_complete", on_complete), ("on_success", on_success), ("on_death", on_death))
+            for name, sig in (
+                ("on_complete", on_complete),
+                ("on_success", on_success),
+                ("on_death", on_death),
+            )
             if sig is not None
         }
         self._created = False
@@ -103,7 +107,9 @@ class Batch:
             "description": self.description, "created": time.time(), "parent": self.parent or "",
         }  # fmt: skip
         for name, (queue, head, tail, task_id) in self.callbacks.items():
-            fields.update({f"{name}.queue": queue, f"{name}.head": head, f"{name}.tail": tail, f"{name}.id": task_id})
+            fields.update(
+                {f"{name}.queue": queue, f"{name}.head": head, f"{name}.tail": tail, f"{name}.id": task_id}
+            )
         client = self._client()
         pipe = client.pipeline(transaction=True)
         pipe.hset(store.key(self.id), mapping=fields).expire(store.key(self.id), store.TTL)

@@ -92,7 +92,10 @@ def _probe_contracts() -> Iterator[None]:
 
 def probe_worker(pool: str, name: str, data_dir: Path) -> ServiceProcess:
     proc = ServiceProcess(
-        name, "batchprobe", env={"BROKER_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT)}, log=data_dir / f"{name}.log"
+        name,
+        "batchprobe",
+        env={"BROKER_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT)},
+        log=data_dir / f"{name}.log",
     )
     proc.argv = [sys.executable, "-c", PROBE, pool]
     proc.start()
@@ -152,7 +155,11 @@ def doctors(n: int, tag: str) -> list[int]:
 
 
 def test_a_batch_survives_a_worker_sigkilled_mid_run_and_on_success_runs_once_after_all(
-    sync_workers: list[NamedWorker], probe: list[ServiceProcess], crm_sandbox: Any, data_dir: Path, redis_url: str
+    sync_workers: list[NamedWorker],
+    probe: list[ServiceProcess],
+    crm_sandbox: Any,
+    data_dir: Path,
+    redis_url: str,
 ) -> None:
     r = redis.Redis.from_url(redis_url)
     probe.append(probe_worker("threads", "batchprobe-kill", data_dir))
@@ -183,7 +190,11 @@ def test_a_batch_survives_a_worker_sigkilled_mid_run_and_on_success_runs_once_af
 
 
 def test_members_failing_for_good_fire_on_complete_once_with_their_ids_and_not_on_success(
-    sync_workers: list[NamedWorker], probe: list[ServiceProcess], crm_sandbox: Any, data_dir: Path, redis_url: str
+    sync_workers: list[NamedWorker],
+    probe: list[ServiceProcess],
+    crm_sandbox: Any,
+    data_dir: Path,
+    redis_url: str,
 ) -> None:
     r = redis.Redis.from_url(redis_url)
     probe.append(probe_worker("threads", "batchprobe-fail", data_dir))

@@ -7,6 +7,7 @@ request, which carries the `x_batch` header), so the Lua step under test is prod
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -155,3 +156,20 @@ def test_callbacks_are_checked_against_their_contract() -> None:
 
     with pytest.raises(InvalidTaskArgumentsError, match="BatchStatus"):
         batches.Batch(on_complete=sync.echo.s())  # echo(value: int) cannot take a status
+
+
+def test_a_members_message_is_the_same_size_in_a_batch_of_10_and_of_10000(redis_client) -> None:
+    """Flat encoding: a member's message names its batch, never the other members."""
+    sizes = {}
+    for n in (10, 10_000):
+        redis_client.delete("sync")
+        batch = batches.Batch()
+        started = time.perf_counter()
+        batch.add_many(sync.echo, [(1,)] * n)
+        took = time.perf_counter() - started
+        sizes[n] = {len(raw) for raw in redis_client.lrange("sync", 0, -1)}
+        assert redis_client.llen("sync") == n
+        print(f"\n[batch encoding] batch of {n:,}: member message {sizes[n]} bytes, added in {took:.2f} s")
+    redis_client.delete("sync")
+    # A byte or two of jitter comes from per-message fields (ids, times), not from the batch.
+    assert abs(max(sizes[10]) - max(sizes[10_000])) <= 4 and max(sizes[10_000]) - min(sizes[10_000]) <= 4

@@ -218,7 +218,9 @@ def callback_message(
 ) -> tuple[str, str]:
     """A Celery protocol-2 message calling `name(<status>, *args, **kwargs)`, split around the
     status argument: the Lua step that fires the batch joins head + escaped status + tail."""
-    body = json.dumps([[_MARK, *args], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    body = json.dumps(
+        [[_MARK, *args], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
     envelope = {
         "body": body,
         "content-encoding": "utf-8",
