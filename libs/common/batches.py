@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, Signature
 from django.core.exceptions import ImproperlyConfigured
@@ -158,13 +158,13 @@ class Batch:
         return status(self.id, app=self.app)
 
     def _client(self) -> Any:
-        return self.app.backend.client
+        return cast(Any, self.app.backend).client  # the Redis backend's (results on the broker)
 
 
 def status(batch_id: str, *, app: Celery | None = None) -> dict[str, Any]:
     """A batch's state: total, pending, succeeded, failed, failed_ids (every one), closed,
     fired, dead, parent, description and its callbacks' task ids. `KeyError` if unknown."""
-    found = store.read_status((app or current_app()).backend.client, batch_id)
+    found = store.read_status(cast(Any, (app or current_app()).backend).client, batch_id)
     if found is None:
         raise KeyError(f"no batch {batch_id!r} (never created, or expired)")
     return found
@@ -178,7 +178,7 @@ def _register(client: Any, batch_id: str, member_ids: list[str]) -> None:
 
 def _encoded(sig: Signature, name: str) -> tuple[str, str, str, str]:
     """A callback as (queue, head, tail, task id), checked with a status as its first argument."""
-    task, args, kwargs = sig.task, list(sig.args or ()), dict(sig.kwargs or {})
+    task, args, kwargs = str(sig.task), list(sig.args or ()), dict(sig.kwargs or {})
     try:
         c: TaskContract | None = calls.contract(task)
     except UnknownTaskError:

@@ -78,13 +78,14 @@ _PROBE_CONTRACTS = ServiceContracts("batchprobe")
 @_PROBE_CONTRACTS.task
 def member(key: str) -> str:
     """A member that counts its runs; `gated-*` ones wait for the gate, `kill-*` ones kill."""
+    return key  # a contract's stub: the probe worker defines the task
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _probe_contracts() -> Iterator[None]:
     module = types.ModuleType("contracts.batchprobe")
     module.__spec__ = importlib.machinery.ModuleSpec("contracts.batchprobe", None)
-    module.SERVICE = _PROBE_CONTRACTS  # type: ignore[attr-defined]
+    module.SERVICE = _PROBE_CONTRACTS
     sys.modules["contracts.batchprobe"] = module
     yield
     del sys.modules["contracts.batchprobe"]
