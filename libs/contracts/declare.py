@@ -93,6 +93,18 @@ def parse_rate(text: str) -> Rate:
     return Rate(int(match.group(1)), _UNIT_SECONDS[match.group(2).lower()])
 
 
+class BatchStatus(TypedDict):
+    """What a batch's callback receives as its first argument (`common.batches`): how its
+    members ended, ids only. `failed_ids` lists at most the first 1,000; the whole list is
+    `common.batches.status(batch_id)`."""
+
+    batch_id: str
+    total: int
+    succeeded: int
+    failed: int
+    failed_ids: list[str]
+
+
 @dataclass(frozen=True)
 class RateLimit:
     """A limit shared by every worker of every host (`common.transport.rate_limits`).
