@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from celery.exceptions import Ignore
 from celery.signals import task_postrun
 
@@ -125,7 +126,16 @@ def check_at_start(task: Any, task_id: str, args: Any, kwargs: Any) -> None:
     checked = getattr(task.request, revocation.CHECKED_HEADER, None)
     if isinstance(checked, float) and 0 <= time.monotonic() - checked < revocation.RECHECK_AFTER:
         return
-    if task_id is not None and is_revoked(task_id):
+    if task_id is None:
+        return
+    try:
+        revoked = is_revoked(task_id)
+    except redis.RedisError as exc:
+        # Redis away at this instant: the intake's check at receipt stands, rather than
+        # failing a task that may not need Redis at all (its ack waits for Redis anyway).
+        logger.warning("Could not re-check %s for a revoke (%s); starting it", task_id, type(exc).__name__)
+        return
+    if revoked:
         raise TaskRevoked("revoked before it started")
 
 

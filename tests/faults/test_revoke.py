@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import states
@@ -161,8 +162,13 @@ def test_a_task_revoked_while_it_waits_in_a_workers_prefetch_never_starts(
 
     wait_until(fetched, timeout=10, interval=0.02)
     cancellation.revoke([waiting.id])  # after the intake's check: only its start can refuse it now
-    reserved = app.control.inspect(timeout=0.5).reserved() or {}
-    held = [t["id"] for tasks in reserved.values() for t in tasks]
+    # Taken off the queue a moment before Celery lists it as reserved: ask until it does.
+    reserved: dict[str, Any] = {}
+    held: list[str] = []
+    deadline = time.monotonic() + 10
+    while waiting.id not in held and time.monotonic() < deadline:
+        reserved = app.control.inspect(timeout=0.5).reserved() or {}
+        held = [t["id"] for tasks in reserved.values() for t in tasks]
     running_report.refresh_from_db()
     assert running_report.status == Report.Status.RUNNING, "the running report ended too soon for this test"
     cancellation.revoke([running.id])  # frees the pool process for the waiting one

@@ -216,7 +216,10 @@ def mailbox() -> Iterator[list[Any]]:
 @pytest.fixture
 def gateway() -> Iterator[FakeGateway]:
     """The payment gateway, answered in-process on our HTTP client's session."""
-    from payments.config import get_payment_settings  # the URL the payments service calls
+    # The URL the payments service calls. Only its own tests use this fixture, and they depend
+    # on it already: devtools declares no dependency on a service (that would put `services/`
+    # on every platform test's path under Pants).
+    from payments.config import get_payment_settings  # pants: no-infer-dep
 
     fake = FakeGateway()
     unmount = mount(str(get_payment_settings().gateway_url), fake.http)
@@ -229,7 +232,8 @@ def gateway() -> Iterator[FakeGateway]:
 @pytest.fixture
 def crm() -> Iterator[FakeCRM]:
     """The external CRM, answered in-process on our HTTP client's session."""
-    from sync.config import get_crm_settings  # the URL the sync service calls
+    # The URL the sync service calls (only its tests use this fixture: see `gateway`).
+    from sync.config import get_crm_settings  # pants: no-infer-dep
 
     fake = FakeCRM()
     unmount = mount(str(get_crm_settings().url), fake.http)

@@ -440,8 +440,9 @@ class Channel(kombu_redis.Channel):
             else:
                 self._dead_letter(rejection, raw, queue, tag)
             return False
-        except self.connection_errors:
-            raise  # the intake could not reach Redis: the message stays held, not judged
+        except self.connection_errors:  # the intake could not reach Redis: not judged, given back
+            self._give_back([tag])  # (or, with Redis away, by the next fetch: `lost_fetch`)
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever a message makes the intake raise
             # Nothing a message holds may end the consumer: an error here used to escape into
             # kombu's loop ("Unrecoverable error"), and the redelivered message killed the
