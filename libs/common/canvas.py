@@ -36,7 +36,7 @@ from celery.result import GroupResult
 
 from common import calls
 from common.celery_base import current_app
-from common.outbox import captured, store
+from common.outbox import captured
 from common.publishing import (
     BATCH_SIZE,
     BROKER_ERRORS,
@@ -61,6 +61,7 @@ class Capture:
     # (task name, Celery's message, send_task_message's options, backend setup before it)
     messages: list[tuple[str, Any, dict[str, Any], list[list[Any]]]] = field(default_factory=list)
     setup: list[list[Any]] = field(default_factory=list)  # waiting for the next message
+    pending: list[tuple[Any, bool]] = field(default_factory=list)  # results a group waits on
 
 
 def install(app: Celery) -> None:
@@ -84,6 +85,7 @@ def _through_the_outbox(original: Callable[..., Any]) -> Callable[..., Any]:
         with _capturing(app) as capture:
             result = original(self, *args, **kwargs)
         _send(app, capture)
+        _wait_for_results(app, capture)
         return result
 
     setattr(apply_async, _MARK, True)
@@ -147,6 +149,15 @@ class _RecordingBackend:
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._real, name, value)
 
+    def add_pending_result(self, result: Any, weak: bool = False, start_drainer: bool = True) -> Any:
+        """A group's `then` subscribes to each member's result at the send (a GroupResult's
+        `.get()` relies on it): while capturing, after the send (`_wait_for_results`)."""
+        capture = _current()
+        if capture is None:
+            return self._real.add_pending_result(result, weak=weak, start_drainer=start_drainer)
+        capture.pending.append((result, weak))
+        return result
+
     def set_chord_size(self, group_id: str, chord_size: int) -> None:
         capture = _current()
         if capture is None:
@@ -162,9 +173,21 @@ class _RecordingBackend:
         capture.setup.append(["apply_chord", [header.as_tuple(), dict(body), options]])
 
 
+def _wait_for_results(app: Celery, capture: Capture) -> None:
+    """Register the results a group waits on, as Celery does at the send. With Redis away the
+    subscription fails, but the result stays registered: the consumer subscribes on reconnect."""
+    for result, weak in capture.pending:
+        try:
+            app.backend.add_pending_result(result, weak=weak)
+        except (RuntimeError, *BROKER_ERRORS) as exc:
+            logger.info("Waiting on %s from when Redis is back (%s)", result.id, type(exc).__name__)
+
+
 def _send(app: Celery, capture: Capture) -> None:
     """Check every captured message, then keep them (in a transaction) or publish them now."""
     from django.db import DatabaseError, transaction
+
+    from common.outbox import store  # a Django model: imported once Django is set up
 
     if capture.setup and capture.messages:  # setup with no message after it: run it before the last
         capture.messages[-1][3].extend(capture.setup)
@@ -207,8 +230,10 @@ def _send(app: Celery, capture: Capture) -> None:
     )
 
 
-def _row(name: str, message: Any, options: dict[str, Any], setup: list[list[Any]]) -> store.Row:
-    """One captured message as an outbox row, checked against its contract first."""
+def _row(name: str, message: Any, options: dict[str, Any], setup: list[list[Any]]) -> Any:
+    """One captured message as an outbox row (`store.Row`), checked against its contract first."""
+    from common.outbox import store
+
     contract = lookup(name)
     args, kwargs = list(message.body[0]), dict(message.body[1])
     contract.check(tuple(args), kwargs)
