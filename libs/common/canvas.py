@@ -27,11 +27,11 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from celery import Celery, group
+from celery import Celery, chord, group
 from celery._state import get_current_worker_task
-from celery.canvas import Signature, _chain, _chord
+from celery.canvas import Signature, _chain
 from celery.result import GroupResult
 
 from common import calls
@@ -49,7 +49,7 @@ from contracts.declare import lookup
 
 logger = logging.getLogger(__name__)
 
-CANVAS_CLASSES = (Signature, _chain, group, _chord)
+CANVAS_CLASSES = (Signature, _chain, group, chord)  # `chord` is the class itself
 _MARK = "_through_the_outbox"
 _state = threading.local()
 
@@ -109,18 +109,19 @@ def _capturing(app: Celery) -> Iterator[Capture]:
     for each in {app, current_app()}:
         _capture_messages(each)
     real = app.backend
-    app._local.backend = _RecordingBackend(real)  # this thread's backend only
+    local = cast(Any, app)._local  # the thread's cached backend, as `app.backend` reads it
+    local.backend = _RecordingBackend(real)  # this thread's backend only
     _state.capture = capture
     try:
         yield capture
     finally:
         _state.capture = None
-        app._local.backend = real
+        local.backend = real
 
 
 def _capture_messages(app: Celery) -> None:
     """Wrap the app's `send_task_message` (once): while capturing, record instead of publishing."""
-    amqp = app.amqp
+    amqp = cast(Any, app.amqp)
     send = amqp.send_task_message
     if getattr(send, _MARK, False):
         return
@@ -161,13 +162,13 @@ class _RecordingBackend:
     def set_chord_size(self, group_id: str, chord_size: int) -> None:
         capture = _current()
         if capture is None:
-            return self._real.set_chord_size(group_id, chord_size)  # type: ignore[no-any-return]
+            return self._real.set_chord_size(group_id, chord_size)
         capture.setup.append(["set_chord_size", [group_id, chord_size]])
 
     def apply_chord(self, header_result_args: Any, body: Any, **options: Any) -> None:
         capture = _current()
         if capture is None:
-            return self._real.apply_chord(header_result_args, body, **options)  # type: ignore[no-any-return]
+            return self._real.apply_chord(header_result_args, body, **options)
         group_id, results = header_result_args[0], list(header_result_args[1])
         header = GroupResult(group_id, results, app=self._real.app)
         capture.setup.append(["apply_chord", [header.as_tuple(), dict(body), options]])
@@ -178,7 +179,7 @@ def _wait_for_results(app: Celery, capture: Capture) -> None:
     subscription fails, but the result stays registered: the consumer subscribes on reconnect."""
     for result, weak in capture.pending:
         try:
-            app.backend.add_pending_result(result, weak=weak)
+            cast(Any, app.backend).add_pending_result(result, weak=weak)
         except (RuntimeError, *BROKER_ERRORS) as exc:
             logger.info("Waiting on %s from when Redis is back (%s)", result.id, type(exc).__name__)
 

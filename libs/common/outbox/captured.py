@@ -90,7 +90,7 @@ def _set_up(app: Celery, call: str, arguments: list[Any]) -> None:
         app.backend.set_chord_size(group_id, int(size))
     elif call == "apply_chord":
         header, body, options = arguments
-        restored = result_from_tuple(header, app)
+        restored: Any = result_from_tuple(header, app)  # a GroupResult
         app.backend.apply_chord((restored.id, restored.results), signature(body, app=app), **options)
     else:
         raise ValueError(f"unknown result-backend setup {call!r}")
