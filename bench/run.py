@@ -27,7 +27,19 @@ from pathlib import Path
 
 from bench import harness, results
 from bench.harness import log
-from bench.rows import box, bulk_enqueue, capacity, chord, io_bound, latency, memory, noop, recovery, report
+from bench.rows import (
+    box,
+    bulk_enqueue,
+    capacity,
+    chord,
+    io_bound,
+    latency,
+    memory,
+    noop,
+    recovery,
+    report,
+    unique_enqueue,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +50,7 @@ QUICK = {
     "io": 60,
     "chord": 100,
     "bulk": 500,
+    "unique": 500,
     "report": 20_000,
     "memory": 500,
     "capacity": 2000,
@@ -49,6 +62,7 @@ FULL = {
     "io": 200,
     "chord": 1000,
     "bulk": 5000,
+    "unique": 5000,
     "report": 1_000_000,  # >= 5 s a run: +-2% must be measurable
     "memory": 2000,
     "capacity": 5000,
@@ -64,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated steps to run (noop,box,latency,io,recovery,chord,bulk,report,memory,capacity)",
+        help="comma-separated steps to run "
+        "(noop,box,latency,io,recovery,chord,bulk,unique,report,memory,capacity)",
     )
     parser.add_argument(
         "--profile",
@@ -95,6 +110,7 @@ def steps(
         ("recovery", "recovery after SIGKILL", lambda: recovery.run(bench, crm, with_stock=not quick)),
         ("chord", "chord", lambda: chord.run(bench, sizes["chord"])),
         ("bulk", "bulk enqueue", lambda: bulk_enqueue.run(bench, sizes["bulk"])),
+        ("unique", "unique enqueue", lambda: unique_enqueue.run(bench, sizes["unique"])),
         ("report", "report progress", lambda: report.run(bench, sizes["report"])),
         ("memory", "worker memory", lambda: memory.run(bench, sizes["memory"])),
         ("capacity", "Redis cost per task", lambda: capacity.run(bench, sizes["capacity"])),

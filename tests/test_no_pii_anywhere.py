@@ -64,6 +64,7 @@ def samples(doctor: Doctor, appt: Appointment, report: Report) -> dict[str, Call
         "sync.sync_doctor_to_external_system": lambda: [doctor.pk],
         "sync.sync_all_doctors": lambda: [],
         "sync.echo": lambda: [1],
+        "sync.probe_unique": lambda: [1, 1],
         "sync.health_check": lambda: [],
         "payments.process_payment": lambda: [appt.pk],
         "payments.reconcile_payments": lambda: [],

@@ -9,7 +9,7 @@ from kombu import Queue
 from common.routing import SERVICES
 from common.sentinel_urls import is_sentinel_url, parse_sentinel_url, sentinel_kwargs
 from common.settings import Settings
-from common.transport import broker
+from common.transport import broker, unique_jobs
 from common.transport.results import BACKEND as RESULTS_BACKEND
 from common.transport.results import SENTINEL_BACKEND
 from common.transport.tls import split_tls
@@ -19,6 +19,8 @@ def celery_config(s: Settings, *, worker: bool = False) -> dict[str, Any]:
     """The Celery config; `worker` adds the receipt checks a consuming service applies."""
     # redis:// and rediss:// URLs select our reliable transport (common.transport.broker), TLS intact.
     broker.install()
+    # A contract's `unique` declaration, applied on every publish and released by the worker.
+    unique_jobs.install()
     # rediss://: the certificate verified by the broker, the result backend and the locks alike,
     # with the CA/cert/key the URL names (common.transport.tls); kombu alone would not verify.
     broker_url, broker_tls = split_tls(s.redis_url)

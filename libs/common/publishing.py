@@ -4,7 +4,9 @@
 relay (`common.outbox.relay`) both publish through `publish` and `Batch`, so an outage looks
 the same everywhere: a `BrokerUnavailableError` naming the broker (password hidden), after
 which sends to that broker skip it for `BROKER_RETRY_AFTER` seconds and go to the outbox.
-Nothing here checks a contract: callers check first.
+Nothing here checks a contract: callers check first. A unique task's duplicate (its key held,
+`common.transport.broker.uniqueness`) publishes nothing, and `publish` returns the
+`AsyncResult` of the task that holds the key.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.celery_base import current_app
 from common.masking import mask_text, redact_url
+from common.transport.broker import uniqueness
 
 # After a failed publish, sends to that broker go straight to the outbox for this many
 # seconds instead of each waiting out the publish retry policy: a fan-out of 1,000 tasks
@@ -129,6 +132,9 @@ def publish(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any], **o
         raise broker_unavailable(app, exc, name) from exc
     if _broker_down_until:
         _broker_down_until.pop(app.conf.broker_url, None)
+    holder = uniqueness.duplicate_of(result.id)
+    if holder is not None:  # a unique task already queued: the caller follows that one
+        return app.AsyncResult(holder)
     return result
 
 

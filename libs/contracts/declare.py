@@ -17,14 +17,17 @@ Arguments are checked twice, with two readings of the same shapes:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
+import math
 import pkgutil
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NotRequired, Protocol, cast, overload
+from typing import Any, Literal, NotRequired, Protocol, cast, overload
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -90,6 +93,18 @@ def parse_rate(text: str) -> Rate:
     return Rate(int(match.group(1)), _UNIT_SECONDS[match.group(2).lower()])
 
 
+class BatchStatus(TypedDict):
+    """What a batch's callback receives as its first argument (`common.batches`): how its
+    members ended, ids only. `failed_ids` lists at most the first 1,000; the whole list is
+    `common.batches.status(batch_id)`."""
+
+    batch_id: str
+    total: int
+    succeeded: int
+    failed: int
+    failed_ids: list[str]
+
+
 @dataclass(frozen=True)
 class RateLimit:
     """A limit shared by every worker of every host (`common.transport.rate_limits`).
@@ -123,6 +138,38 @@ class RateLimit:
         return parse_rate(self.rate) if self.rate is not None else None
 
 
+UNIQUE_PREFIX = "jobs.unique:"
+
+
+@dataclass(frozen=True)
+class Unique:
+    """A task that is queued at most once per value of `on` (Sidekiq's unique_for/unique_until).
+
+    The key is taken in the same Redis step as the publish and held until the task starts
+    (`until="start"`: a send while it runs queues one more) or ends for good
+    (`until="finish"`: a retry keeps it), and never longer than `seconds` after it was
+    taken or the task started: a killed worker's key runs out. With `debounce` seconds the
+    message waits that long, and a later send in the window replaces it (the last wins).
+    """
+
+    on: tuple[str, ...]
+    until: Literal["start", "finish"] = "start"
+    seconds: float = 3600.0
+    debounce: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.on, str):
+            object.__setattr__(self, "on", (self.on,))
+        if self.until not in ("start", "finish"):
+            raise ValueError(f"Unique(until=...) is 'start' or 'finish', not {self.until!r}")
+        if not (0 < self.seconds < math.inf):
+            raise ValueError(
+                f"Unique(seconds=...) must be a positive number of seconds, not {self.seconds!r}"
+            )
+        if not (0 <= self.debounce < self.seconds):
+            raise ValueError("Unique(debounce=...) must be at least 0 and shorter than its seconds")
+
+
 @dataclass(frozen=True)
 class TaskContract:
     name: str
@@ -131,6 +178,8 @@ class TaskContract:
     doc: str
     annotations: dict[str, Any] = field(repr=False, compare=False)
     rate_limit: RateLimit | None = field(default=None, compare=False)
+    unique: Unique | None = None
+    _unique_at: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
     _adapters: dict[bool, TypeAdapter[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -173,6 +222,44 @@ class TaskContract:
                 f"(got {type(value).__name__})"
             ) from None
 
+    def unique_key(self, args: Any = (), kwargs: dict[str, Any] | None = None) -> str | None:
+        """The Redis key a `unique` call holds: the task's name and a hash of the JSON of the
+        declared arguments (defaults applied), so equal values give one key whatever the
+        caller's spelling (positional or keyword); None for a task that is not unique, or
+        arguments that do not bind (the worker's intake judges those)."""
+        if self.unique is None:
+            return None
+        positions = self._unique_positions()
+        if not kwargs and isinstance(args, list | tuple) and len(args) > max(positions, default=-1) >= 0:
+            values = [args[i] for i in positions]  # the common call: positional, nothing to bind
+        else:
+            try:
+                bound = self.signature.bind(*(args or ()), **(kwargs or {}))
+            except TypeError:
+                return None
+            bound.apply_defaults()
+            values = [bound.arguments.get(name) for name in self.unique.on]
+        if all(type(v) is int for v in values):  # ids: json.dumps's own text, without its cost
+            text = "[" + ",".join(map(str, values)) + "]"
+        else:
+            try:
+                text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            except (TypeError, ValueError):
+                text = repr(values)
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{UNIQUE_PREFIX}{self.name}:{digest}"
+
+    def _unique_positions(self) -> tuple[int, ...]:
+        """Where the declared `on` parameters sit among the positional ones (() if one cannot)."""
+        found = self._unique_at.get("at")
+        if found is None:
+            params = list(self.signature.parameters.values())
+            positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            on = self.unique.on if self.unique is not None else ()
+            found = tuple(positional.index(n) for n in on) if all(n in positional for n in on) else ()
+            self._unique_at["at"] = found
+        return found
+
     # Celery's calling API, sent by name through the bound sender (common.calls).
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return _bound().apply_async(self, args, kwargs)
@@ -209,19 +296,26 @@ class ServiceContracts:
         self._contracts: dict[str, TaskContract] = {}
 
     @overload
-    def task(self, stub: Callable[..., Any], *, rate_limit: RateLimit | None = None) -> TaskContract: ...
+    def task(
+        self, stub: Callable[..., Any], *, rate_limit: RateLimit | None = None, unique: Unique | None = None
+    ) -> TaskContract: ...
 
     @overload
     def task(
-        self, stub: None = None, *, rate_limit: RateLimit | None = None
+        self, stub: None = None, *, rate_limit: RateLimit | None = None, unique: Unique | None = None
     ) -> Callable[[Callable[..., Any]], TaskContract]: ...
 
     def task(
-        self, stub: Callable[..., Any] | None = None, *, rate_limit: RateLimit | None = None
+        self,
+        stub: Callable[..., Any] | None = None,
+        *,
+        rate_limit: RateLimit | None = None,
+        unique: Unique | None = None,
     ) -> TaskContract | Callable[[Callable[..., Any]], TaskContract]:
-        """`@SERVICE.task`, or `@SERVICE.task(rate_limit=RateLimit("5/s", per="doctor_id"))`."""
+        """`@SERVICE.task`, or with options: `@SERVICE.task(rate_limit=RateLimit("5/s",
+        per="doctor_id"))`, `@SERVICE.task(unique=Unique(on=("doctor_id",)))`."""
         if stub is None:
-            return lambda fn: self.task(fn, rate_limit=rate_limit)
+            return lambda fn: self.task(fn, rate_limit=rate_limit, unique=unique)
         name = f"{self.service}.{stub.__name__}"
         if name in self._contracts:
             raise ValueError(f"task {name} declared twice")
@@ -232,6 +326,12 @@ class ServiceContracts:
             and rate_limit.per not in signature.parameters
         ):
             raise ValueError(f"{name}: rate_limit per={rate_limit.per!r} names no parameter of the task")
+        if unique is not None:
+            unknown = [p for p in unique.on if p not in signature.parameters]
+            if unknown or not unique.on:
+                raise ValueError(
+                    f"task {name}: Unique(on=...) must name its parameters, not {unknown or '()'}"
+                )
         contract = TaskContract(
             name=name,
             queue=self.service,
@@ -241,6 +341,7 @@ class ServiceContracts:
                 p: a for p, a in inspect.get_annotations(stub, eval_str=True).items() if p != "return"
             },
             rate_limit=rate_limit,
+            unique=unique,
         )
         self._contracts[name] = contract
         return contract

@@ -5,7 +5,7 @@ from typing import Any
 
 from typing_extensions import TypedDict
 
-from contracts.declare import ServiceContracts
+from contracts.declare import ServiceContracts, Unique
 
 SERVICE = ServiceContracts("sync")
 
@@ -28,9 +28,11 @@ def create_account(data: DoctorCheck) -> dict[str, Any]:
     """Onboarding-chain step: create the doctor's CRM account if `data` says it is valid."""
 
 
-@SERVICE.task
+# A burst of edits to one doctor queues one sync; an edit while it runs queues one more.
+# The key outlives a stopped queue by at most 10 minutes: a send after that queues again.
+@SERVICE.task(unique=Unique(on=("doctor_id",), until="start", seconds=600))
 def sync_doctor_to_external_system(doctor_id: int) -> dict[str, Any]:
-    """Push one doctor to the CRM, retrying with backoff on request errors."""
+    """Push one doctor to the CRM, retrying with backoff on request errors; queued once per doctor."""
 
 
 @SERVICE.task
@@ -41,6 +43,12 @@ def sync_all_doctors() -> dict[str, Any]:
 @SERVICE.task
 def echo(value: int) -> int:
     """Round-trip probe through the sync queue (latency checks, the benchmark)."""
+
+
+@SERVICE.task(unique=Unique(on=("key",), until="finish", seconds=5, debounce=0.3))
+def probe_unique(key: int, value: int, hold_ms: int = 0) -> int:
+    """Uniqueness probe: one run per `key` until it ends, the last of a 300 ms burst wins;
+    returns `value` after `hold_ms` (at most 30 s). For the uniqueness tests and the bench."""
 
 
 @SERVICE.task

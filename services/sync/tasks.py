@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import requests
@@ -84,6 +85,12 @@ def create_account(data: dict) -> dict:
 
 @implements(app, contract.echo)
 def echo(value: int) -> int:
+    return value
+
+
+@implements(app, contract.probe_unique)
+def probe_unique(key: int, value: int, hold_ms: int = 0) -> int:
+    time.sleep(min(max(hold_ms, 0), 30_000) / 1000)  # bounded: a probe never ties a thread up for long
     return value
 
 

@@ -5,10 +5,11 @@ the age of its oldest waiting message, its live consumers and which workers (wit
 release) consume it, its dead letters, whether it is paused (since when, by whom; with Pause
 and Resume buttons for `web.pause_queue`: web/queue_pause_admin.py); the countdown/eta
 messages not yet due; the shared rate limits in use and how much of each is used now
-(`common.transport.rate_limits`); the last tasks that failed for good; the last tasks revoked,
-with their state. Queue numbers come from Redis (`common.observability.queues`), workers from
-one pair of Celery broadcasts (`active_queues`, `stats`) asked at once with a one-second
-timeout, failures from `common.observability.recent_failures`, revokes from
+(`common.transport.rate_limits`); the unique keys held (`common.transport.unique_jobs`: task,
+key hash, holding task id, lease left); the last tasks that failed for good; the last tasks
+revoked, with their state. Queue numbers come from Redis (`common.observability.queues`),
+workers from one pair of Celery broadcasts (`active_queues`, `stats`) asked at once with a
+one-second timeout, failures from `common.observability.recent_failures`, revokes from
 `common.transport.revocation`.
 
 Staff only (`admin.site.admin_view`); an unreachable Redis is a page saying so, not a 500.
@@ -35,8 +36,9 @@ from common.masking import mask_text, redact_url
 from common.observability.queues import BrokerSnapshot, QueueSnapshot, read_broker
 from common.observability.recent_failures import KEEP, Failure, recent
 from common.routing import SERVICES
-from common.transport.rate_limits import snapshot as rate_limits
 from common.transport import revocation
+from common.transport.rate_limits import snapshot as rate_limits
+from common.transport.unique_jobs import held_keys
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ INSPECT_TIMEOUT = 1.0  # seconds the broadcasts wait for workers' replies (the p
 REFRESH_SECONDS = 5
 FAILURES_ON_PAGE = 10
 REVOKED_ON_PAGE = 10
+UNIQUE_ON_PAGE = 50  # held unique keys listed (a SCAN of at most this many)
 
 # The admin index's "Operations" module links this page and the dead letters.
 admin.site.index_template = "web/operations/admin_index.html"
@@ -192,6 +195,7 @@ def index(request: HttpRequest) -> HttpResponse:
         failures = recent(client, FAILURES_ON_PAGE)
         limits = rate_limits(client)
         revoked = _revoked_rows(revocation.recent(client, REVOKED_ON_PAGE))
+        unique = held_keys(client, UNIQUE_ON_PAGE)
     except redis.RedisError as exc:
         return _unreachable(request, "Operations", "web/operations/index.html", exc)
     finally:
@@ -209,6 +213,8 @@ def index(request: HttpRequest) -> HttpResponse:
         "limits": limits,
         "workers": workers,
         "failures": [_failure_row(f) for f in failures],
+        "unique": unique,
+        "unique_limit": UNIQUE_ON_PAGE,
         "failures_url": reverse("web-operations-failures"),
         "deadletters_url": reverse("web-deadletters"),
         "revoked": revoked,

@@ -23,6 +23,7 @@ from common.masking import mask_text
 from common.observability import failure_hooks
 from common.observability.outcomes import is_outcome
 from common.settings import get_settings
+from common.transport import batches
 from common.transport.dead_letter_store import FAILED, DeadLetters
 from common.transport.tls import redis_from_url
 
@@ -69,6 +70,9 @@ def as_message(task: Any, task_id: str, args: Any, kwargs: Any) -> bytes:
             "timelimit": [None, None],
             "eta": None,
             "expires": None,
+            # A batch member's dead letter counts it as failed and fires its batch's on_death
+            # (`common.transport.batches`); a replay runs it again, counted once all the same.
+            **({batches.HEADER: batch} if (batch := batches.batch_of(request)) else {}),
         },
         "properties": {
             "correlation_id": task_id,

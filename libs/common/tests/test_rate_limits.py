@@ -17,20 +17,11 @@ from common.transport import rate_limits
 from common.transport.broker import scripts
 from common.transport.rate_limits import MARGIN_MS, Limit, Limiter, RateLimited, key_part, snapshot
 from contracts.declare import Rate
+from devtools.testing.waiting import max_in_any_window
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def max_in_any_window(times_ms: list[int], window_ms: int) -> int:
-    times_ms = sorted(times_ms)
-    best, start = 0, 0
-    for end, t in enumerate(times_ms):
-        while t - times_ms[start] >= window_ms:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def test_many_threads_racing_never_get_more_than_n_in_any_window(redis_client: redis.Redis) -> None:

@@ -22,6 +22,8 @@ from typing import Any, cast
 import redis
 from celery.utils.dispatch import Signal
 
+from common.transport import batches
+
 # Sent once a dead letter is stored, where it was stored (a worker's main process for what
 # it could not run, the pool process for a task that failed for good): metrics count it.
 dead_lettered = Signal(name="dead_lettered", providing_args=["queue", "reason"])
@@ -184,6 +186,7 @@ class DeadLetters:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self._add = client.register_script(_ADD)
+        self._add_member = client.register_script(batches.add_and_count_dead(_ADD))
         self._remove = client.register_script(_REMOVE)
 
     @staticmethod
@@ -241,7 +244,12 @@ class DeadLetters:
         if inflight is not None:
             keys.append(inflight[0])
             args.append(inflight[1])
-        self._add(keys=keys, args=args)
+        batch = batches.batch_of_raw(raw) if task_id else None
+        if batch is None:
+            self._add(keys=keys, args=args)
+        else:  # a batch member: counted as failed, and its batch's on_death, in the same step
+            args += [*([] if inflight is not None else [""]), batch, task_id, batches.BELL_PREFIX]
+            self._add_member(keys=keys, args=args)
         dead_lettered.send(sender=self, queue=queue, reason=reason)
         return entry
 

@@ -49,6 +49,7 @@ from celery.exceptions import ImproperlyConfigured
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
 
+from common.transport import batches
 from common.transport.broker import ownership
 
 # KEYS[1] result key; ARGV[1] encoded meta (JSON), ARGV[2] expiry in seconds (0: none).
@@ -244,6 +245,10 @@ class RedisBackend(CeleryRedisBackend):
     def _store_script(self) -> Any:
         return self.client.register_script(STORE_UNLESS_SUCCEEDED)
 
+    @cached_property
+    def _store_and_count_script(self) -> Any:
+        return self.client.register_script(batches.store_and_count(STORE_UNLESS_SUCCEEDED))
+
     def _store_result(
         self,
         task_id: str,
@@ -264,8 +269,13 @@ class RedisBackend(CeleryRedisBackend):
         if tag is not None:
             keys.append(owner.inflight_key)
             args.append(tag)
+        script, batch = self._store_script, self._batch_of(request, state)
+        if batch is not None:  # a batch member's final state: counted in the same step
+            script = self._store_and_count_script
+            args += [*([] if tag is not None else [""]), batch, bytes_to_str(task_id)]
+            args += ["s" if state == states.SUCCESS else "f", batches.BELL_PREFIX]
         try:
-            self.ensure(self._store_script, (keys, args))
+            self.ensure(script, (keys, args))
         except BaseException:
             if tag is not None:
                 owner.took(tag, bytes_to_str(task_id))  # Celery's ack settles it instead
@@ -287,6 +297,14 @@ class RedisBackend(CeleryRedisBackend):
         if owner is None or not self._same_redis_as(owner):
             return None, None
         return owner, owner.hand_over(bytes_to_str(task_id))
+
+    def _batch_of(self, request: Any, state: str) -> str | None:
+        """The batch a final state (SUCCESS, FAILURE, REVOKED) counts into, or None.
+
+        Batches live on the broker's Redis (their callbacks go onto its queues): with results
+        on another Redis, `common.batches` refuses to create one, so no header names one here.
+        """
+        return batches.batch_of(request) if state in states.READY_STATES else None
 
     def _same_redis_as(self, owner: Any) -> bool:
         same = self._shares_broker

@@ -12,6 +12,8 @@ from devtools.sandboxes.http import JSONServer
 class CRMSandbox(JSONServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.doctors: dict[str, dict[str, Any]] = {}
+        # References answered 503 on every request: doctors whose sync fails for good.
+        self.refused: set[str] = set()
         self._ids = itertools.count(1000)
         self._lock = threading.Lock()
         super().__init__(self._handle, host, port)
@@ -22,6 +24,8 @@ class CRMSandbox(JSONServer):
         if method == "POST" and path == "/api/doctors":
             if not isinstance(body, dict) or not body.get("reference") or not body.get("email"):
                 return 422, {"error": "reference and email are required"}
+            if str(body["reference"]) in self.refused:
+                return 503, {"error": "refused for this reference"}
             with self._lock:
                 record = self.doctors.get(body["reference"])
                 if record is None:

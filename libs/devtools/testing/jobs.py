@@ -40,6 +40,7 @@ from typing import Any, cast
 
 from kombu.transport import TRANSPORT_ALIASES, _transport_cache, virtual  # type: ignore[attr-defined]
 
+from devtools.testing import unique_stub
 from devtools.testing.memory_redis import MemoryRedis
 
 STUB_URL = "stub://"
@@ -68,7 +69,7 @@ class StubChannel(virtual.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         if _active is None:
             raise NoJobsHarnessError(f"a message for queue {queue!r} was published with no Jobs() active")
-        _active._put(queue, json.dumps(message).encode())  # as our transport stores it in Redis
+        _active._put(queue, json.dumps(message).encode(), message)  # as our transport stores it in Redis
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         raise virtual.Empty()  # Jobs.run_all() delivers; nothing consumes through kombu
@@ -209,6 +210,7 @@ class Jobs:
         self._outcomes: dict[str, Outcome] = {}
         self._order: list[str] = []
         self.redis = MemoryRedis()
+        self.unique_pending: dict[str, Message] = {}  # a debounced key's waiting message
         self._saved: list[tuple[Any, dict[str, Any]]] = []
         self._patches: list[tuple[Any, str, Any]] = []
 
@@ -272,8 +274,10 @@ class Jobs:
 
     # -- recording
 
-    def _put(self, queue: str, raw: bytes) -> None:
+    def _put(self, queue: str, raw: bytes, envelope: dict[str, Any] | None = None) -> None:
         message = Message(queue, raw)
+        if envelope is not None and not unique_stub.admit(self, message, envelope):
+            return  # a unique task's duplicate: not published (devtools.testing.unique_stub)
         self.messages.append(message)
         self.published.append(message)
 

@@ -155,6 +155,16 @@ class MemoryRedis:
     def lock(self, name: str, timeout: float | None = None, blocking: bool = True, **_: Any) -> MemoryLock:
         return MemoryLock(self, name, timeout)
 
+    def register_script(self, script: str) -> Any:
+        """The Python twin of one of our Lua scripts (only those the fast tier's paths run)."""
+        from common.transport import unique_jobs
+        from devtools.testing import unique_stub
+
+        twins = {unique_jobs.RELEASE: unique_stub.release}
+        if script not in twins:
+            raise NotImplementedError("MemoryRedis runs no Lua: this script has no Python twin")
+        return lambda keys=(), args=(), client=None: twins[script](list(keys), list(args), client or self)
+
     def pipeline(self, transaction: bool = True) -> _Pipeline:
         return _Pipeline(self)
 

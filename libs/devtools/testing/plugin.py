@@ -172,3 +172,5 @@ def _reset_peer_faults(request: pytest.FixtureRequest) -> None:
             server = request.getfixturevalue(name)
             server.faults.__init__()
             server.latency = 0.0
+            if hasattr(server, "refused"):
+                server.refused.clear()

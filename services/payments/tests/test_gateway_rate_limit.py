@@ -15,6 +15,7 @@ import pytest
 
 from common.models import Appointment, Payment
 from contracts import payments
+from devtools.testing.waiting import max_in_any_window
 from devtools.testing.workers import Workers
 
 LIMIT = 2  # per second
@@ -28,16 +29,6 @@ def limited_worker(data_dir: Path, peers_env: dict[str, str]) -> Iterator[Worker
     w.start(["payments"], env={"payments": {**peers_env, "PAYMENT_GATEWAY_RATE_LIMIT": f"{LIMIT}/s"}})
     yield w
     w.stop()
-
-
-def max_in_any_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def test_payments_over_the_gateway_limit_wait_and_are_each_charged_once(

@@ -31,22 +31,12 @@ from common.models import Doctor
 from contracts import sync
 from devtools.platform import worker_process
 from devtools.processes import ServiceProcess
+from devtools.testing.waiting import max_in_any_window
 
 WORKERS = 3
 SYNCS = 60
 ECHOES = 200
 LIMIT = 5  # per second
-
-
-def max_in_any_window(times: list[float], window: float = 1.0) -> int:
-    """The most of `times` (seconds) inside any half-open window [t, t + window)."""
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def start_workers(data_dir: Path, env: dict[str, str], tag: str) -> list[ServiceProcess]:

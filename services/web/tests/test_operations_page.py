@@ -195,3 +195,24 @@ def test_rate_limits_in_use_are_listed_with_their_current_use(redis_client: redi
     row = row[: row.index("</tr>")]
     assert '<td class="rate">5/s</td>' in row and '<td class="in-window">5</td>' in row, row
     assert '<td class="next">' in row and " s</td>" in row  # the 6th waits: due within the window
+
+
+def test_held_unique_keys_are_listed_with_their_holder_and_lease_never_their_arguments(
+    redis_client: redis.Redis,
+) -> None:
+    from contracts import sync
+
+    doctor_id = 880_000 + secrets.randbelow(10_000)
+    # Nobody consumes sync here: the send waits, holding its key.
+    result = sync.sync_doctor_to_external_system.delay(doctor_id)
+    key = sync.sync_doctor_to_external_system.unique_key((doctor_id,))
+    assert key is not None
+    digest = key.rpartition(":")[2][:12]
+    try:
+        text = html.unescape(staff_client().get(PAGE).content.decode())
+        assert "Held unique keys" in text
+        row = next(line for line in text.splitlines() if digest in line)
+        assert "sync.sync_doctor_to_external_system" in row and result.id in row and " s</td>" in row
+        assert str(doctor_id) not in text  # a hash of the arguments, never the arguments
+    finally:
+        redis_client.delete("sync", key)

@@ -40,7 +40,7 @@ from kombu.utils.json import dumps
 from redis.commands.core import Script
 
 from common.transport import protocol
-from common.transport.broker import ownership, round_trip, scripts, sockets
+from common.transport.broker import ownership, round_trip, scripts, sockets, uniqueness
 from common.transport.broker.messages import due_ms, marked_redelivered, names_in, task_named_in, task_of
 from common.transport.broker.qos import QoS
 from common.transport.broker.round_trip import ROUND_TRIP_MESSAGES, one_round_trip
@@ -228,6 +228,8 @@ class Channel(kombu_redis.Channel):
         payload = dumps(message)
         bell = scripts.BELL_PREFIX + queue
         expires = self._expires.get(queue) if self._expires else None
+        if expires is None and (unique := uniqueness.header_of(message)) is not None:  # a unique task
+            return uniqueness.put(self, message, unique, key, bell, payload, due)
         batch = self._round_trip_pipeline()
         if due is None and expires is None:
             # The common case: the message and its queue's wake-up call in one EVALSHA.
