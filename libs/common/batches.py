@@ -20,7 +20,7 @@ batches.status(batch.id)  # total, pending, succeeded, failed, failed_ids, ...
 
 Counting is idempotent by task id and atomic with each member's final result (and ack), and the
 callbacks are published by the Redis step that counts the last member, so each is published
-exactly once (`common.transport.batches`). Members are published at once, like canvas, not
+exactly once (`common.transport.batches`). Members are published at once (unlike canvas), not
 through the outbox: a batch opened inside a transaction that rolls back keeps its members
 sent. A block that raises leaves the batch open: it never fires, and expires after
 `transport.batches.TTL`.

@@ -10,18 +10,19 @@ the processes it applies to:
   1. `db_connection_reuse`: Django's CONN_MAX_AGE honoured per task (`common.db_connections`);
   2. `error_reporting`: Sentry, Celery's log handlers masked, and the failure report as the
      first failure hook (`common.observability.reporting`);
+  3. `canvas_outbox`: a chain, group or chord is sent through the outbox (`common.canvas`);
 - **worker service** (`create_app` of a queue service, `common.routing.SERVICES`):
-  3. `dead_letters`: a task that opts in keeps its final failure (`common.deadletters.failures`);
-  4. `recent_failures`: the operations page lists it (`common.observability.recent_failures`);
-  5. `revoked_state`: a task stopped by a revoke ends REVOKED, not SUCCESS (`common.cancellation`);
+  4. `dead_letters`: a task that opts in keeps its final failure (`common.deadletters.failures`);
+  5. `recent_failures`: the operations page lists it (`common.observability.recent_failures`);
+  6. `revoked_state`: a task stopped by a revoke ends REVOKED, not SUCCESS (`common.cancellation`);
 - **worker run** (`run_worker`, in the worker's main process before its pool starts):
-  6. `scheduled_inspect`: `inspect scheduled` reads the delayed set (`transport.broker.scheduled`);
-  7. `remote_control`: commands outside WORKER_REMOTE_CONTROL_ALLOW refused (`common.remote_control`);
-  8. `hidden_task_results`: "Task ... succeeded" never shows the value (`common.masking`);
-  9. `json_logs`: with LOG_FORMAT=json, Celery's handlers write JSON (`observability.logging_config`);
-  10. `metrics`: with METRICS_PORT, count tasks and serve /metrics (`observability.metrics`);
-  11. `release_info`: `inspect stats` shows the release (`common.worker_status`);
-  12. `exit_status`: keep the worker, for a truthful exit code (`common.worker_status`).
+  7. `scheduled_inspect`: `inspect scheduled` reads the delayed set (`transport.broker.scheduled`);
+  8. `remote_control`: commands outside WORKER_REMOTE_CONTROL_ALLOW refused (`common.remote_control`);
+  9. `hidden_task_results`: "Task ... succeeded" never shows the value (`common.masking`);
+  10. `json_logs`: with LOG_FORMAT=json, Celery's handlers write JSON (`observability.logging_config`);
+  11. `metrics`: with METRICS_PORT, count tasks and serve /metrics (`observability.metrics`);
+  12. `release_info`: `inspect stats` shows the release (`common.worker_status`);
+  13. `exit_status`: keep the worker, for a truthful exit code (`common.worker_status`).
 
 Why this order: each group runs when its process reaches that point (an app is made, a
 service's app is made, its worker runs), so a group's hooks come after the groups before it.
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from common import cancellation, celery_base, db_connections, masking, remote_control, worker_status
+from common import cancellation, canvas, celery_base, db_connections, masking, remote_control, worker_status
 from common.deadletters import failures
 from common.observability import logging_config, metrics, recent_failures, reporting
 from common.routing import SERVICES
@@ -122,6 +123,7 @@ def _metrics(app: Celery) -> None:
 HOOKS: tuple[Hook, ...] = (
     Hook("db_connection_reuse", Scope.EVERY_APP, _connection_reuse),
     Hook("error_reporting", Scope.EVERY_APP, _error_reporting),
+    Hook("canvas_outbox", Scope.EVERY_APP, canvas.install),
     Hook("dead_letters", Scope.WORKER_SERVICE, _dead_letters),
     Hook("recent_failures", Scope.WORKER_SERVICE, _recent_failures),
     Hook("revoked_state", Scope.WORKER_SERVICE, _revoked_state),

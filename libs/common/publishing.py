@@ -95,6 +95,22 @@ class Batch:
         self._declared.add(queue)
         return publish(self.app, name, args, kwargs, producer=self.producer, retry=False, **options)
 
+    def send_message(self, name: str, message: Any, **options: Any) -> None:
+        """Publish a message already built (`app.amqp.create_task_message`'s) into this batch.
+
+        What the outbox keeps of a canvas: its task ids, headers and body were fixed when it was
+        sent, so it is published as it is, through Celery's own `send_task_message` (its
+        signals included), not built again.
+        """
+        queue = options.get("queue")
+        if queue in self._declared:
+            options["declare"] = []
+        self._declared.add(queue)
+        try:
+            self.app.amqp.send_task_message(self.producer, name, message, retry=False, **options)
+        except BROKER_ERRORS as exc:
+            raise broker_unavailable(self.app, exc, name) from exc
+
 
 @contextmanager
 def one_round_trip(app: Celery | None = None) -> Iterator[None]:

@@ -23,6 +23,7 @@ from django.db.models import F, QuerySet
 from common import publishing
 from common.celery_base import current_app
 from common.masking import mask_text
+from common.outbox import captured
 from common.outbox.models import OutboxMessage
 from common.outbox.options import decode_options
 
@@ -146,14 +147,17 @@ def _publish(app: Celery, rows: list[OutboxMessage], done: Pass) -> None:
         with publishing.Batch(app) as batch:
             for row in rows:
                 try:
-                    batch.send(
-                        row.task_name,
-                        row.args,
-                        row.kwargs,
-                        task_id=row.task_id,
-                        queue=row.queue,
-                        **decode_options(row.options),
-                    )
+                    if captured.is_captured(row.options):  # a canvas's message, built at the send
+                        captured.replay(app, batch, row.task_name, row.options)
+                    else:
+                        batch.send(
+                            row.task_name,
+                            row.args,
+                            row.kwargs,
+                            task_id=row.task_id,
+                            queue=row.queue,
+                            **decode_options(row.options),
+                        )
                 except publishing.BrokerUnavailableError:
                     raise
                 except Exception as exc:  # this row cannot be published: record why, go on with the rest

@@ -22,7 +22,7 @@ from common.process_hooks import HOOKS, Scope, hooks_for, install
 from common.transport.dead_letter_store import dead_lettered
 from common.worker_status import ReleaseInfo
 
-EVERY_APP = ["db_connection_reuse", "error_reporting"]
+EVERY_APP = ["db_connection_reuse", "error_reporting", "canvas_outbox"]
 SERVICE = ["dead_letters", "recent_failures", "revoked_state"]
 RUN = [
     "scheduled_inspect",
