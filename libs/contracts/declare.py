@@ -239,7 +239,8 @@ class TaskContract:
                 return None
             bound.apply_defaults()
             values = [bound.arguments.get(name) for name in self.unique.on]
-        if all(type(v) is int for v in values):  # ids: json.dumps's own text, without its cost
+        # ids (not bools, whose JSON is true/false): json.dumps's own text, without its cost
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             text = "[" + ",".join(map(str, values)) + "]"
         else:
             try:
