@@ -49,8 +49,9 @@ def activate() -> None:
         return
     from celery.app import backends
 
-    from common.transport import broker, results
+    from common.transport import results
     from common.transport.broker import scheduled
+    from common.transport.broker import transport as broker
 
     broker.install()
     for alias in ("redis", "rediss"):

@@ -45,7 +45,7 @@ from common.publishing import (
     _broker_down_since,
     broker_unavailable,
 )
-from contracts.declare import lookup
+from contracts.declare import lookup, service_contracts
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +98,27 @@ def _applies(sig: Signature) -> bool:
     from django.apps import apps
     from django.db import transaction
 
-    if not apps.ready or sig.app.conf.task_always_eager:
+    if not apps.ready or sig.app.conf.task_always_eager or not _declared(sig):
         return False
     return get_current_worker_task() is None or transaction.get_connection().in_atomic_block
+
+
+def _declared(sig: Any) -> bool:
+    """Every task of the canvas belongs to a service whose contracts this deployable carries.
+
+    A task of another (a test's probe service, Celery's built-ins) goes Celery's own way, as it
+    did before canvas was kept: the outbox keeps only what it can check, and a worker's intake
+    refuses a name it does not know. A name unknown to a known service (a typo) is captured, so
+    the contract check refuses it before anything is sent.
+    """
+    if isinstance(sig, chord):
+        parts: list[Any] = [*sig.tasks, sig.body]
+    elif isinstance(sig, _chain | group):
+        parts = list(sig.tasks)
+    else:
+        name = getattr(sig, "task", None)
+        return isinstance(name, str) and service_contracts(name.partition(".")[0]) is not None
+    return all(_declared(part) for part in parts if part is not None)
 
 
 @contextmanager

@@ -9,7 +9,8 @@ from kombu import Queue
 from common.routing import SERVICES
 from common.sentinel_urls import is_sentinel_url, parse_sentinel_url, sentinel_kwargs
 from common.settings import Settings
-from common.transport import broker, unique_jobs
+from common.transport import unique_jobs
+from common.transport.broker import transport as broker
 from common.transport.results import BACKEND as RESULTS_BACKEND
 from common.transport.results import SENTINEL_BACKEND
 from common.transport.tls import split_tls

@@ -56,7 +56,7 @@ def check(repo: Path, ref: str = "HEAD") -> tuple[int, list[str]]:
 
 def declared(repo: Path) -> int:
     modules = (repo / "libs" / "contracts").glob("*.py")
-    return sum(len(re.findall(r"^@SERVICE\.task$", p.read_text(), re.M)) for p in modules)
+    return sum(len(re.findall(r"^@SERVICE\.task\b", p.read_text(), re.M)) for p in modules)
 
 
 def test_unchanged_contracts_are_compatible(repo: Path) -> None:

@@ -105,6 +105,7 @@ SAMPLES: dict[str, Callable[[Rows], list[Any]]] = {
     "sync.sync_doctor_to_external_system": lambda r: [r.doctor_id],
     "sync.sync_all_doctors": lambda r: [],
     "sync.echo": lambda r: [7],
+    "sync.probe_unique": lambda r: [7, 1],
     "sync.health_check": lambda r: [],
 }
 

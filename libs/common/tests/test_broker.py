@@ -9,7 +9,7 @@ from celery import Celery
 from common.celery_app import current_app
 from common.celery_config import celery_config
 from common.settings import Settings
-from common.transport.broker import Channel
+from common.transport.broker.transport import Channel
 
 
 def test_one_client_serves_every_command_and_follows_a_new_pool(redis_url: str) -> None:
@@ -170,7 +170,7 @@ def test_install_wins_over_a_redis_url_resolved_before_it() -> None:
     from kombu import Connection
     from kombu.transport import TRANSPORT_ALIASES, _transport_cache
 
-    from common.transport.broker import install
+    from common.transport.broker.transport import install
 
     saved = TRANSPORT_ALIASES["redis"]
     try:

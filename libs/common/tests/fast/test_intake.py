@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import sync.tasks  # noqa: F401 - registers the sync service's tasks on its app
 from common.transport import intake, protocol
-from common.transport.broker import Channel
+from common.transport.broker.transport import Channel
 from common.transport.dead_letter_store import (
     CONTENT_TYPE,
     CRASHED_CONSUMER,

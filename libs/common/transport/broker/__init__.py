@@ -1,5 +1,5 @@
-"""The Redis broker: kombu's transport made reliable (see `transport`), bound by URL alias."""
+"""The Redis broker: kombu's transport made reliable (`transport`), bound by URL alias.
 
-from common.transport.broker.transport import Channel, Transport, install
-
-__all__ = ["Channel", "Transport", "install"]
+Imports nothing itself: its modules import each other's constants (`scripts`) without
+loading the whole transport, which the dead-letter store and batches sit below.
+"""
