@@ -9,10 +9,6 @@ from common.transport.broker import uniqueness
 from contracts import sync
 from contracts.declare import ServiceContracts, Unique
 
-pytestmark = pytest.mark.skipif(
-    "not __import__('importlib').util.find_spec('sync')", reason="the sync worker is not in this sandbox"
-)
-
 
 def test_the_key_depends_on_the_declared_arguments_only_and_not_on_how_they_are_passed():
     service = ServiceContracts("keys")
