@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celery import Celery, Signature
@@ -169,7 +169,6 @@ def send_many(
     if not payloads:
         return []
     app = app or current_app()
-    from django.db import DatabaseError, transaction
 
     from common.outbox import store
 
@@ -178,46 +177,60 @@ def send_many(
     queue, kept_options = store.encode_options(options, default_queue=c.queue) if options else (c.queue, {})
     rows = [store.Row(str(uuid.uuid4()), c.name, queue, p, kept_options, False) for p in payloads]
     results = [app.AsyncResult(r.task_id) for r in rows]
+    publish_options = store.decode_options(kept_options)
+    arguments = {row.task_id: args for row, args in zip(rows, arg_lists, strict=True)}
+
+    def send(batch: Batch, row: Any) -> None:
+        batch.send(c.name, arguments[row.task_id], {}, task_id=row.task_id, queue=queue, **publish_options)
+
+    send_or_keep(app, rows, send, c.name)
+    return results
+
+
+def send_or_keep(app: Celery, rows: list[Any], send: Callable[[Batch, Any], None], what: str) -> None:
+    """Publish outbox rows (`store.Row`) as sending does: after the commit inside a transaction,
+    else now, a round trip per chunk; what the broker does not take is kept in the outbox in one
+    transaction, or `BrokerUnavailableError` says none of it was sent. `send_many` and canvas
+    (`common.canvas`) both send this way; `send(batch, row)` adds one row's message."""
+    from django.db import DatabaseError, transaction
+
+    from common.outbox import store
+
     if transaction.get_connection().in_atomic_block:
         store.keep_many(rows)
         store.publish_after_commit_many(app, [r.task_id for r in rows])
-        return results
-
+        return
     sent, reason = 0, _broker_down_since(app)
     if reason is None:
-        publish_options = store.decode_options(kept_options)
         try:
             while sent < len(rows):
-                chunk = range(sent, min(sent + BATCH_SIZE, len(rows)))
+                chunk = rows[sent : sent + BATCH_SIZE]
                 with Batch(app) as batch:
-                    for i in chunk:
-                        row = rows[i]
-                        batch.send(
-                            c.name, arg_lists[i], {}, task_id=row.task_id, queue=queue, **publish_options
-                        )
-                sent = chunk.stop
-            return results
+                    for row in chunk:
+                        send(batch, row)
+                sent += len(chunk)
+            return
         except BrokerUnavailableError as exc:
             reason = exc.reason
         except BROKER_ERRORS as exc:  # the pipeline itself failed
-            reason = broker_unavailable(app, exc, c.name).reason
+            reason = broker_unavailable(app, exc, what).reason
     try:
         with transaction.atomic():
             store.keep_many(rows[sent:])
     except DatabaseError as exc:
         raise BrokerUnavailableError(
-            f"Could not publish {len(rows) - sent} of {len(rows)} {c.name} task(s): {reason}, and could "
-            f"not keep them in the outbox either ({type(exc).__name__}). They were not sent.",
+            f"Could not publish {len(rows) - sent} of {len(rows)} message(s) of {what}: {reason}, and "
+            f"could not keep them in the outbox either ({type(exc).__name__}). They were not sent.",
             reason,
         ) from exc
     logger.warning(
-        "%d %s task(s) kept in the outbox: %s. The outbox relay (relay_outbox) publishes them when "
-        "the broker is back.",
+        "%d message(s) of %s (%s) kept in the outbox: %s. The outbox relay (relay_outbox) publishes "
+        "them when the broker is back.",
         len(rows) - sent,
-        c.name,
+        what,
+        ", ".join(sorted({r.name for r in rows[sent:]})),
         reason,
     )
-    return results
 
 
 def delay(name: str | TaskContract, *args: Any, **kwargs: Any) -> AsyncResult:

@@ -37,14 +37,7 @@ from celery.result import GroupResult
 from common import calls
 from common.celery_base import current_app
 from common.outbox import captured
-from common.publishing import (
-    BATCH_SIZE,
-    BROKER_ERRORS,
-    Batch,
-    BrokerUnavailableError,
-    _broker_down_since,
-    broker_unavailable,
-)
+from common.publishing import BROKER_ERRORS
 from contracts.declare import lookup, service_contracts
 
 logger = logging.getLogger(__name__)
@@ -204,48 +197,13 @@ def _wait_for_results(app: Celery, capture: Capture) -> None:
 
 def _send(app: Celery, capture: Capture) -> None:
     """Check every captured message, then keep them (in a transaction) or publish them now."""
-    from django.db import DatabaseError, transaction
-
-    from common.outbox import store  # a Django model: imported once Django is set up
-
     if capture.setup and capture.messages:  # setup with no message after it: run it before the last
         capture.messages[-1][3].extend(capture.setup)
     rows = [_row(name, message, options, setup) for name, message, options, setup in capture.messages]
     if not rows:
         return
-    if transaction.get_connection().in_atomic_block:
-        store.keep_many(rows)
-        store.publish_after_commit_many(app, [r.task_id for r in rows])
-        return
-    sent, reason = 0, _broker_down_since(app)
-    if reason is None:
-        try:
-            while sent < len(rows):
-                chunk = rows[sent : sent + BATCH_SIZE]
-                with Batch(app) as batch:
-                    for row in chunk:
-                        captured.replay(app, batch, row.name, row.options)
-                sent += len(chunk)
-            return
-        except BrokerUnavailableError as exc:
-            reason = exc.reason
-        except BROKER_ERRORS as exc:  # the pipeline itself failed
-            reason = broker_unavailable(app, exc, "a canvas").reason
-    try:
-        with transaction.atomic():
-            store.keep_many(rows[sent:])
-    except DatabaseError as exc:
-        raise BrokerUnavailableError(
-            f"Could not publish {len(rows) - sent} of {len(rows)} message(s) of a canvas: {reason}, and "
-            f"could not keep them in the outbox either ({type(exc).__name__}). They were not sent.",
-            reason,
-        ) from exc
-    logger.warning(
-        "%d message(s) of a canvas (%s) kept in the outbox: %s. The outbox relay (relay_outbox) "
-        "publishes them when the broker is back.",
-        len(rows) - sent,
-        ", ".join(sorted({r.name for r in rows[sent:]})),
-        reason,
+    calls.send_or_keep(
+        app, rows, lambda batch, row: captured.replay(app, batch, row.name, row.options), "a canvas"
     )
 
 
