@@ -149,7 +149,7 @@ def test_a_task_revoked_while_it_waits_in_a_workers_prefetch_never_starts(
         ["reports"], env={"reports": {"WORKER_CONCURRENCY": "1", "WORKER_PREFETCH_MULTIPLIER": "2"}}
     )
     app = current_app()
-    running_report, waiting_report = a_report(600_000), a_report(10)
+    running_report, waiting_report = a_report(1_200_000), a_report(10)  # it must outlast the asking
     running = reports.generate_large_report.delay(running_report.pk)
     wait_until(
         lambda: Report.objects.get(pk=running_report.pk).progress_current > 1, timeout=60, interval=0.02
@@ -162,6 +162,8 @@ def test_a_task_revoked_while_it_waits_in_a_workers_prefetch_never_starts(
 
     wait_until(fetched, timeout=10, interval=0.02)
     cancellation.revoke([waiting.id])  # after the intake's check: only its start can refuse it now
+    running_report.refresh_from_db()
+    still_running = running_report.status == Report.Status.RUNNING  # so the waiting one waited
     # Taken off the queue a moment before Celery lists it as reserved: ask until it does.
     reserved: dict[str, Any] = {}
     held: list[str] = []
@@ -169,8 +171,7 @@ def test_a_task_revoked_while_it_waits_in_a_workers_prefetch_never_starts(
     while waiting.id not in held and time.monotonic() < deadline:
         reserved = app.control.inspect(timeout=0.5).reserved() or {}
         held = [t["id"] for tasks in reserved.values() for t in tasks]
-    running_report.refresh_from_db()
-    assert running_report.status == Report.Status.RUNNING, "the running report ended too soon for this test"
+    assert still_running, "the running report ended before the revoke: too soon for this test"
     cancellation.revoke([running.id])  # frees the pool process for the waiting one
     asked = time.monotonic()
     try:
